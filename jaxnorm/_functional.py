@@ -1,0 +1,534 @@
+"""Pure normalization functions built on :func:`jaxnorm.moments`.
+
+Each normalizer is a choice of reduction axes plus :func:`normalize`:
+
+==============  ==========================================  ===============
+function        statistics over                             parameters per
+==============  ==========================================  ===============
+batch_norm      every axis but ``axis`` (batch and space)   ``axis``
+layer_norm      ``reduction_axes`` (default: last)          ``feature_axes``
+instance_norm   every axis but batch and ``feature_axes``   ``feature_axes``
+group_norm      groups of channels, per example             ``channel_axis``
+rms_norm        ``reduction_axes``, uncentred               ``feature_axes``
+==============  ==========================================  ===============
+
+Parameters (``scale``, ``bias``) and running statistics are plain arguments
+and return values, so every function composes with ``jit``, ``vmap``,
+``grad`` and sharding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxnorm import _axes
+from jaxnorm._moments import moments
+
+Array = jax.Array
+
+
+class BatchStats(NamedTuple):
+  """Running statistics of batch normalization (flax's ``batch_stats``)."""
+
+  mean: Array
+  var: Array
+
+
+def output_dtype(*arrays: Any, dtype: Any = None):
+  """flax's rule: ``dtype`` if given, else the promoted dtype of the inputs."""
+  if dtype is not None:
+    return jnp.dtype(dtype)
+  out = jnp.result_type(*(a for a in arrays if a is not None))
+  if not jnp.issubdtype(out, jnp.inexact):
+    out = jnp.promote_types(out, jnp.float32)
+  return out
+
+
+def normalize(
+    x: Array,
+    mean: Array,
+    var: Array,
+    scale: Array | None = None,
+    bias: Array | None = None,
+    *,
+    epsilon: float,
+    dtype: Any = None,
+) -> Array:
+  r"""Applies given statistics: :math:`y = (x - \mu)\,\gamma / \sqrt{\sigma^2 + \epsilon} + \beta`.
+
+  All of ``mean``, ``var``, ``scale`` and ``bias`` must have the rank of
+  ``x`` and broadcast to it. The arithmetic runs in the promoted dtype of
+  ``x`` and the statistics (at least float32 for statistics from
+  :func:`moments`); the result has ``dtype``, or the promoted dtype of ``x``,
+  ``scale`` and ``bias``.
+  """
+  out = output_dtype(x, scale, bias, dtype=dtype)
+  y = x - mean
+  mul = lax.rsqrt(var + epsilon)
+  if scale is not None:
+    mul = mul * scale
+  y = y * mul
+  if bias is not None:
+    y = y + bias
+  return jnp.asarray(y, out)
+
+
+def _param(
+    p: Array | None,
+    shape: tuple[int, ...],
+    feature_axes: tuple[int, ...],
+    *,
+    name: str,
+    owner: str,
+) -> Array | None:
+  """Reshapes a per-feature parameter to broadcast against ``shape``.
+
+  Accepts the compact shape ``[shape[a] for a in feature_axes]`` (flax's
+  parameter shape) or an array of the same rank as ``shape`` that broadcasts.
+  """
+  if p is None:
+    return None
+  p = jnp.asarray(p)
+  compact = tuple(shape[a] for a in feature_axes)
+  full = tuple(shape[a] if a in feature_axes else 1 for a in range(len(shape)))
+  if p.shape == compact:
+    return p.reshape(full)
+  if p.ndim == len(shape) and all(d in (1, s) for d, s in zip(p.shape, shape)):
+    return p
+  raise ValueError(
+      f"{owner}: {name} has shape {p.shape}, but the input of shape {shape} "
+      f"has features {compact} on axes {feature_axes}; give {name} the shape "
+      f"{compact}."
+  )
+
+
+def _standardize(
+    x: Array,
+    scale: Array | None,
+    bias: Array | None,
+    *,
+    reduction_axes: tuple[int, ...],
+    feature_axes: tuple[int, ...],
+    owner: str,
+    epsilon: float,
+    mask: Array | None,
+    axis_name: Any,
+    axis_index_groups: Any,
+    use_mean: bool,
+    use_fast_variance: bool,
+    dtype: Any,
+    force_float32_reductions: bool,
+) -> Array:
+  """Shared body of the per-example normalizers: statistics, then normalize."""
+  scale = _param(scale, x.shape, feature_axes, name="scale", owner=owner)
+  bias = _param(bias, x.shape, feature_axes, name="bias", owner=owner)
+  mask = _axes.check_mask(mask, x.shape, owner=owner)
+  stats = moments(
+      x,
+      reduction_axes,
+      mask=mask,
+      axis_name=axis_name,
+      axis_index_groups=axis_index_groups,
+      use_mean=use_mean,
+      use_fast_variance=use_fast_variance,
+      dtype=dtype,
+      force_float32_reductions=force_float32_reductions,
+      keepdims=True,
+  )
+  return normalize(
+      x, stats.mean, stats.var, scale, bias, epsilon=epsilon, dtype=dtype
+  )
+
+
+def _prepare(x: Array, owner: str) -> Array:
+  _axes.check_floating(x, owner=owner)
+  return jnp.asarray(x)
+
+
+def batch_norm(
+    x: Array,
+    scale: Array | None = None,
+    bias: Array | None = None,
+    running_mean: Array | None = None,
+    running_var: Array | None = None,
+    *,
+    use_running_average: bool = False,
+    axis: _axes.Axes = -1,
+    momentum: float = 0.99,
+    epsilon: float = 1e-5,
+    mask: Array | None = None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    use_fast_variance: bool = False,
+    dtype: Any = None,
+    force_float32_reductions: bool = True,
+) -> tuple[Array, BatchStats]:
+  r"""Batch normalization (Ioffe & Szegedy, 2015).
+
+  .. math:: y = \gamma\,(x - \mu_B)/\sqrt{\sigma_B^2 + \epsilon} + \beta
+
+  with :math:`\mu_B, \sigma_B^2` the mean and (biased) variance over every
+  axis but ``axis`` — and over ``axis_name`` devices when given. In eval
+  mode (``use_running_average=True``) the running statistics replace them.
+
+  Args:
+    x: input, e.g. ``(N, H, W, C)``.
+    scale, bias: optional ``γ``, ``β`` of the feature shape
+      ``[x.shape[a] for a in axis]``.
+    running_mean, running_var: running statistics, feature-shaped. Required
+      when ``use_running_average``; optional in training mode.
+    use_running_average: normalize with the running statistics (eval mode).
+    axis: feature axis or axes (kept); all other axes are reduced.
+    momentum: EMA decay of the running statistics (flax's convention:
+      ``new = momentum * old + (1 - momentum) * batch``).
+    epsilon: added to the variance.
+    mask: optional boolean mask broadcastable to ``x``; statistics use only
+      masked-in elements (the output is computed everywhere).
+    axis_name, axis_index_groups: reduce statistics across devices (SyncBN);
+      exact when devices hold different counts.
+    use_fast_variance: one-pass ``E[x²] − E[x]²`` (flax's default; unstable).
+    dtype: output dtype (default: promoted dtype of ``x``, ``scale``, ``bias``).
+    force_float32_reductions: accumulate statistics in at least float32.
+
+  Returns:
+    ``(y, BatchStats(mean, var))``: in training mode the updated running
+    statistics (or the batch statistics themselves when no running
+    statistics were given); in eval mode the running statistics unchanged.
+
+  References:
+    Ioffe & Szegedy, `Batch Normalization: Accelerating Deep Network Training
+    by Reducing Internal Covariate Shift <https://arxiv.org/abs/1502.03167>`_,
+    2015.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> x = jax.random.normal(jax.random.key(0), (8, 4))
+    >>> y, stats = batch_norm(x, running_mean=jnp.zeros(4), running_var=jnp.ones(4))
+    >>> y.shape, stats.mean.shape
+    ((8, 4), (4,))
+  """
+  owner = "batch_norm"
+  x = _prepare(x, owner)
+  feature_axes = _axes.canonicalize_axes(axis, x.ndim, name="axis", owner=owner)
+  reduction_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
+  feature_shape = tuple(x.shape[a] for a in feature_axes)
+  for name, value in (("running_mean", running_mean), ("running_var", running_var)):
+    if value is not None and jnp.shape(value) != feature_shape:
+      raise ValueError(
+          f"{owner}: {name} has shape {jnp.shape(value)}; expected the feature "
+          f"shape {feature_shape} of axis={axis!r} for an input of shape "
+          f"{x.shape}."
+      )
+  scale = _param(scale, x.shape, feature_axes, name="scale", owner=owner)
+  bias = _param(bias, x.shape, feature_axes, name="bias", owner=owner)
+  full = tuple(x.shape[a] if a in feature_axes else 1 for a in range(x.ndim))
+
+  if use_running_average:
+    if running_mean is None or running_var is None:
+      raise ValueError(
+          f"{owner}: use_running_average=True needs running_mean and "
+          f"running_var; pass them or set use_running_average=False."
+      )
+    mean, var = jnp.asarray(running_mean), jnp.asarray(running_var)
+    new_stats = BatchStats(mean, var)
+  else:
+    mask = _axes.check_mask(mask, x.shape, owner=owner)
+    stats = moments(
+        x,
+        reduction_axes,
+        mask=mask,
+        axis_name=axis_name,
+        axis_index_groups=axis_index_groups,
+        use_fast_variance=use_fast_variance,
+        dtype=dtype,
+        force_float32_reductions=force_float32_reductions,
+    )
+    mean, var = stats.mean, stats.var
+    if running_mean is None or running_var is None:
+      new_stats = BatchStats(mean, var)
+    else:
+      new_stats = BatchStats(
+          momentum * running_mean + (1 - momentum) * mean,
+          momentum * running_var + (1 - momentum) * var,
+      )
+  y = normalize(
+      x,
+      mean.reshape(full),
+      var.reshape(full),
+      scale,
+      bias,
+      epsilon=epsilon,
+      dtype=dtype,
+  )
+  return y, new_stats
+
+
+def layer_norm(
+    x: Array,
+    scale: Array | None = None,
+    bias: Array | None = None,
+    *,
+    reduction_axes: _axes.Axes = -1,
+    feature_axes: _axes.Axes = -1,
+    epsilon: float = 1e-6,
+    mask: Array | None = None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    use_fast_variance: bool = False,
+    dtype: Any = None,
+    force_float32_reductions: bool = True,
+) -> Array:
+  r"""Layer normalization (Ba et al., 2016).
+
+  .. math:: y = \gamma\,(x - \mu)/\sqrt{\sigma^2 + \epsilon} + \beta
+
+  with statistics over ``reduction_axes`` of each example and ``γ``, ``β``
+  of shape ``[x.shape[a] for a in feature_axes]``.
+
+  References:
+    Ba, Kiros & Hinton, `Layer Normalization
+    <https://arxiv.org/abs/1607.06450>`_, 2016.
+  """
+  owner = "layer_norm"
+  x = _prepare(x, owner)
+  return _standardize(
+      x,
+      scale,
+      bias,
+      reduction_axes=_axes.canonicalize_axes(
+          reduction_axes, x.ndim, name="reduction_axes", owner=owner
+      ),
+      feature_axes=_axes.canonicalize_axes(
+          feature_axes, x.ndim, name="feature_axes", owner=owner
+      ),
+      owner=owner,
+      epsilon=epsilon,
+      mask=mask,
+      axis_name=axis_name,
+      axis_index_groups=axis_index_groups,
+      use_mean=True,
+      use_fast_variance=use_fast_variance,
+      dtype=dtype,
+      force_float32_reductions=force_float32_reductions,
+  )
+
+
+def rms_norm(
+    x: Array,
+    scale: Array | None = None,
+    *,
+    reduction_axes: _axes.Axes = -1,
+    feature_axes: _axes.Axes = -1,
+    epsilon: float = 1e-6,
+    mask: Array | None = None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    dtype: Any = None,
+    force_float32_reductions: bool = True,
+) -> Array:
+  r"""Root-mean-square normalization (Zhang & Sennrich, 2019).
+
+  .. math:: y = \gamma\,x/\sqrt{\mathrm{E}[x^2] + \epsilon}
+
+  with the mean square over ``reduction_axes``; no centring and no bias.
+
+  References:
+    Zhang & Sennrich, `Root Mean Square Layer Normalization
+    <https://arxiv.org/abs/1910.07467>`_, 2019.
+  """
+  owner = "rms_norm"
+  x = _prepare(x, owner)
+  return _standardize(
+      x,
+      scale,
+      None,
+      reduction_axes=_axes.canonicalize_axes(
+          reduction_axes, x.ndim, name="reduction_axes", owner=owner
+      ),
+      feature_axes=_axes.canonicalize_axes(
+          feature_axes, x.ndim, name="feature_axes", owner=owner
+      ),
+      owner=owner,
+      epsilon=epsilon,
+      mask=mask,
+      axis_name=axis_name,
+      axis_index_groups=axis_index_groups,
+      use_mean=False,
+      use_fast_variance=False,
+      dtype=dtype,
+      force_float32_reductions=force_float32_reductions,
+  )
+
+
+def instance_norm(
+    x: Array,
+    scale: Array | None = None,
+    bias: Array | None = None,
+    *,
+    feature_axes: _axes.Axes = -1,
+    batch_axis: int = 0,
+    epsilon: float = 1e-6,
+    mask: Array | None = None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    use_fast_variance: bool = False,
+    dtype: Any = None,
+    force_float32_reductions: bool = True,
+) -> Array:
+  r"""Instance normalization (Ulyanov et al., 2016).
+
+  .. math:: y_{nc} = \gamma_c\,(x_{nc} - \mu_{nc})/\sqrt{\sigma_{nc}^2 + \epsilon} + \beta_c
+
+  with statistics per example and per feature, over every other axis (the
+  spatial ones). ``feature_axes`` may be anywhere (NHWC or NCHW) but must
+  not include ``batch_axis``.
+
+  References:
+    Ulyanov, Vedaldi & Lempitsky, `Instance Normalization: The Missing
+    Ingredient for Fast Stylization <https://arxiv.org/abs/1607.08022>`_, 2016.
+  """
+  owner = "instance_norm"
+  x = _prepare(x, owner)
+  feature_axes = _axes.canonicalize_axes(
+      feature_axes, x.ndim, name="feature_axes", owner=owner
+  )
+  (batch_axis,) = _axes.canonicalize_axes(
+      batch_axis, x.ndim, name="batch_axis", owner=owner
+  )
+  if batch_axis in feature_axes:
+    raise ValueError(
+        f"{owner}: feature_axes={feature_axes} include the batch axis "
+        f"{batch_axis}; statistics are per example, so choose feature axes "
+        f"other than batch_axis={batch_axis}."
+    )
+  reduction_axes = tuple(
+      a for a in range(x.ndim) if a != batch_axis and a not in feature_axes
+  )
+  return _standardize(
+      x,
+      scale,
+      bias,
+      reduction_axes=reduction_axes,
+      feature_axes=feature_axes,
+      owner=owner,
+      epsilon=epsilon,
+      mask=mask,
+      axis_name=axis_name,
+      axis_index_groups=axis_index_groups,
+      use_mean=True,
+      use_fast_variance=use_fast_variance,
+      dtype=dtype,
+      force_float32_reductions=force_float32_reductions,
+  )
+
+
+def group_norm(
+    x: Array,
+    scale: Array | None = None,
+    bias: Array | None = None,
+    *,
+    num_groups: int | None = 32,
+    group_size: int | None = None,
+    channel_axis: int = -1,
+    reduction_axes: _axes.Axes | None = None,
+    epsilon: float = 1e-6,
+    mask: Array | None = None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    use_fast_variance: bool = False,
+    dtype: Any = None,
+    force_float32_reductions: bool = True,
+) -> Array:
+  r"""Group normalization (Wu & He, 2018).
+
+  The ``C`` channels on ``channel_axis`` are split into ``G`` groups of
+  ``C/G`` consecutive channels; each group of each example is standardized
+  over its channels and the other ``reduction_axes``:
+
+  .. math:: y = \gamma_c\,(x - \mu_{n,g})/\sqrt{\sigma_{n,g}^2 + \epsilon} + \beta_c
+
+  ``G = 1`` is layer normalization over ``(C, H, W)``; ``G = C`` is instance
+  normalization.
+
+  Args:
+    x: input, e.g. ``(N, H, W, C)`` with ``channel_axis=-1`` or
+      ``(N, C, H, W)`` with ``channel_axis=1``.
+    scale, bias: optional ``γ``, ``β`` of shape ``(C,)``.
+    num_groups: number of groups ``G`` (pass ``None`` to use ``group_size``).
+    group_size: channels per group, ``C/G``.
+    channel_axis: the axis holding the channels.
+    reduction_axes: axes to compute statistics over; must include
+      ``channel_axis``. Default: every axis but the leading (batch) axis.
+    epsilon, mask, axis_name, axis_index_groups, use_fast_variance, dtype,
+      force_float32_reductions: as in :func:`layer_norm`.
+
+  Returns:
+    The normalized array, shaped like ``x``.
+
+  References:
+    Wu & He, `Group Normalization <https://arxiv.org/abs/1803.08494>`_, 2018.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> x = jax.random.normal(jax.random.key(0), (2, 6, 4, 4))  # NCHW
+    >>> group_norm(x, num_groups=3, channel_axis=1).shape
+    (2, 6, 4, 4)
+  """
+  owner = "group_norm"
+  x = _prepare(x, owner)
+  (c,) = _axes.canonicalize_axes(
+      channel_axis, x.ndim, name="channel_axis", owner=owner
+  )
+  if reduction_axes is None:
+    reduction_axes = tuple(range(1, x.ndim)) + (c,)
+    reduction_axes = tuple(sorted(set(reduction_axes)))
+  else:
+    reduction_axes = _axes.canonicalize_axes(
+        reduction_axes, x.ndim, name="reduction_axes", owner=owner
+    )
+    if c not in reduction_axes:
+      raise ValueError(
+          f"{owner}: reduction_axes={reduction_axes} must include the channel "
+          f"axis {c} (channel_axis={channel_axis}); groups are reduced over "
+          f"their channels."
+      )
+  channels = x.shape[c]
+  groups, size = _axes.resolve_groups(channels, num_groups, group_size, owner=owner)
+  scale = _param(scale, x.shape, (c,), name="scale", owner=owner)
+  bias = _param(bias, x.shape, (c,), name="bias", owner=owner)
+  mask = _axes.check_mask(mask, x.shape, owner=owner)
+
+  # Split the channel axis into (group, channel-within-group) in place, so
+  # that any layout works without transposes: axis c -> (c: G, c+1: C/G).
+  grouped = x.shape[:c] + (groups, size) + x.shape[c + 1 :]
+
+  def split(a):
+    if a is None:
+      return None
+    a = jnp.broadcast_to(a, a.shape[:c] + (channels,) + a.shape[c + 1 :])
+    return a.reshape(a.shape[:c] + (groups, size) + a.shape[c + 1 :])
+
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, x.shape).reshape(grouped)
+  grouped_axes = tuple(a if a < c else a + 1 for a in reduction_axes)
+  y = _standardize(
+      x.reshape(grouped),
+      split(scale),
+      split(bias),
+      reduction_axes=grouped_axes,
+      feature_axes=(c, c + 1),
+      owner=owner,
+      epsilon=epsilon,
+      mask=mask,
+      axis_name=axis_name,
+      axis_index_groups=axis_index_groups,
+      use_mean=True,
+      use_fast_variance=use_fast_variance,
+      dtype=dtype,
+      force_float32_reductions=force_float32_reductions,
+  )
+  return y.reshape(x.shape)

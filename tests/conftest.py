@@ -1,0 +1,19 @@
+"""Test configuration: strict rank promotion and a modest hypothesis profile."""
+
+import os
+
+import hypothesis
+import jax
+
+# Silent broadcasting between arrays of different rank is a classic source of
+# wrong normalization axes; make it an error everywhere in the tests.
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+hypothesis.settings.register_profile(
+    "default",
+    max_examples=int(os.environ.get("JAXNORM_HYPOTHESIS_EXAMPLES", "25")),
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
+hypothesis.settings.load_profile("default")
