@@ -1,0 +1,1 @@
+"""CIFAR-10 experiments for jaxnorm: data pipeline, augmentation and training scripts."""
