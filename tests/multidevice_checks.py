@@ -7,101 +7,101 @@ against the float64 reference computed on the gathered global array.
 """
 
 import json
-import os
-import sys
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import Mesh, NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(__file__))
-import jaxnorm as jn  # noqa: E402
-from references import f64, standardize  # noqa: E402
+import jaxnorm as jn
+from references import f64, standardize
 
 D = 8
-assert jax.device_count() == D, jax.devices()
-MESH = Mesh(np.array(jax.devices()), ("data",))
-RNG = np.random.default_rng(0)
-results = {}
 
 
 def err(a, b):
   return float(np.max(np.abs(f64(a) - f64(b))))
 
 
-def shard_map(f, in_specs, out_specs):
-  return jax.jit(jax.shard_map(f, mesh=MESH, in_specs=in_specs, out_specs=out_specs))
+def main():
+  """Runs every check; returns {name: max abs error}."""
+  assert jax.device_count() == D, jax.devices()
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  rng = np.random.default_rng(0)
+  results = {}
+
+  def shard_map(f, in_specs, out_specs):
+    return jax.jit(jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs))
+
+  # 1. Unequal per-device counts: device d holds d+1 valid rows of 8 (a padded,
+  #    uneven shard), with a different offset per device.
+  x = rng.normal(size=(D * 8, 5)).astype(np.float32) + np.repeat(np.arange(D) * 4.0, 8)[:, None]
+  valid = (np.arange(8)[None, :] < (np.arange(D) + 1)[:, None]).reshape(-1)
+  mask = np.broadcast_to(valid[:, None], x.shape)
+  xv = f64(x)[valid]
+
+  m = shard_map(
+      lambda xd, md: jn.moments(xd, 0, mask=md, axis_name="data", keepdims=True),
+      (P("data"), P("data")),
+      P("data"),
+  )(x, mask)
+  results["unequal_counts_mean"] = err(m.mean, np.tile(xv.mean(0), (D, 1)))
+  results["unequal_counts_var"] = err(m.var, np.tile(xv.var(0), (D, 1)))
+  results["unequal_counts_count"] = err(m.count, np.full((D, 5), valid.sum()))
+  per_device_mean = np.mean([f64(x[d * 8 : d * 8 + d + 1]).mean(0) for d in range(D)], 0)
+  results["naive_pmean_of_means_error"] = err(per_device_mean, xv.mean(0))
+
+  # 2. SyncBN module under shard_map equals BN on the global batch.
+  xb = rng.normal(1.0, 2.0, (D * 4, 6, 6, 3)).astype(np.float32)
+  bn_sync = jn.BatchNorm(use_running_average=False, axis_name="data", momentum=0.9)
+  variables = bn_sync.init(jax.random.key(0), xb[:4])
 
 
-# 1. Unequal per-device counts: device d holds d+1 valid rows of 8 (a padded,
-#    uneven shard), with a different offset per device.
-x = RNG.normal(size=(D * 8, 5)).astype(np.float32) + np.repeat(np.arange(D) * 4.0, 8)[:, None]
-valid = (np.arange(8)[None, :] < (np.arange(D) + 1)[:, None]).reshape(-1)
-mask = np.broadcast_to(valid[:, None], x.shape)
-xv = f64(x)[valid]
-
-m = shard_map(
-    lambda xd, md: jn.moments(xd, 0, mask=md, axis_name="data", keepdims=True),
-    (P("data"), P("data")),
-    P("data"),
-)(x, mask)
-results["unequal_counts_mean"] = err(m.mean, np.tile(xv.mean(0), (D, 1)))
-results["unequal_counts_var"] = err(m.var, np.tile(xv.var(0), (D, 1)))
-results["unequal_counts_count"] = err(m.count, np.full((D, 5), valid.sum()))
-per_device_mean = np.mean([f64(x[d * 8 : d * 8 + d + 1]).mean(0) for d in range(D)], 0)
-results["naive_pmean_of_means_error"] = err(per_device_mean, xv.mean(0))
-
-# 2. SyncBN module under shard_map equals BN on the global batch.
-xb = RNG.normal(1.0, 2.0, (D * 4, 6, 6, 3)).astype(np.float32)
-bn_sync = jn.BatchNorm(use_running_average=False, axis_name="data", momentum=0.9)
-variables = bn_sync.init(jax.random.key(0), xb[:4])
+  def sync_step(xd):
+    y, upd = bn_sync.apply(variables, xd, mutable=["batch_stats"])
+    return y, upd["batch_stats"]["mean"][None], upd["batch_stats"]["var"][None]
 
 
-def sync_step(xd):
-  y, upd = bn_sync.apply(variables, xd, mutable=["batch_stats"])
-  return y, upd["batch_stats"]["mean"][None], upd["batch_stats"]["var"][None]
+  y, mean, var = shard_map(sync_step, P("data"), (P("data"), P("data"), P("data")))(xb)
+  z, gmean, gvar = standardize(xb, (0, 1, 2), 1e-5)
+  results["sync_bn_output"] = err(y, z)
+  results["sync_bn_running_mean"] = err(mean, np.tile(0.1 * gmean.reshape(1, 3), (D, 1)))
+  results["sync_bn_running_var"] = err(var, np.tile(0.9 + 0.1 * gvar.reshape(1, 3), (D, 1)))
+
+  # 3. Per-device BN (no axis_name) equals BN over each device's ghost batch.
+  bn_local = jn.BatchNorm(use_running_average=False)
+  y = shard_map(
+      lambda xd: bn_local.apply(variables, xd, mutable=["batch_stats"])[0], P("data"), P("data")
+  )(xb)
+  ghost = np.concatenate([standardize(xb[d * 4 : (d + 1) * 4], (0, 1, 2), 1e-5)[0] for d in range(D)])
+  results["per_device_bn_output"] = err(y, ghost)
+
+  # 4. pmap with axis_index_groups: two groups of four devices reduce separately.
+  xp = rng.normal(size=(D, 3, 4)).astype(np.float32) + np.arange(D)[:, None, None]
+  groups = [[0, 1, 2, 3], [4, 5, 6, 7]]
+  mp = jax.pmap(
+      lambda xd: jn.moments(xd, 0, axis_name="data", axis_index_groups=groups), axis_name="data"
+  )(xp)
+  expected = np.stack([f64(xp[:4]).reshape(-1, 4).mean(0)] * 4 + [f64(xp[4:]).reshape(-1, 4).mean(0)] * 4)
+  expected_var = np.stack([f64(xp[:4]).reshape(-1, 4).var(0)] * 4 + [f64(xp[4:]).reshape(-1, 4).var(0)] * 4)
+  results["axis_index_groups_mean"] = err(mp.mean, expected)
+  results["axis_index_groups_var"] = err(mp.var, expected_var)
+  ybn = jax.pmap(
+      lambda xd: jn.batch_norm(xd, axis_name="data", axis_index_groups=groups)[0], axis_name="data"
+  )(xp)
+  zg = np.concatenate([standardize(xp[:4].reshape(-1, 4), (0,), 1e-5)[0], standardize(xp[4:].reshape(-1, 4), (0,), 1e-5)[0]])
+  results["axis_index_groups_batch_norm"] = err(ybn.reshape(-1, 4), zg)
+
+  # 5. SPMD jit on a sharded global array: no axis_name, XLA inserts the
+  #    collectives, and the result equals the unsharded computation.
+  xs = jax.device_put(xb, NamedSharding(mesh, P("data")))
+  y_spmd = jax.jit(lambda a: jn.group_norm(a, num_groups=3) + jn.batch_norm(a)[0])(xs)
+  y_ref = jn.group_norm(xb, num_groups=3) + jn.batch_norm(xb)[0]
+  results["spmd_sharded_input"] = err(y_spmd, y_ref)
+  results["spmd_output_is_sharded"] = float(len(y_spmd.sharding.device_set) != D)
+
+  return results
 
 
-y, mean, var = shard_map(sync_step, P("data"), (P("data"), P("data"), P("data")))(xb)
-z, gmean, gvar = standardize(xb, (0, 1, 2), 1e-5)
-results["sync_bn_output"] = err(y, z)
-results["sync_bn_running_mean"] = err(mean, np.tile(0.1 * gmean.reshape(1, 3), (D, 1)))
-results["sync_bn_running_var"] = err(var, np.tile(0.9 + 0.1 * gvar.reshape(1, 3), (D, 1)))
-
-# 3. Per-device BN (no axis_name) equals BN over each device's ghost batch.
-bn_local = jn.BatchNorm(use_running_average=False)
-y = shard_map(
-    lambda xd: bn_local.apply(variables, xd, mutable=["batch_stats"])[0], P("data"), P("data")
-)(xb)
-ghost = np.concatenate([standardize(xb[d * 4 : (d + 1) * 4], (0, 1, 2), 1e-5)[0] for d in range(D)])
-results["per_device_bn_output"] = err(y, ghost)
-
-# 4. pmap with axis_index_groups: two groups of four devices reduce separately.
-xp = RNG.normal(size=(D, 3, 4)).astype(np.float32) + np.arange(D)[:, None, None]
-groups = [[0, 1, 2, 3], [4, 5, 6, 7]]
-mp = jax.pmap(
-    lambda xd: jn.moments(xd, 0, axis_name="data", axis_index_groups=groups), axis_name="data"
-)(xp)
-expected = np.stack([f64(xp[:4]).reshape(-1, 4).mean(0)] * 4 + [f64(xp[4:]).reshape(-1, 4).mean(0)] * 4)
-expected_var = np.stack([f64(xp[:4]).reshape(-1, 4).var(0)] * 4 + [f64(xp[4:]).reshape(-1, 4).var(0)] * 4)
-results["axis_index_groups_mean"] = err(mp.mean, expected)
-results["axis_index_groups_var"] = err(mp.var, expected_var)
-ybn = jax.pmap(
-    lambda xd: jn.batch_norm(xd, axis_name="data", axis_index_groups=groups)[0], axis_name="data"
-)(xp)
-zg = np.concatenate([standardize(xp[:4].reshape(-1, 4), (0,), 1e-5)[0], standardize(xp[4:].reshape(-1, 4), (0,), 1e-5)[0]])
-results["axis_index_groups_batch_norm"] = err(ybn.reshape(-1, 4), zg)
-
-# 5. SPMD jit on a sharded global array: no axis_name, XLA inserts the
-#    collectives, and the result equals the unsharded computation.
-xs = jax.device_put(xb, NamedSharding(MESH, P("data")))
-y_spmd = jax.jit(lambda a: jn.group_norm(a, num_groups=3) + jn.batch_norm(a)[0])(xs)
-y_ref = jn.group_norm(xb, num_groups=3) + jn.batch_norm(xb)[0]
-results["spmd_sharded_input"] = err(y_spmd, y_ref)
-results["spmd_output_is_sharded"] = float(len(y_spmd.sharding.device_set) != D)
-
-print(json.dumps(results))
+if __name__ == "__main__":
+  print(json.dumps(main()))
