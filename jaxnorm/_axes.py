@@ -128,3 +128,66 @@ def resolve_groups(
         f"channels; choose a divisor of {channels} or set group_size."
     )
   return int(num_groups), channels // num_groups
+
+
+def check_non_negative_int(value: Any, *, name: str, owner: str):
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+    raise ValueError(
+        f"{owner}: {name}={value!r}; expected a non-negative integer."
+    )
+
+
+def check_at_least(
+    value: Any, minimum: float, *, name: str, owner: str, fix: str
+):
+  """Raises ValueError if a concrete `value` is below `minimum`.
+
+  Traced values (inside ``jit``) cannot be checked and pass through.
+  """
+  try:
+    concrete = float(value)
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    return
+  if not concrete >= minimum:  # also catches NaN
+    raise ValueError(
+        f"{owner}: {name}={value!r} is less than {minimum}; {fix}."
+    )
+
+
+def check_choice(value: Any, choices: Sequence[Any], *, name: str, owner: str):
+  """Raises ValueError unless `value` is one of `choices`."""
+  if value not in choices:
+    valid = ", ".join(repr(c) for c in choices)
+    raise ValueError(
+        f"{owner}: {name}={value!r} is not a valid choice; choose one of "
+        f"{valid}."
+    )
+
+
+def check_keywords(
+    given: Iterable[str], accepted: Iterable[str], *, owner: str
+):
+  """Raises TypeError naming the keywords of `given` not in `accepted`."""
+  accepted = sorted(accepted)
+  unknown = sorted(set(given) - set(accepted))
+  if unknown:
+    raise TypeError(
+        f"{owner}: unknown keyword arguments {unknown}; the accepted ones are "
+        f"{accepted}."
+    )
+
+
+def check_virtual_batch(
+    batch: int, virtual_batch_size: int | None, *, owner: str
+) -> int:
+  """Returns the number of virtual batches of `virtual_batch_size` in `batch`."""
+  if virtual_batch_size is None:
+    return 1
+  check_positive_int(virtual_batch_size, name="virtual_batch_size", owner=owner)
+  if batch % virtual_batch_size:
+    raise ValueError(
+        f"{owner}: virtual_batch_size={virtual_batch_size} does not divide the "
+        f"batch of {batch} examples (axis 0); choose a divisor of {batch}, "
+        f"pad the batch, or set virtual_batch_size=None."
+    )
+  return batch // virtual_batch_size

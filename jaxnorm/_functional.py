@@ -5,16 +5,16 @@ Each normalizer is a choice of reduction axes plus :func:`normalize`:
 ==============  ==========================================  ===============
 function        statistics over                             parameters per
 ==============  ==========================================  ===============
-batch_norm      every axis but ``axis`` (batch and space)   ``axis``
 layer_norm      ``reduction_axes`` (default: last)          ``feature_axes``
 instance_norm   every axis but batch and ``feature_axes``   ``feature_axes``
 group_norm      groups of channels, per example             ``channel_axis``
 rms_norm        ``reduction_axes``, uncentred               ``feature_axes``
 ==============  ==========================================  ===============
 
-Parameters (``scale``, ``bias``) and running statistics are plain arguments
-and return values, so every function composes with ``jit``, ``vmap``,
-``grad`` and sharding.
+Batch normalization, whose statistics span the batch and which keeps running
+averages, lives in :mod:`jaxnorm._batch_norm`. Parameters (``scale``,
+``bias``) are plain arguments, so every function composes with ``jit``,
+``vmap``, ``grad`` and sharding.
 """
 
 from __future__ import annotations
@@ -29,13 +29,6 @@ from jaxnorm import _axes
 from jaxnorm._moments import moments
 
 Array = jax.Array
-
-
-class BatchStats(NamedTuple):
-  """Running statistics of batch normalization (flax's ``batch_stats``)."""
-
-  mean: Array
-  var: Array
 
 
 def output_dtype(*arrays: Any, dtype: Any = None):
@@ -147,124 +140,6 @@ def _standardize(
 def _prepare(x: Array, owner: str) -> Array:
   _axes.check_floating(x, owner=owner)
   return jnp.asarray(x)
-
-
-def batch_norm(
-    x: Array,
-    scale: Array | None = None,
-    bias: Array | None = None,
-    running_mean: Array | None = None,
-    running_var: Array | None = None,
-    *,
-    use_running_average: bool = False,
-    axis: _axes.Axes = -1,
-    momentum: float = 0.99,
-    epsilon: float = 1e-5,
-    mask: Array | None = None,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
-    use_fast_variance: bool = False,
-    dtype: Any = None,
-    force_float32_reductions: bool = True,
-) -> tuple[Array, BatchStats]:
-  r"""Batch normalization (Ioffe & Szegedy, 2015).
-
-  .. math:: y = \gamma\,(x - \mu_B)/\sqrt{\sigma_B^2 + \epsilon} + \beta
-
-  with :math:`\mu_B, \sigma_B^2` the mean and (biased) variance over every
-  axis but ``axis`` — and over ``axis_name`` devices when given. In eval
-  mode (``use_running_average=True``) the running statistics replace them.
-
-  Args:
-    x: input, e.g. ``(N, H, W, C)``.
-    scale, bias: optional ``γ``, ``β`` of the feature shape
-      ``[x.shape[a] for a in axis]``.
-    running_mean, running_var: running statistics, feature-shaped. Required
-      when ``use_running_average``; optional in training mode.
-    use_running_average: normalize with the running statistics (eval mode).
-    axis: feature axis or axes (kept); all other axes are reduced.
-    momentum: EMA decay of the running statistics (flax's convention:
-      ``new = momentum * old + (1 - momentum) * batch``).
-    epsilon: added to the variance.
-    mask: optional boolean mask broadcastable to ``x``; statistics use only
-      masked-in elements (the output is computed everywhere).
-    axis_name, axis_index_groups: reduce statistics across devices (SyncBN);
-      exact when devices hold different counts.
-    use_fast_variance: one-pass ``E[x²] − E[x]²`` (flax's default; unstable).
-    dtype: output dtype (default: promoted dtype of ``x``, ``scale``, ``bias``).
-    force_float32_reductions: accumulate statistics in at least float32.
-
-  Returns:
-    ``(y, BatchStats(mean, var))``: in training mode the updated running
-    statistics (or the batch statistics themselves when no running
-    statistics were given); in eval mode the running statistics unchanged.
-
-  References:
-    Ioffe & Szegedy, `Batch Normalization: Accelerating Deep Network Training
-    by Reducing Internal Covariate Shift <https://arxiv.org/abs/1502.03167>`_,
-    2015.
-
-  Example:
-    >>> import jax, jax.numpy as jnp
-    >>> x = jax.random.normal(jax.random.key(0), (8, 4))
-    >>> y, stats = batch_norm(x, running_mean=jnp.zeros(4), running_var=jnp.ones(4))
-    >>> y.shape, stats.mean.shape
-    ((8, 4), (4,))
-  """
-  owner = "batch_norm"
-  x = _prepare(x, owner)
-  feature_axes = _axes.canonicalize_axes(axis, x.ndim, name="axis", owner=owner)
-  reduction_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
-  feature_shape = tuple(x.shape[a] for a in feature_axes)
-  for name, value in (("running_mean", running_mean), ("running_var", running_var)):
-    if value is not None and jnp.shape(value) != feature_shape:
-      raise ValueError(
-          f"{owner}: {name} has shape {jnp.shape(value)}; expected the feature "
-          f"shape {feature_shape} of axis={axis!r} for an input of shape "
-          f"{x.shape}."
-      )
-  scale = _param(scale, x.shape, feature_axes, name="scale", owner=owner)
-  bias = _param(bias, x.shape, feature_axes, name="bias", owner=owner)
-  full = tuple(x.shape[a] if a in feature_axes else 1 for a in range(x.ndim))
-
-  if use_running_average:
-    if running_mean is None or running_var is None:
-      raise ValueError(
-          f"{owner}: use_running_average=True needs running_mean and "
-          f"running_var; pass them or set use_running_average=False."
-      )
-    mean, var = jnp.asarray(running_mean), jnp.asarray(running_var)
-    new_stats = BatchStats(mean, var)
-  else:
-    mask = _axes.check_mask(mask, x.shape, owner=owner)
-    stats = moments(
-        x,
-        reduction_axes,
-        mask=mask,
-        axis_name=axis_name,
-        axis_index_groups=axis_index_groups,
-        use_fast_variance=use_fast_variance,
-        dtype=dtype,
-        force_float32_reductions=force_float32_reductions,
-    )
-    mean, var = stats.mean, stats.var
-    if running_mean is None or running_var is None:
-      new_stats = BatchStats(mean, var)
-    else:
-      new_stats = BatchStats(
-          momentum * running_mean + (1 - momentum) * mean,
-          momentum * running_var + (1 - momentum) * var,
-      )
-  y = normalize(
-      x,
-      mean.reshape(full),
-      var.reshape(full),
-      scale,
-      bias,
-      epsilon=epsilon,
-      dtype=dtype,
-  )
-  return y, new_stats
 
 
 def layer_norm(
@@ -426,6 +301,66 @@ def instance_norm(
   )
 
 
+class GroupLayout(NamedTuple):
+  """How the channels of an input split into groups (see :func:`group_layout`).
+
+  The channel axis ``c`` of size ``C`` is split in place into ``(G, C/G)``,
+  so any layout works without transposes: ``(N, H, W, C)`` becomes
+  ``(N, H, W, G, C/G)`` and ``(N, C, H, W)`` becomes ``(N, G, C/G, H, W)``.
+  """
+
+  channel_axis: int
+  num_groups: int
+  group_size: int
+  reduction_axes: tuple[int, ...]  # in the grouped layout
+
+  def split(self, a: Array | None) -> Array | None:
+    """Reshapes an array of the input's rank into the grouped layout."""
+    if a is None:
+      return None
+    c, channels = self.channel_axis, self.num_groups * self.group_size
+    a = jnp.broadcast_to(a, a.shape[:c] + (channels,) + a.shape[c + 1 :])
+    return a.reshape(a.shape[:c] + (self.num_groups, self.group_size) + a.shape[c + 1 :])
+
+
+def group_layout(
+    shape: tuple[int, ...],
+    *,
+    num_groups: int | None,
+    group_size: int | None,
+    channel_axis: int,
+    reduction_axes: _axes.Axes | None,
+    owner: str,
+) -> GroupLayout:
+  """Validates a grouping of the channels of an input of ``shape``.
+
+  ``reduction_axes`` (default: every axis but the leading batch axis) must
+  include ``channel_axis``; exactly one of ``num_groups`` and ``group_size``
+  is given.
+  """
+  ndim = len(shape)
+  (c,) = _axes.canonicalize_axes(
+      channel_axis, ndim, name="channel_axis", owner=owner
+  )
+  if reduction_axes is None:
+    reduction_axes = tuple(sorted(set(range(1, ndim)) | {c}))
+  else:
+    reduction_axes = _axes.canonicalize_axes(
+        reduction_axes, ndim, name="reduction_axes", owner=owner
+    )
+    if c not in reduction_axes:
+      raise ValueError(
+          f"{owner}: reduction_axes={reduction_axes} must include the channel "
+          f"axis {c} (channel_axis={channel_axis}); groups are reduced over "
+          f"their channels."
+      )
+  groups, size = _axes.resolve_groups(shape[c], num_groups, group_size, owner=owner)
+  # After the split, axis c holds the group and c + 1 the channel within it:
+  # the channel axis maps to c + 1, so groups are reduced over their channels.
+  grouped_axes = tuple(a if a < c else a + 1 for a in reduction_axes)
+  return GroupLayout(c, groups, size, grouped_axes)
+
+
 def group_norm(
     x: Array,
     scale: Array | None = None,
@@ -480,50 +415,27 @@ def group_norm(
   """
   owner = "group_norm"
   x = _prepare(x, owner)
-  (c,) = _axes.canonicalize_axes(
-      channel_axis, x.ndim, name="channel_axis", owner=owner
+  layout = group_layout(
+      x.shape,
+      num_groups=num_groups,
+      group_size=group_size,
+      channel_axis=channel_axis,
+      reduction_axes=reduction_axes,
+      owner=owner,
   )
-  if reduction_axes is None:
-    reduction_axes = tuple(range(1, x.ndim)) + (c,)
-    reduction_axes = tuple(sorted(set(reduction_axes)))
-  else:
-    reduction_axes = _axes.canonicalize_axes(
-        reduction_axes, x.ndim, name="reduction_axes", owner=owner
-    )
-    if c not in reduction_axes:
-      raise ValueError(
-          f"{owner}: reduction_axes={reduction_axes} must include the channel "
-          f"axis {c} (channel_axis={channel_axis}); groups are reduced over "
-          f"their channels."
-      )
-  channels = x.shape[c]
-  groups, size = _axes.resolve_groups(channels, num_groups, group_size, owner=owner)
+  c = layout.channel_axis
   scale = _param(scale, x.shape, (c,), name="scale", owner=owner)
   bias = _param(bias, x.shape, (c,), name="bias", owner=owner)
   mask = _axes.check_mask(mask, x.shape, owner=owner)
-
-  # Split the channel axis into (group, channel-within-group) in place, so
-  # that any layout works without transposes: axis c -> (c: G, c+1: C/G).
-  grouped = x.shape[:c] + (groups, size) + x.shape[c + 1 :]
-
-  def split(a):
-    if a is None:
-      return None
-    a = jnp.broadcast_to(a, a.shape[:c] + (channels,) + a.shape[c + 1 :])
-    return a.reshape(a.shape[:c] + (groups, size) + a.shape[c + 1 :])
-
-  if mask is not None:
-    mask = jnp.broadcast_to(mask, x.shape).reshape(grouped)
-  grouped_axes = tuple(a if a < c else a + 1 for a in reduction_axes)
   y = _standardize(
-      x.reshape(grouped),
-      split(scale),
-      split(bias),
-      reduction_axes=grouped_axes,
+      layout.split(x),
+      layout.split(scale),
+      layout.split(bias),
+      reduction_axes=layout.reduction_axes,
       feature_axes=(c, c + 1),
       owner=owner,
       epsilon=epsilon,
-      mask=mask,
+      mask=layout.split(mask),
       axis_name=axis_name,
       axis_index_groups=axis_index_groups,
       use_mean=True,

@@ -11,6 +11,10 @@ call arguments, variable names, collections and defaults follow
 * Cross-device statistics (``axis_name``) merge counts, sums and centred sums
   of squares, so they are exact when devices hold different counts.
 * :class:`GroupNorm` takes a ``channel_axis`` (NHWC and NCHW).
+* :class:`BatchNorm` takes ``virtual_batch_size`` (ghost batch norm) and
+  ``running_stats`` (EMA, cumulative average or frozen), appended after
+  flax's fields; in training it reports its batch moments for
+  :func:`jaxnorm.precise_batch_stats`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import jax.numpy as jnp
 from jax.nn import initializers
 
 from jaxnorm import _axes
+from jaxnorm import _batch_norm
 from jaxnorm import _functional as F
+from jaxnorm._precise_bn import report_batch_moments
 
 Array = jax.Array
 Initializer = Any
@@ -45,6 +51,15 @@ def _feature_params(
   return scale, bias
 
 
+def _running_variable(
+    mdl: nn.Module, name: str, init: Initializer, shape: tuple[int, ...]
+):
+  """A ``batch_stats`` variable in float32 (or ``param_dtype`` without
+  ``force_float32_reductions``), as flax's BatchNorm creates them."""
+  dtype = jnp.float32 if mdl.force_float32_reductions else mdl.param_dtype
+  return mdl.variable("batch_stats", name, lambda s: init(s, dtype), shape)
+
+
 class BatchNorm(nn.Module):
   r"""Batch normalization, a drop-in for ``flax.linen.BatchNorm``.
 
@@ -52,6 +67,12 @@ class BatchNorm(nn.Module):
   batch statistics in training and the running averages in ``batch_stats``
   at eval (``use_running_average=True``). Running statistics are not updated
   during ``init``, and ``axis_name`` is ignored there, as in flax.
+
+  Two fields extend flax's (appended after them, so positional construction
+  still matches flax): ``virtual_batch_size`` (ghost batch norm) and
+  ``running_stats`` (how the running averages are kept); see
+  :func:`jaxnorm.batch_norm`. With the defaults, the variables and numerics
+  are flax's.
 
   Attributes:
     use_running_average: use the stored statistics instead of the batch's.
@@ -65,10 +86,18 @@ class BatchNorm(nn.Module):
     axis_name, axis_index_groups: synchronise statistics across devices.
     use_fast_variance: flax's one-pass variance (default False: stable).
     force_float32_reductions: statistics in at least float32.
+    virtual_batch_size: ghost batch norm: statistics over consecutive groups
+      of this many examples of the leading axis (None: the whole batch).
+    running_stats: ``"ema"`` (flax's, default), ``"cumulative"`` (the plain
+      average of all batch statistics so far, PyTorch's ``momentum=None``;
+      adds ``batch_stats/count``) or ``"frozen"`` (normalize with the running
+      statistics in training too and never update them, whatever
+      ``use_running_average`` says).
 
   References:
     Ioffe & Szegedy, `Batch Normalization <https://arxiv.org/abs/1502.03167>`_,
-    2015.
+    2015. Hoffer, Hubara & Soudry, `Train longer, generalize better
+    <https://arxiv.org/abs/1705.08741>`_, 2017 (ghost batch norm).
   """
 
   use_running_average: bool | None = None
@@ -85,6 +114,8 @@ class BatchNorm(nn.Module):
   axis_index_groups: Any = None
   use_fast_variance: bool = False
   force_float32_reductions: bool = True
+  virtual_batch_size: int | None = None
+  running_stats: str = "ema"
 
   @nn.compact
   def __call__(
@@ -99,35 +130,42 @@ class BatchNorm(nn.Module):
     Args:
       x: the input.
       use_running_average: overrides the attribute of the same name (one of
-        the two must be set).
+        the two must be set, unless ``running_stats="frozen"``).
       mask: optional boolean mask broadcastable to ``x``: which elements the
         statistics use.
     """
-    use_running_average = nn.merge_param(
-        "use_running_average", self.use_running_average, use_running_average
+    owner = "BatchNorm"
+    _axes.check_choice(
+        self.running_stats, _batch_norm.RUNNING_STATS, name="running_stats", owner=owner
     )
-    _axes.check_floating(x, owner="BatchNorm")
+    if self.running_stats == "frozen":
+      use_running_average = True
+    else:
+      use_running_average = nn.merge_param(
+          "use_running_average", self.use_running_average, use_running_average
+      )
+    _axes.check_floating(x, owner=owner)
     feature_axes = _axes.canonicalize_axes(
-        self.axis, jnp.ndim(x), name="axis", owner="BatchNorm"
+        self.axis, jnp.ndim(x), name="axis", owner=owner
     )
     features = tuple(jnp.shape(x)[a] for a in feature_axes)
-    stats_dtype = jnp.float32 if self.force_float32_reductions else self.param_dtype
-    ra_mean = self.variable(
-        "batch_stats", "mean", lambda s: jnp.zeros(s, stats_dtype), features
-    )
-    ra_var = self.variable(
-        "batch_stats", "var", lambda s: jnp.ones(s, stats_dtype), features
-    )
+    ra_mean = _running_variable(self, "mean", jnp.zeros, features)
+    ra_var = _running_variable(self, "var", jnp.ones, features)
+    ra_count = None
+    if self.running_stats == "cumulative":
+      ra_count = self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
     scale, bias = _feature_params(
         self, features, use_scale=self.use_scale, use_bias=self.use_bias
     )
     initializing = self.is_initializing()
-    y, new_stats = F.batch_norm(
+    running = _batch_norm.BatchStats(
+        ra_mean.value, ra_var.value, None if ra_count is None else ra_count.value
+    )
+    y, new_stats, per_batch = _batch_norm._batch_norm(
         x,
         scale,
         bias,
-        ra_mean.value,
-        ra_var.value,
+        running,
         use_running_average=use_running_average,
         axis=feature_axes,
         momentum=self.momentum,
@@ -138,10 +176,16 @@ class BatchNorm(nn.Module):
         use_fast_variance=self.use_fast_variance,
         dtype=self.dtype,
         force_float32_reductions=self.force_float32_reductions,
+        virtual_batch_size=self.virtual_batch_size,
+        running_stats=self.running_stats,
+        owner=owner,
     )
     if not use_running_average and not initializing:
       ra_mean.value = new_stats.mean.astype(ra_mean.value.dtype)
       ra_var.value = new_stats.var.astype(ra_var.value.dtype)
+      if ra_count is not None:
+        ra_count.value = new_stats.count.astype(ra_count.value.dtype)
+      report_batch_moments(self, per_batch)
     return y
 
 

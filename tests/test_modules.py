@@ -71,7 +71,11 @@ def test_fields_in_flax_order_and_same_defaults(name):
   f_flax = [f for f in dataclasses.fields(theirs) if f.name not in skip]
   assert [f.name for f in f_ours[: len(f_flax)]] == [f.name for f in f_flax]
   extra = [f.name for f in f_ours[len(f_flax) :]]
-  assert extra == (["channel_axis"] if name == "GroupNorm" else [])
+  expected_extra = {
+      "GroupNorm": ["channel_axis"],
+      "BatchNorm": ["virtual_batch_size", "running_stats"],
+  }
+  assert extra == expected_extra.get(name, [])
   for a, b in zip(f_ours, f_flax):
     if a.name == "use_fast_variance":
       assert a.default is False and b.default is True  # our deliberate change

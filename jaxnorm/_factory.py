@@ -1,0 +1,208 @@
+"""A string factory: configs choose a normalizer by name and keywords.
+
+``create_norm("gn", num_groups=8)`` returns a :class:`NormSpec`, from which a
+model builds its layers (``spec.layer(train)``) and its convolutions
+(``spec.conv``) without knowing which normalizer it got. Names and keywords
+are validated when the spec is created, not deep inside the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import flax
+import flax.linen as nn
+import jax
+
+from jaxnorm import _axes
+from jaxnorm._batch_renorm import BatchRenorm
+from jaxnorm._evonorm import EvoNormB0
+from jaxnorm._evonorm import EvoNormS0
+from jaxnorm._filter_response import FilterResponseNorm
+from jaxnorm._modules import BatchNorm
+from jaxnorm._modules import GroupNorm
+from jaxnorm._modules import InstanceNorm
+from jaxnorm._modules import LayerNorm
+from jaxnorm._modules import RMSNorm
+from jaxnorm._weight_standardization import StandardizedConv
+
+# Statistics over (H, W, C) of each example: the Group Normalization paper's
+# LN for convolutional activations (GN with one group).
+_PER_EXAMPLE = {"reduction_axes": (1, 2, 3), "feature_axes": -1}
+
+
+class _Identity(nn.Module):
+  """The layer of ``create_norm("none")``: returns its input."""
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return x
+
+
+class _Entry(NamedTuple):
+  module: type[nn.Module]
+  defaults: Mapping[str, Any] = {}
+  conv: type[nn.Module] = nn.Conv
+  required: tuple[str, ...] = ()
+  batch_stats: bool = False
+
+
+_REGISTRY: dict[str, _Entry] = {
+    "bn": _Entry(BatchNorm, batch_stats=True),
+    "bn+ws": _Entry(BatchNorm, conv=StandardizedConv, batch_stats=True),
+    "brn": _Entry(BatchRenorm, batch_stats=True),
+    "ghost_bn": _Entry(BatchNorm, required=("virtual_batch_size",), batch_stats=True),
+    "gn": _Entry(GroupNorm),
+    "gn+ws": _Entry(GroupNorm, conv=StandardizedConv),
+    "ln": _Entry(LayerNorm, _PER_EXAMPLE),
+    "in": _Entry(InstanceNorm),
+    "rms": _Entry(RMSNorm, _PER_EXAMPLE),
+    "frn": _Entry(FilterResponseNorm),
+    "evonorm_b0": _Entry(EvoNormB0, batch_stats=True),
+    "evonorm_s0": _Entry(EvoNormS0),
+    "none": _Entry(_Identity),
+}
+
+NORM_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def _fields(module: type[nn.Module]) -> tuple[str, ...]:
+  """The keywords a module takes in a spec (``train`` sets the mode)."""
+  skip = {"parent", "name", "use_running_average"}
+  return tuple(f.name for f in dataclasses.fields(module) if f.name not in skip)
+
+
+def _with_groups(kwargs: dict[str, Any]) -> dict[str, Any]:
+  """``group_size`` alone means ``num_groups=None`` (flax needs both said)."""
+  if kwargs.get("group_size") is not None and "num_groups" not in kwargs:
+    kwargs = {**kwargs, "num_groups": None}
+  return kwargs
+
+
+@dataclasses.dataclass(frozen=True)
+class NormSpec:
+  """A normalizer chosen by name, ready to build layers.
+
+  Attributes:
+    name: the factory name, e.g. ``"gn"``.
+    conv: the convolution class to pair with it: ``flax.linen.Conv``, or
+      :class:`jaxnorm.StandardizedConv` for the ``"+ws"`` names. Call it as
+      ``spec.conv(features, kernel_size, ...)``.
+    has_batch_stats: the layers keep a ``batch_stats`` collection (``bn``,
+      ``bn+ws``, ``brn``, ``ghost_bn``, ``evonorm_b0``).
+    is_identity: ``"none"``: the layers return their input (give the
+      convolutions a bias then).
+    module: the flax module class the layers are made of.
+    kwargs: the module keywords, defaults of the name included.
+
+  A spec is immutable and hashable (if its keyword values are), so it can be
+  a field of a flax module.
+  """
+
+  name: str
+  conv: type[nn.Module]
+  has_batch_stats: bool
+  is_identity: bool
+  module: type[nn.Module]
+  kwargs: Mapping[str, Any]
+
+  def layer(self, train: bool, *, name: str | None = None, **overrides) -> nn.Module:
+    """A layer for NHWC convolutional activations, called as ``layer(x)``.
+
+    Args:
+      train: training mode — batch statistics, ``batch_stats`` updated —
+        or evaluation mode (running statistics). Only layers with batch
+        statistics depend on it.
+      name: the flax module name.
+      **overrides: module keywords for this layer only, e.g.
+        ``scale_init=nn.initializers.zeros`` for the last norm of a residual
+        block. Ignored by ``"none"``.
+
+    Returns:
+      An unbound flax module.
+
+    Raises:
+      TypeError: an override is not a field of the module.
+    """
+    if self.is_identity:
+      return self.module(name=name)
+    _axes.check_keywords(
+        overrides, _fields(self.module), owner=f"NormSpec({self.name!r}).layer"
+    )
+    kwargs = _with_groups({**self.kwargs, **overrides})
+    if "use_running_average" in {f.name for f in dataclasses.fields(self.module)}:
+      kwargs["use_running_average"] = not train
+    return self.module(name=name, **kwargs)
+
+
+def create_norm(name: str, **kwargs) -> NormSpec:
+  """Chooses a normalizer for convolutional networks by name.
+
+  ==============  ===========================================================
+  name            layer (NHWC activations)
+  ==============  ===========================================================
+  ``bn``          :class:`BatchNorm` (also ``running_stats``, …)
+  ``bn+ws``       :class:`BatchNorm` after :class:`StandardizedConv`
+  ``brn``         :class:`BatchRenorm`
+  ``ghost_bn``    :class:`BatchNorm` with ``virtual_batch_size`` (required)
+  ``gn``          :class:`GroupNorm` (``num_groups=32`` or ``group_size``)
+  ``gn+ws``       :class:`GroupNorm` after :class:`StandardizedConv`
+  ``ln``          :class:`LayerNorm` over (H, W, C) of each example, with
+                  per-channel ``γ``, ``β`` (GN with one group)
+  ``in``          :class:`InstanceNorm`
+  ``rms``         :class:`RMSNorm` over (H, W, C) of each example
+  ``frn``         :class:`FilterResponseNorm` (FRN + TLU; replaces the ReLU)
+  ``evonorm_b0``  :class:`EvoNormB0` (replaces the ReLU)
+  ``evonorm_s0``  :class:`EvoNormS0` (replaces the ReLU)
+  ``none``        the identity
+  ==============  ===========================================================
+
+  Args:
+    name: one of :data:`NORM_NAMES`.
+    **kwargs: fields of the module (for ``gn`` and ``evonorm_s0``,
+      ``group_size`` alone implies ``num_groups=None``).
+
+  Returns:
+    A :class:`NormSpec`.
+
+  Raises:
+    ValueError: an unknown name (the message lists the valid ones).
+    TypeError: a keyword the module does not take, or a required one missing.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> spec = create_norm("gn", num_groups=8)
+    >>> layer = spec.layer(train=True)
+    >>> y, v = layer.init_with_output(jax.random.key(0), jnp.ones((2, 4, 4, 16)))
+    >>> spec.has_batch_stats, sorted(v)
+    (False, ['params'])
+  """
+  owner = "create_norm"
+  if not isinstance(name, str) or name.strip().lower() not in _REGISTRY:
+    valid = ", ".join(repr(n) for n in NORM_NAMES)
+    raise ValueError(
+        f"{owner}: name={name!r} is not a known normalizer; valid names are "
+        f"{valid}."
+    )
+  name = name.strip().lower()
+  entry = _REGISTRY[name]
+  identity = entry.module is _Identity
+  owner = f"create_norm({name!r})"
+  _axes.check_keywords(kwargs, () if identity else _fields(entry.module), owner=owner)
+  missing = [k for k in entry.required if kwargs.get(k) is None]
+  if missing:
+    example = ", ".join(f"{k}=..." for k in missing)
+    raise TypeError(
+        f"{owner}: missing required keyword arguments {missing}; pass them, "
+        f"e.g. create_norm({name!r}, {example})."
+    )
+  return NormSpec(
+      name=name,
+      conv=entry.conv,
+      has_batch_stats=entry.batch_stats,
+      is_identity=identity,
+      module=entry.module,
+      kwargs=flax.core.FrozenDict(_with_groups({**entry.defaults, **kwargs})),
+  )
+
