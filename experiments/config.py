@@ -1,0 +1,115 @@
+"""Default training configuration and its validation.
+
+Config files in ``configs/`` start from :func:`default_config` and change
+what their experiment needs; every key is documented here.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+SCHEDULES = ("cosine", "step")
+EXECUTIONS = ("auto", "vmap", "microbatch")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """ResNet-20 + BN on CIFAR-10 with the GN paper's per-device statistics."""
+  c = ml_collections.ConfigDict()
+
+  # Data.
+  c.data_dir = ""  # '' -> $JAXNORM_DATA, else ~/.cache/jaxnorm
+  c.download = True  # fetch the official archive when the files are absent
+  c.train_examples = 0  # > 0: train on the first N examples (a reduced run)
+  c.augment = True  # pad-4 random crop + horizontal flip
+
+  # Model: CIFAR ResNet-(6n+2).
+  c.depth = 20
+  c.width = 16
+  c.preact = False
+  c.shortcut = "pad"  # 'pad' (option A) or 'projection'
+  c.zero_init_last = True  # γ = 0 for the last norm of each block
+  c.norm = "bn"  # any jaxnorm.create_norm name
+  c.norm_kwargs = ml_collections.ConfigDict()  # e.g. num_groups=8
+
+  # Statistics protocol. The global batch is num_devices × per_device_batch.
+  # Per-device statistics (the GN paper's protocol) normalize each device's
+  # examples separately; with fewer physical devices than num_devices the
+  # examples of each simulated device form a ghost batch.
+  c.num_devices = 8
+  c.per_device_batch = 16
+  c.sync_batch_stats = False  # True: statistics over the global batch (SyncBN)
+  # How simulated devices run: 'vmap' batches them into one call per
+  # physical device (best on GPU/TPU); 'microbatch' loops over them and
+  # averages gradients (fast on XLA:CPU; per-device statistics only);
+  # 'auto' picks microbatch on CPU with per-device statistics, else vmap.
+  c.execution = "auto"
+
+  # Optimization: SGD with momentum, linear LR scaling, warm-up, decay.
+  c.epochs = 30
+  c.base_lr = 0.1  # at lr_reference_batch; scaled linearly with the batch
+  c.lr_reference_batch = 128
+  c.momentum = 0.9
+  c.nesterov = False
+  c.weight_decay = 1e-4
+  c.decay_norm_params = True  # also decay norm γ/β (and other 1-D params)
+  c.schedule = "cosine"  # 'cosine' or 'step' (÷10 at 50% and 75%)
+  c.warmup_epochs = 1.0
+
+  # Evaluation and bookkeeping.
+  c.eval_batch_size = 500
+  c.eval_with_batch_stats = False  # also evaluate with batch statistics
+  c.report_last_evals = 5  # result = median test error of the last N evals
+  c.seed = 0
+  c.checkpoint = True  # orbax checkpoint every epoch; rerun resumes
+  c.progress = True  # tqdm bar per epoch
+  c.dataset_note = ""  # extra words about the data copy for result files
+  return c
+
+
+def global_batch(config) -> int:
+  return config.num_devices * config.per_device_batch
+
+
+def peak_learning_rate(config) -> float:
+  """Linear scaling: base_lr × global batch / lr_reference_batch."""
+  return config.base_lr * global_batch(config) / config.lr_reference_batch
+
+
+def validate(config, num_physical_devices: int) -> None:
+  """Raises ValueError for a bad configuration, before any compute."""
+  def positive(name):
+    value = config[name]
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      raise ValueError(f"config: {name}={value!r}; expected a positive integer.")
+
+  for name in ("num_devices", "per_device_batch", "epochs", "eval_batch_size", "width"):
+    positive(name)
+  if config.schedule not in SCHEDULES:
+    raise ValueError(f"config: schedule={config.schedule!r}; choose one of {SCHEDULES}.")
+  if config.execution not in EXECUTIONS:
+    raise ValueError(f"config: execution={config.execution!r}; choose one of {EXECUTIONS}.")
+  if config.shortcut not in ("pad", "projection"):
+    raise ValueError(f"config: shortcut={config.shortcut!r}; choose 'pad' or 'projection'.")
+  if config.num_devices % num_physical_devices:
+    raise ValueError(
+        f"config: num_devices={config.num_devices} simulated devices cannot be "
+        f"spread evenly over {num_physical_devices} physical devices; the "
+        f"global batch {global_batch(config)} must split into equal per-device "
+        f"shards. Use a multiple of {num_physical_devices}."
+    )
+  if config.eval_batch_size % num_physical_devices:
+    raise ValueError(
+        f"config: eval_batch_size={config.eval_batch_size} is not divisible by "
+        f"{num_physical_devices} devices; use a multiple of {num_physical_devices}."
+    )
+  if config.execution == "microbatch" and config.sync_batch_stats:
+    raise ValueError(
+        "config: execution='microbatch' runs simulated devices one after "
+        "another, so it cannot synchronise statistics across them; use "
+        "execution='vmap' (or 'auto') with sync_batch_stats=True."
+    )
+  if config.train_examples and config.train_examples < global_batch(config):
+    raise ValueError(
+        f"config: train_examples={config.train_examples} is smaller than one "
+        f"global batch ({global_batch(config)})."
+    )

@@ -1,0 +1,202 @@
+"""Data-parallel training steps with per-device or synchronised statistics.
+
+``num_devices`` simulated devices run on the available physical devices (a
+``Mesh`` with one axis, ``'data'``). Each physical device holds
+``num_devices / physical`` simulated devices. Two ways to run them:
+
+* **vmap** (any backend): inside ``shard_map``, the physical device's
+  examples are reshaped to ``(simulated, per_device_batch, ...)`` and the
+  loss is vmapped over the simulated devices, so each one normalizes only
+  its own examples — the GN paper's per-GPU statistics, as ghost batches.
+  With ``sync_batch_stats`` there is no vmap: batch-statistics layers get
+  ``axis_name='data'`` and reduce over every physical device (SyncBN).
+* **microbatch** (XLA:CPU, per-device statistics): a Python loop of one
+  jitted gradient call per simulated device, gradients and running
+  statistics averaged. This is exactly what data parallelism computes, and
+  on XLA:CPU many small calls are several times faster than one large one.
+
+Both give the same update (up to float summation order); a test checks it.
+Gradients, running statistics and metrics are averaged over devices, as in
+ordinary data parallelism.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from experiments import augment as augment_lib
+
+DATA_AXIS = "data"
+
+
+class TrainState(NamedTuple):
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def make_mesh(devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def put_global_batch(batch, mesh: Mesh):
+  """Places a host batch (identical on every process) sharded over 'data'."""
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  if jax.process_count() == 1:
+    return jax.device_put(batch, sharding)
+  index, count = jax.process_index(), jax.process_count()
+
+  def local(a):
+    n = a.shape[0] // count
+    return jax.make_array_from_process_local_data(sharding, a[index * n : (index + 1) * n])
+
+  return jax.tree.map(local, batch)
+
+
+def preprocess(key, images, augment: bool):
+  """uint8 NHWC -> normalized float32, with crop+flip when training."""
+  if augment:
+    return augment_lib.augment(key, images)
+  return augment_lib.normalize_images(images)
+
+
+def _loss(model, params, batch_stats, images, labels):
+  """Cross-entropy of one device's examples; returns (loss, (stats, metrics))."""
+  variables = {"params": params, "batch_stats": batch_stats}
+  logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+  return loss, (dict(updates).get("batch_stats", {}), {"loss": loss, "accuracy": accuracy})
+
+
+def _mean0(tree):
+  return jax.tree.map(lambda a: jnp.mean(a, axis=0), tree)
+
+
+def _simulated_loss(model, batch_stats, images, labels, simulated: int):
+  """Loss over `simulated` devices of one physical device, vmapped."""
+  if simulated == 1:
+    return lambda p: _loss(model, p, batch_stats, images, labels)
+  split = lambda a: a.reshape((simulated, a.shape[0] // simulated) + a.shape[1:])
+
+  def loss(params):
+    per_device = jax.vmap(lambda x, y: _loss(model, params, batch_stats, x, y))
+    losses, aux = per_device(split(images), split(labels))
+    return jnp.mean(losses), _mean0(aux)
+
+  return loss
+
+
+def _apply_gradients(tx, state: TrainState, grads, batch_stats) -> TrainState:
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return TrainState(state.step + 1, params, batch_stats, opt_state)
+
+
+def make_vmap_step(model, tx, mesh: Mesh, *, simulated: int, augment: bool) -> Callable:
+  """One jitted step: augment, per-device gradients, average, update."""
+
+  def device_step(state, images, labels):
+    loss_fn = _simulated_loss(model, state.batch_stats, images, labels, simulated)
+    (_, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads, stats, metrics = lax.pmean((grads, stats, metrics), DATA_AXIS)
+    return _apply_gradients(tx, state, grads, stats), metrics
+
+  # check_vma=False: gradients of the replicated parameters stay per-device
+  # (as under pmap) and are averaged by the explicit pmean above. With
+  # check_vma=True JAX would insert the psum itself, and the pmean on top
+  # would silently turn the mean into a sum over devices.
+  sharded = jax.shard_map(
+      device_step,
+      mesh=mesh,
+      in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS)),
+      out_specs=(P(), P()),
+      check_vma=False,
+  )
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(state, images, labels, key):
+    return sharded(state, preprocess(key, images, augment), labels)
+
+  return step
+
+
+def make_microbatch_step(model, tx, *, simulated: int, augment: bool) -> Callable:
+  """A step that loops over simulated devices with one jitted call each."""
+
+  @jax.jit
+  def prepare(images, labels, key):
+    x = preprocess(key, images, augment)
+    split = lambda a: a.reshape((simulated, a.shape[0] // simulated) + a.shape[1:])
+    return split(x), split(labels)
+
+  @jax.jit
+  def accumulate(total, params, batch_stats, images, labels):
+    (_, aux), grads = jax.value_and_grad(
+        lambda p: _loss(model, p, batch_stats, images, labels), has_aux=True
+    )(params)
+    new = (grads,) + aux
+    return new if total is None else jax.tree.map(jnp.add, total, new)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def finish(state, total):
+    grads, stats, metrics = jax.tree.map(lambda a: a / simulated, total)
+    return _apply_gradients(tx, state, grads, stats), metrics
+
+  def step(state, images, labels, key):
+    xs, ys = prepare(images, labels, key)
+    total = None
+    for d in range(simulated):
+      total = accumulate(total, state.params, state.batch_stats, xs[d], ys[d])
+    return finish(state, total)
+
+  return step
+
+
+def make_eval_step(model, mesh: Mesh, *, simulated: int = 0) -> Callable:
+  """Sums of loss and correct predictions over the masked-in examples.
+
+  ``simulated == 0`` evaluates with the running statistics. ``simulated >
+  0`` evaluates in training mode (batch statistics, updates discarded) with
+  that many simulated devices per physical device, to measure the
+  train/test discrepancy of batch-dependent normalizers.
+  """
+
+  def logits_fn(variables, images):
+    if not simulated:
+      return model.apply(variables, images, train=False)
+    split = lambda a: a.reshape((simulated, a.shape[0] // simulated) + a.shape[1:])
+    forward = lambda x: model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+    out = jax.vmap(forward)(split(images))
+    return out.reshape((-1,) + out.shape[2:])
+
+  def device_eval(variables, images, labels, mask):
+    logits = logits_fn(variables, augment_lib.normalize_images(images))
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = jnp.argmax(logits, -1) == labels
+    sums = {
+        "loss": jnp.sum(jnp.where(mask, loss, 0.0)),
+        "correct": jnp.sum(mask & correct),
+        "count": jnp.sum(mask),
+    }
+    return lax.psum(sums, DATA_AXIS)
+
+  return jax.jit(
+      jax.shard_map(
+          device_eval,
+          mesh=mesh,
+          in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS)),
+          out_specs=P(),
+      )
+  )

@@ -1,0 +1,84 @@
+"""What a result file records about where it came from.
+
+Every result carries the git commit, the hardware and software, and a
+fingerprint of the dataset copy, so a number can be traced to its run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import jax
+
+# SHA-256 over the files of cifar-10-batches-bin/ (sorted by name), as
+# printed by shared/data/cifar10/prepare.py for the JPEG-derived copy.
+JPEG_COPY_SHA256 = "1defaa5e908aa9e39909a29c85ed8ca54c9070c1eec98d7d928d979957843776"
+JPEG_COPY_NOTE = (
+    "JPEG-derived CIFAR-10 copy (shared/data/cifar10, prepare.py): pixels "
+    "carry JPEG loss, labels and the 50k/10k split are the original's; expect "
+    "test accuracy within about a point of the original files."
+)
+
+
+def git_commit() -> str:
+  """The commit of the working tree, with '+dirty' if it has changes."""
+  root = Path(__file__).resolve().parents[1]
+  try:
+    sha = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+  return sha + ("+dirty" if dirty else "")
+
+
+def _cpu_model() -> str:
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def hardware() -> dict:
+  """Backend, devices, CPU and library versions."""
+  devices = jax.devices()
+  import flax  # local: only for the version
+
+  return {
+      "backend": jax.default_backend(),
+      "devices": [d.device_kind for d in devices],
+      "device_count": len(devices),
+      "process_count": jax.process_count(),
+      "cpu": _cpu_model(),
+      "cpu_cores": os.cpu_count(),
+      "platform": platform.platform(),
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "flax": flax.__version__,
+  }
+
+
+def dataset_fingerprint(batches_dir: str | os.PathLike) -> dict:
+  """SHA-256 of the binary files, and what copy that is when known."""
+  batches_dir = Path(batches_dir)
+  digest = hashlib.sha256()
+  for path in sorted(batches_dir.iterdir(), key=lambda p: p.name):
+    if path.is_file():
+      digest.update(path.read_bytes())
+  sha = digest.hexdigest()
+  note = JPEG_COPY_NOTE if sha == JPEG_COPY_SHA256 else "CIFAR-10 binary release (official layout)"
+  return {"dir": str(batches_dir), "sha256": sha, "copy": note}

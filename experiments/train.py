@@ -1,0 +1,301 @@
+r"""Config-driven CIFAR-10 training with pluggable normalizers.
+
+    python -m experiments.train --config configs/<file>.py --workdir DIR \
+        [--config.key=value ...]
+
+Writes to ``DIR``:
+
+* ``metrics.jsonl``: one JSON line per epoch (train loss and accuracy, test
+  loss and error, learning rate, images/s, wall time);
+* ``checkpoints/``: orbax checkpoints after every epoch (parameters,
+  batch_stats, optimizer state, step, RNG key; the data order is a function
+  of the seed and the epoch). Running the same command again resumes from
+  the last one and, on CPU, ends bitwise equal to an uninterrupted run;
+* ``result.json``: the config, git commit, hardware, dataset fingerprint,
+  wall time and the final test error (median of the last evaluations).
+
+Everything that can be checked without compute (config, model and
+normalizer names, group counts against every layer's channels, device
+divisibility, the data directory) is checked before training starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from tqdm import tqdm
+
+import jaxnorm
+from experiments import config as config_lib
+from experiments import data as data_lib
+from experiments import parallel
+from experiments import provenance
+from experiments.models import CifarResNet
+
+
+def maybe_initialize_distributed() -> None:
+  """Multi-host: initialize when the environment names a coordinator.
+
+  Set ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and
+  ``JAX_PROCESS_ID`` on every host (or run where JAX detects the cluster
+  itself and set ``JAXNORM_DISTRIBUTED=1``).
+  """
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize(
+        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+        num_processes=int(os.environ.get("JAX_NUM_PROCESSES", "1")),
+        process_id=int(os.environ.get("JAX_PROCESS_ID", "0")),
+    )
+  elif os.environ.get("JAXNORM_DISTRIBUTED") == "1":
+    jax.distributed.initialize()
+
+
+def build_model(config) -> CifarResNet:
+  """The ResNet, with SyncBN wiring when statistics are synchronised."""
+  norm_kwargs = dict(config.norm_kwargs)
+  spec = jaxnorm.create_norm(config.norm, **norm_kwargs)  # validates the name
+  if config.sync_batch_stats and spec.has_batch_stats:
+    norm_kwargs["axis_name"] = parallel.DATA_AXIS
+  return CifarResNet(
+      depth=config.depth,
+      width=config.width,
+      norm=config.norm,
+      norm_kwargs=flax.core.FrozenDict(norm_kwargs),
+      preact=config.preact,
+      shortcut=config.shortcut,
+      zero_init_last=config.zero_init_last,
+  )
+
+
+def check_model(model: CifarResNet) -> None:
+  """Traces init without compute, so that layer-shape errors surface now."""
+  try:
+    jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    )
+  except ValueError as e:
+    raise ValueError(f"model {model.norm!r} with depth {model.depth}, width {model.width}: {e}") from e
+
+
+def execution_mode(config, physical_devices: int) -> str:
+  if config.execution != "auto":
+    return config.execution
+  on_cpu = jax.default_backend() == "cpu"
+  if on_cpu and not config.sync_batch_stats and physical_devices == 1:
+    return "microbatch"
+  return "vmap"
+
+
+def make_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+  """Linear warm-up to the scaled peak, then cosine or step decay."""
+  total = config.epochs * steps_per_epoch
+  peak = config_lib.peak_learning_rate(config)
+  warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
+  if config.schedule == "cosine":
+    decay = optax.cosine_decay_schedule(peak, max(total - warmup, 1))
+  else:
+    decay = optax.piecewise_constant_schedule(
+        peak, {int(0.5 * total) - warmup: 0.1, int(0.75 * total) - warmup: 0.1}
+    )
+  if warmup <= 0:
+    return decay
+  ramp = optax.linear_schedule(0.0, peak, warmup)
+  return optax.join_schedules([ramp, decay], [warmup])
+
+
+def make_optimizer(config, schedule) -> optax.GradientTransformation:
+  """SGD with momentum and coupled weight decay (PyTorch's convention)."""
+  mask = None
+  if not config.decay_norm_params:  # decay only kernels (rank >= 2)
+    mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  return optax.chain(
+      optax.add_decayed_weights(config.weight_decay, mask),
+      optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov),
+  )
+
+
+def _make_step(model, tx, mesh, config, mode: str):
+  simulated = config.num_devices // mesh.size
+  if config.sync_batch_stats:
+    simulated = 1  # SyncBN: one statistics group per physical device, psum'd
+  if mode == "microbatch":
+    return parallel.make_microbatch_step(model, tx, simulated=simulated, augment=config.augment)
+  return parallel.make_vmap_step(model, tx, mesh, simulated=simulated, augment=config.augment)
+
+
+def evaluate(eval_step, variables, images, labels, config, mesh) -> dict:
+  sums = {"loss": 0.0, "correct": 0, "count": 0}
+  for batch in data_lib.eval_batches(images, labels, config.eval_batch_size):
+    batch = parallel.put_global_batch(batch, mesh)
+    out = jax.device_get(eval_step(variables, batch["images"], batch["labels"], batch["mask"]))
+    sums = {k: sums[k] + out[k] for k in sums}
+  return {"loss": float(sums["loss"] / sums["count"]), "error": float(1 - sums["correct"] / sums["count"])}
+
+
+def _read_metrics(path: Path, up_to_epoch: int) -> list[dict]:
+  if not path.exists():
+    return []
+  lines = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+  return [m for m in lines if m["epoch"] <= up_to_epoch]
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, default=str))
+  os.replace(tmp, path)
+
+
+def summarize(history: list[dict], last: int) -> dict:
+  """Final test error: the median over the last `last` evaluations."""
+  errors = [m["test_error"] for m in history[-last:]]
+  out = {"final_test_error": float(np.median(errors)) if errors else None, "last_test_errors": errors}
+  if history and "test_error_batch_stats" in history[-1]:
+    out["final_test_error_batch_stats"] = float(
+        np.median([m["test_error_batch_stats"] for m in history[-last:]])
+    )
+  return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+  """Trains, evaluates every epoch, checkpoints, and returns the result."""
+  start_time = time.time()
+  maybe_initialize_distributed()
+  workdir = Path(workdir).absolute()
+  devices = jax.devices()
+  config_lib.validate(config, len(devices))
+  model = build_model(config)
+  check_model(model)
+  dataset = data_lib.load_cifar10(config.data_dir or None, download=config.download)
+  data_dir = Path(config.data_dir or data_lib.default_data_dir()).expanduser()
+  train_images, train_labels = dataset.train_images, dataset.train_labels
+  if config.train_examples:
+    train_images, train_labels = train_images[: config.train_examples], train_labels[: config.train_examples]
+  is_main = jax.process_index() == 0
+  workdir.mkdir(parents=True, exist_ok=True)
+
+  mesh = parallel.make_mesh(devices)
+  mode = execution_mode(config, len(devices))
+  batch = config_lib.global_batch(config)
+  steps_per_epoch = data_lib.steps_per_epoch(len(train_images), batch)
+  schedule = make_schedule(config, steps_per_epoch)
+  tx = make_optimizer(config, schedule)
+  root_key = jax.random.key(config.seed)
+  variables = model.init(jax.random.fold_in(root_key, 0), jnp.zeros((1, 32, 32, 3)), train=False)
+  state = parallel.TrainState(
+      jnp.zeros((), jnp.int32),
+      variables["params"],
+      variables.get("batch_stats", {}),
+      tx.init(variables["params"]),
+  )
+  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+  manager = None
+  start_epoch = 0
+  if config.checkpoint:
+    manager = ocp.CheckpointManager(
+        workdir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2)
+    )
+    latest = manager.latest_step()
+    if latest is not None:
+      target = {"state": state, "rng": jax.random.key_data(root_key)}
+      restored = manager.restore(latest, args=ocp.args.StandardRestore(target))
+      state, root_key = restored["state"], jax.random.wrap_key_data(restored["rng"])
+      start_epoch = latest
+  metrics_path = workdir / "metrics.jsonl"
+  history = _read_metrics(metrics_path, start_epoch)
+  if is_main:
+    metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
+
+  step_fn = _make_step(model, tx, mesh, config, mode)
+  eval_step = parallel.make_eval_step(model, mesh)
+  batch_stats_eval = None
+  if config.eval_with_batch_stats:
+    simulated = 1 if config.sync_batch_stats else config.num_devices // mesh.size
+    batch_stats_eval = parallel.make_eval_step(model, mesh, simulated=simulated)
+
+  for epoch in range(start_epoch, config.epochs):
+    epoch_start = time.time()
+    step_metrics = []
+    batches = data_lib.train_batches(train_images, train_labels, batch, seed=config.seed, epoch=epoch)
+    bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (config.progress and is_main))
+    for host_batch in bar:
+      device_batch = parallel.put_global_batch(host_batch, mesh)
+      key = jax.random.fold_in(jax.random.fold_in(root_key, 1), int(epoch * steps_per_epoch + len(step_metrics)))
+      state, m = step_fn(state, device_batch["images"], device_batch["labels"], key)
+      step_metrics.append(m)
+    step_metrics = jax.device_get(step_metrics)
+    train_seconds = time.time() - epoch_start
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    test = evaluate(eval_step, variables, dataset.test_images, dataset.test_labels, config, mesh)
+    record = {
+        "epoch": epoch + 1,
+        "step": int(state.step),
+        "train_loss": float(np.mean([m["loss"] for m in step_metrics])),
+        "train_accuracy": float(np.mean([m["accuracy"] for m in step_metrics])),
+        "test_loss": test["loss"],
+        "test_error": test["error"],
+        "learning_rate": float(schedule(int(state.step) - 1)),
+        "images_per_sec": steps_per_epoch * batch / train_seconds,
+        "epoch_seconds": time.time() - epoch_start,
+    }
+    if batch_stats_eval is not None:
+      record["test_error_batch_stats"] = evaluate(
+          batch_stats_eval, variables, dataset.test_images, dataset.test_labels, config, mesh
+      )["error"]
+    record["wall_seconds"] = (history[-1]["wall_seconds"] if history else 0.0) + time.time() - epoch_start
+    history.append(record)
+    if is_main:
+      with metrics_path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+      bar.write(
+          f"epoch {epoch + 1}: train loss {record['train_loss']:.3f}, "
+          f"test error {100 * record['test_error']:.2f}%, {record['images_per_sec']:.0f} img/s"
+      )
+    if manager is not None:
+      manager.save(epoch + 1, args=ocp.args.StandardSave({"state": state, "rng": jax.random.key_data(root_key)}))
+      manager.wait_until_finished()
+
+  result = {
+      **summarize(history, config.report_last_evals),
+      "epochs_completed": len(history),
+      "train_wall_seconds": history[-1]["wall_seconds"] if history else 0.0,
+      "this_invocation_seconds": time.time() - start_time,
+      "execution": mode,
+      "global_batch": batch,
+      "peak_learning_rate": config_lib.peak_learning_rate(config),
+      "train_examples": len(train_images),
+      "config": config.to_dict(),
+      "git_commit": provenance.git_commit(),
+      "hardware": provenance.hardware(),
+      "dataset": {**provenance.dataset_fingerprint(data_dir / data_lib.BATCHES_DIR), "note": config.dataset_note},
+  }
+  if is_main:
+    _write_json_atomic(workdir / "result.json", result)
+  if manager is not None:
+    manager.close()
+  return result
+
+
+def main(argv) -> None:
+  del argv
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, checkpoints and results.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

@@ -1,0 +1,216 @@
+"""Training: every normalizer runs, resume is bitwise, protocols agree, bad configs fail early."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxnorm
+from experiments import config as config_lib
+from experiments import data as data_lib
+from experiments import parallel
+from experiments import train
+from tiny_cifar import write_tiny_cifar
+from train_multidevice_checks import run_steps
+
+RECORDS = 64  # per file: 320 training and 64 test images
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("cifar")
+  write_tiny_cifar(root, RECORDS)
+  return root
+
+
+@pytest.fixture(autouse=True)
+def tiny_records(monkeypatch):
+  """The loader enforces the real file size; the tiny files have 64 records."""
+  monkeypatch.setattr(
+      data_lib, "load_cifar10", functools.partial(data_lib.load_cifar10, records_per_file=RECORDS)
+  )
+
+
+def tiny_config(root, **overrides):
+  c = config_lib.default_config()
+  c.data_dir = str(root)
+  c.download = False
+  c.depth, c.width = 8, 8
+  c.num_devices, c.per_device_batch = 4, 8
+  c.epochs = 1
+  c.eval_batch_size = 32
+  c.progress = False
+  c.checkpoint = False
+  c.warmup_epochs = 0.0
+  for k, v in overrides.items():
+    if k == "norm_kwargs":
+      c.norm_kwargs.update(v)
+    else:
+      c[k] = v
+  return c
+
+
+NORM_KWARGS = {
+    "gn": {"num_groups": 2},
+    "gn+ws": {"num_groups": 2},
+    "evonorm_s0": {"num_groups": 2},
+    "ghost_bn": {"virtual_batch_size": 4},
+}
+
+
+@pytest.mark.parametrize("norm", jaxnorm.NORM_NAMES)
+def test_few_steps_with_each_normalizer(norm, data_dir, tmp_path):
+  config = tiny_config(data_dir, norm=norm, norm_kwargs=NORM_KWARGS.get(norm, {}), train_examples=64)
+  result = train.train_and_evaluate(config, tmp_path)
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert len(lines) == 1 and lines[0]["step"] == 2
+  for key in ("train_loss", "test_loss", "test_error", "learning_rate", "images_per_sec", "wall_seconds"):
+    assert np.isfinite(lines[0][key]), key
+  saved = json.loads((tmp_path / "result.json").read_text())
+  assert saved["config"]["norm"] == norm
+  for key in ("git_commit", "hardware", "dataset", "train_wall_seconds", "final_test_error"):
+    assert key in saved and saved[key] is not None, key
+  assert saved["dataset"]["sha256"] and saved["hardware"]["backend"] == jax.default_backend()
+  assert result["final_test_error"] == lines[0]["test_error"]
+
+
+def test_training_reduces_the_loss(data_dir, tmp_path):
+  config = tiny_config(data_dir, norm="gn", norm_kwargs={"num_groups": 2}, epochs=3, base_lr=0.4)
+  train.train_and_evaluate(config, tmp_path)
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert lines[-1]["train_loss"] < 0.7 * lines[0]["train_loss"]
+  assert lines[-1]["test_error"] < 0.6  # 10 classes: chance is 0.9
+
+
+class Interrupted(Exception):
+  pass
+
+
+def test_killed_and_resumed_run_equals_uninterrupted_run_bitwise(data_dir, tmp_path, monkeypatch):
+  config = tiny_config(data_dir, norm="bn", epochs=3, checkpoint=True, train_examples=128)
+  full = train.train_and_evaluate(config, tmp_path / "full")
+
+  # Second run: die in the middle of epoch 3 (after checkpoint 2), then rerun.
+  real_make_step = train._make_step
+
+  def dying_make_step(*args, **kwargs):
+    step = real_make_step(*args, **kwargs)
+    calls = {"n": 0}
+
+    def wrapped(*a):
+      calls["n"] += 1
+      if calls["n"] == 2 * 4 + 2:
+        raise Interrupted
+      return step(*a)
+
+    return wrapped
+
+  monkeypatch.setattr(train, "_make_step", dying_make_step)
+  with pytest.raises(Interrupted):
+    train.train_and_evaluate(config, tmp_path / "resumed")
+  monkeypatch.setattr(train, "_make_step", real_make_step)
+  resumed = train.train_and_evaluate(config, tmp_path / "resumed")
+
+  def metrics(d):
+    lines = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in m.items() if "sec" not in k} for m in lines]
+
+  assert metrics(tmp_path / "full") == metrics(tmp_path / "resumed")  # bitwise floats
+  assert [m["epoch"] for m in metrics(tmp_path / "resumed")] == [1, 2, 3]
+  assert full["final_test_error"] == resumed["final_test_error"]
+  # A third invocation finds the run complete and trains nothing.
+  again = train.train_and_evaluate(config, tmp_path / "resumed")
+  assert again["epochs_completed"] == 3 and again["final_test_error"] == full["final_test_error"]
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn"])
+def test_microbatch_loop_equals_vmapped_simulated_devices(norm, data_dir):
+  """Per-device statistics two ways: one call per device, or vmap over devices."""
+  config = tiny_config(data_dir, norm=norm, norm_kwargs=NORM_KWARGS.get(norm, {}))
+  a, b = run_steps(config, "microbatch"), run_steps(config, "vmap")
+  for u, v in zip(jax.tree.leaves((a.params, a.batch_stats)), jax.tree.leaves((b.params, b.batch_stats))):
+    np.testing.assert_allclose(u, v, rtol=2e-4, atol=2e-5)
+
+
+def test_per_device_statistics_differ_from_synced_statistics(data_dir):
+  """The protocol switch matters: ghost batches of 8 are not the global batch."""
+  per_device = run_steps(tiny_config(data_dir, norm="bn"), "vmap", steps=1)
+  synced = run_steps(tiny_config(data_dir, norm="bn", sync_batch_stats=True), "vmap", steps=1)
+  diff = max(
+      float(np.max(np.abs(u - v)))
+      for u, v in zip(jax.tree.leaves(per_device.batch_stats), jax.tree.leaves(synced.batch_stats))
+  )
+  assert diff > 1e-4
+
+
+def test_learning_rate_schedule_and_scaling():
+  c = config_lib.default_config()
+  c.num_devices, c.per_device_batch, c.epochs, c.warmup_epochs = 8, 32, 4, 1.0
+  assert config_lib.peak_learning_rate(c) == pytest.approx(0.1 * 256 / 128)
+  sched = train.make_schedule(c, steps_per_epoch=10)
+  assert float(sched(0)) == 0.0
+  assert float(sched(5)) == pytest.approx(0.1, rel=1e-6)  # half-way up the ramp
+  assert float(sched(10)) == pytest.approx(0.2, rel=1e-6)
+  assert float(sched(39)) < 0.01
+  c.schedule = "step"
+  sched = train.make_schedule(c, steps_per_epoch=10)
+  assert float(sched(19)) == pytest.approx(0.2)
+  assert float(sched(21)) == pytest.approx(0.02)
+  assert float(sched(31)) == pytest.approx(0.002)
+
+
+def test_weight_decay_switch_skips_one_dimensional_parameters():
+  c = config_lib.default_config()
+  c.decay_norm_params = False
+  c.weight_decay = 0.5
+  tx = train.make_optimizer(c, 1.0)
+  params = {"kernel": jnp.ones((2, 2)), "scale": jnp.ones(2)}
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  np.testing.assert_allclose(updates["kernel"], -0.5)
+  np.testing.assert_allclose(updates["scale"], 0.0)
+
+
+@pytest.mark.parametrize(
+    "overrides,error,match",
+    [
+        (dict(norm="batchnorm"), ValueError, r"batchnorm.*bn"),
+        (dict(depth=21), ValueError, r"depth=21 is not a CIFAR ResNet depth; use 6n\+2"),
+        (dict(norm="gn", norm_kwargs={"num_groups": 3}), ValueError, r"num_groups=3 does not divide 8 channels"),
+        (dict(num_devices=0), ValueError, r"num_devices=0; expected a positive integer"),
+        (dict(schedule="linear"), ValueError, r"schedule='linear'"),
+        (dict(execution="microbatch", sync_batch_stats=True), ValueError, r"cannot synchronise statistics"),
+        (dict(data_dir="/nonexistent/cifar"), FileNotFoundError, r"cifar-10-batches-bin.*JAXNORM_DATA"),
+    ],
+)
+def test_bad_configs_fail_before_compute(overrides, error, match, data_dir, tmp_path, monkeypatch):
+  compiled = []
+  monkeypatch.setattr(train, "_make_step", lambda *a, **k: compiled.append(1))
+  with pytest.raises(error, match=match):
+    train.train_and_evaluate(tiny_config(data_dir, **overrides), tmp_path)
+  assert not compiled
+
+
+def test_global_batch_must_split_over_physical_devices():
+  c = config_lib.default_config()
+  c.num_devices = 8
+  with pytest.raises(ValueError, match=r"num_devices=8 simulated devices cannot be spread evenly over 3 physical devices"):
+    config_lib.validate(c, 3)
+
+
+def test_eight_devices_subprocess(data_dir):
+  """Per-device statistics on 8 devices equal ghost batches on one; synced equals global."""
+  script = Path(__file__).with_name("train_multidevice_checks.py")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  errors = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert errors["per_device_8_vs_ghost_1"] < 1e-4, errors
+  assert errors["synced_8_vs_global_1"] < 1e-4, errors
+  assert errors["per_device_vs_synced"] > 1e-5, errors  # the comparison can fail

@@ -1,0 +1,76 @@
+"""Training-step checks on 8 simulated CPU devices.
+
+Run by tests/test_train.py in a subprocess with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8``. Prints one JSON
+object of max abs differences between the parameters and running statistics
+that different device layouts produce from the same batches.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import config as config_lib
+from experiments import parallel
+from experiments import train
+
+
+def run_steps(config, mode, devices=None, steps=2):
+  """Train state after `steps` steps on fixed random batches."""
+  devices = jax.devices()[:1] if devices is None else devices
+  model = train.build_model(config)
+  mesh = parallel.make_mesh(devices)
+  tx = train.make_optimizer(config, train.make_schedule(config, steps))
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  state = parallel.TrainState(
+      jnp.zeros((), jnp.int32),
+      variables["params"],
+      variables.get("batch_stats", {}),
+      tx.init(variables["params"]),
+  )
+  step = train._make_step(model, tx, mesh, config, mode)
+  rng = np.random.default_rng(0)
+  n = config_lib.global_batch(config)
+  for i in range(steps):
+    batch = {
+        "images": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+        "labels": rng.integers(0, 10, n).astype(np.int32),
+    }
+    batch = parallel.put_global_batch(batch, mesh)
+    state, _ = step(state, batch["images"], batch["labels"], jax.random.key(i))
+  return jax.device_get(state)
+
+
+def max_diff(a, b):
+  leaves = zip(jax.tree.leaves((a.params, a.batch_stats)), jax.tree.leaves((b.params, b.batch_stats)))
+  return max(float(np.max(np.abs(u - v))) for u, v in leaves)
+
+
+def small_config(**overrides):
+  c = config_lib.default_config()
+  c.depth, c.width, c.num_devices, c.per_device_batch = 8, 8, 8, 4
+  c.warmup_epochs = 0.0
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def main():
+  assert jax.device_count() == 8, jax.devices()
+  eight = jax.devices()
+  per_device_8 = run_steps(small_config(), "vmap", eight)
+  ghost_1 = run_steps(small_config(), "vmap", eight[:1])
+  synced_8 = run_steps(small_config(sync_batch_stats=True), "vmap", eight)
+  # One device, one BN over the whole global batch: plain global statistics.
+  global_1 = run_steps(small_config(num_devices=1, per_device_batch=32), "vmap", eight[:1])
+  return {
+      "per_device_8_vs_ghost_1": max_diff(per_device_8, ghost_1),
+      "synced_8_vs_global_1": max_diff(synced_8, global_1),
+      "per_device_vs_synced": max_diff(per_device_8, synced_8),
+  }
+
+
+if __name__ == "__main__":
+  print(json.dumps(main()))
