@@ -288,6 +288,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
 def main(argv) -> None:
   del argv
+  from absl import logging
+
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -1,0 +1,82 @@
+"""Training-step throughput (images/s) of the CIFAR ResNets, as train.py runs them.
+
+    python benchmarks/train_throughput.py --depth 20 --norms bn gn \
+        --per-device-batch 16 --num-devices 8 [--execution auto] [--steps 20]
+
+Random uint8 images, the real step function (augmentation included), timed
+after two warm-up steps; prints one line per configuration and, with
+--json, writes the figures there. Measure on an idle machine.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from experiments import config as config_lib  # noqa: E402
+from experiments import parallel, provenance, train  # noqa: E402
+
+
+def measure(config, steps: int) -> dict:
+  model = train.build_model(config)
+  mesh = parallel.make_mesh()
+  mode = train.execution_mode(config, mesh.size)
+  tx = train.make_optimizer(config, 0.01)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  state = parallel.TrainState(
+      jnp.zeros((), jnp.int32), variables["params"], variables.get("batch_stats", {}), tx.init(variables["params"])
+  )
+  step = train._make_step(model, tx, mesh, config, mode)
+  n = config_lib.global_batch(config)
+  rng = np.random.default_rng(0)
+  batch = parallel.put_global_batch(
+      {"images": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), "labels": rng.integers(0, 10, n).astype(np.int32)},
+      mesh,
+  )
+  for i in range(2):
+    state, m = step(state, batch["images"], batch["labels"], jax.random.key(i))
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for i in range(steps):
+    state, m = step(state, batch["images"], batch["labels"], jax.random.key(i))
+  jax.block_until_ready((state, m))
+  seconds = time.perf_counter() - start
+  return {"images_per_sec": n * steps / seconds, "execution": mode, "global_batch": n}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--depth", type=int, default=20)
+  parser.add_argument("--width", type=int, default=16)
+  parser.add_argument("--norms", nargs="+", default=["bn", "gn"])
+  parser.add_argument("--per-device-batch", type=int, nargs="+", default=[16])
+  parser.add_argument("--num-devices", type=int, default=8)
+  parser.add_argument("--execution", default="auto")
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--json", default="")
+  args = parser.parse_args()
+  rows = []
+  for norm in args.norms:
+    for b in args.per_device_batch:
+      c = config_lib.default_config()
+      c.depth, c.width, c.norm = args.depth, args.width, norm
+      if norm in ("gn", "gn+ws", "evonorm_s0"):
+        c.norm_kwargs.num_groups = 8
+      c.num_devices, c.per_device_batch, c.execution = args.num_devices, b, args.execution
+      row = {"depth": args.depth, "width": args.width, "norm": norm, "per_device_batch": b, **measure(c, args.steps)}
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"hardware": provenance.hardware(), "git_commit": provenance.git_commit(), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()

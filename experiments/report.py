@@ -1,0 +1,207 @@
+r"""Tables and plots for a sweep: test error against images per device.
+
+    python -m experiments.report --workdir DIR
+
+Reads ``DIR/points/*/result.json`` and ``metrics.jsonl`` and writes
+
+* ``summary.csv``: one row per point;
+* ``table.md``: the paper's Table 2 layout — a row per normalizer, a column
+  per images-per-device, each cell the test error (median of the last
+  evaluations; mean ± std over seeds when there are several);
+* ``error_vs_batch.png``: the paper's Figure 1 layout (log2 x-axis);
+* ``curves.png``: training loss and test error per epoch for every point.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+# Wu & He (2018), Table 2 / Figure 1: ResNet-50 on ImageNet, 8 GPUs, BN
+# statistics per GPU. Top-1 validation error (%) by images per GPU.
+PAPER_IMAGENET = {
+    "BN": {32: 23.6, 16: 23.7, 8: 24.8, 4: 27.3, 2: 34.7},
+    "GN": {32: 24.1, 16: 24.2, 8: 24.0, 4: 24.2, 2: 24.1},
+}
+
+
+def norm_label(config: dict) -> str:
+  """'GN (num_groups=8)' from a result's config."""
+  kwargs = {k: v for k, v in (config.get("norm_kwargs") or {}).items() if k != "axis_name"}
+  name = config["norm"].upper()
+  if config.get("sync_batch_stats"):
+    name += " synced"
+  if not kwargs:
+    return name
+  return f"{name} ({', '.join(f'{k}={v}' for k, v in sorted(kwargs.items()))})"
+
+
+def load_points(workdir: Path) -> list[dict]:
+  points = []
+  for result_path in sorted((workdir / "points").glob("*/result.json")):
+    result = json.loads(result_path.read_text())
+    metrics_path = result_path.with_name("metrics.jsonl")
+    result["history"] = [json.loads(l) for l in metrics_path.read_text().splitlines() if l.strip()]
+    result["label"] = result_path.parent.name
+    points.append(result)
+  if not points:
+    raise FileNotFoundError(f"report: no finished points under {workdir / 'points'}; run the sweep first.")
+  return points
+
+
+def _cells(points):
+  """{row label: {images per device: [final error per seed]}}"""
+  cells = defaultdict(lambda: defaultdict(list))
+  for p in points:
+    cells[norm_label(p["config"])][p["config"]["per_device_batch"]].append(100 * p["final_test_error"])
+  return cells
+
+
+def _format(errors: list[float]) -> str:
+  if len(errors) == 1:
+    return f"{errors[0]:.2f}"
+  return f"{np.mean(errors):.2f} ± {np.std(errors, ddof=1):.2f}"
+
+
+def write_summary_csv(points, path: Path) -> None:
+  fields = [
+      "label", "norm", "norm_kwargs", "per_device_batch", "num_devices", "seed", "epochs",
+      "final_test_error", "last_test_errors", "train_wall_seconds", "images_per_sec", "git_commit",
+      "dataset_sha256",
+  ]
+  with path.open("w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    for p in points:
+      c = p["config"]
+      later = [m["images_per_sec"] for m in p["history"][1:]] or [p["history"][0]["images_per_sec"]]
+      writer.writerow({
+          "label": p["label"], "norm": c["norm"], "norm_kwargs": json.dumps(c["norm_kwargs"]),
+          "per_device_batch": c["per_device_batch"], "num_devices": c["num_devices"], "seed": c["seed"],
+          "epochs": p["epochs_completed"], "final_test_error": p["final_test_error"],
+          "last_test_errors": json.dumps(p["last_test_errors"]),
+          "train_wall_seconds": round(p["train_wall_seconds"], 1),
+          "images_per_sec": round(float(np.median(later)), 1), "git_commit": p["git_commit"],
+          "dataset_sha256": p["dataset"]["sha256"],
+      })
+
+
+def markdown_table(points, title: str = "") -> str:
+  cells = _cells(points)
+  sizes = sorted({s for row in cells.values() for s in row}, reverse=True)
+  lines = []
+  if title:
+    lines += [title, ""]
+  lines.append("| test error (%) | " + " | ".join(f"{s} img/device" for s in sizes) + " |")
+  lines.append("|---|" + "---|" * len(sizes))
+  for row, by_size in cells.items():
+    lines.append(f"| {row} | " + " | ".join(_format(by_size[s]) if s in by_size else "–" for s in sizes) + " |")
+  seeds = sorted({p["config"]["seed"] for p in points})
+  c = points[0]["config"]
+  lines += [
+      "",
+      f"ResNet-{c['depth']} (width {c['width']}), {c['num_devices']} simulated devices, "
+      f"{c['epochs']} epochs, {points[0]['train_examples']} training images, {c['schedule']} LR "
+      f"(peak {c['base_lr']}·batch/{c['lr_reference_batch']}), seeds {seeds}. Each cell: median test "
+      f"error of the last {c['report_last_evals']} epoch evaluations"
+      + ("; mean ± std over seeds." if len(seeds) > 1 else "."),
+      "",
+      "Wu & He (2018), ImageNet ResNet-50, top-1 error (%) by images per GPU, for comparison:",
+      "",
+      "| | " + " | ".join(str(s) for s in (32, 16, 8, 4, 2)) + " |",
+      "|---|" + "---|" * 5,
+  ]
+  for name, row in PAPER_IMAGENET.items():
+    lines.append(f"| {name} | " + " | ".join(f"{row[s]}" for s in (32, 16, 8, 4, 2)) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def plot_error_vs_batch(points, path: Path, title: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  cells = _cells(points)
+  fig, ax = plt.subplots(figsize=(6, 4.2))
+  for row, by_size in cells.items():
+    sizes = sorted(by_size, reverse=True)
+    means = [np.mean(by_size[s]) for s in sizes]
+    stds = [np.std(by_size[s], ddof=1) if len(by_size[s]) > 1 else 0.0 for s in sizes]
+    ax.errorbar(sizes, means, yerr=stds, marker="o", capsize=3, label=row)
+  ax.set_xscale("log", base=2)
+  ax.invert_xaxis()  # as in the paper: large batches on the left
+  all_sizes = sorted({s for row in cells.values() for s in row})
+  ax.set_xticks(all_sizes, [str(s) for s in all_sizes])
+  ax.set_xlabel("images per device")
+  ax.set_ylabel("test error (%)")
+  ax.set_title(title, fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_curves(points, path: Path, title: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rows = sorted({norm_label(p["config"]) for p in points})
+  fig, axes = plt.subplots(len(rows), 2, figsize=(10, 3.2 * len(rows)), squeeze=False)
+  cmap = plt.get_cmap("viridis")
+  sizes = sorted({p["config"]["per_device_batch"] for p in points}, reverse=True)
+  for r, row in enumerate(rows):
+    for p in sorted(points, key=lambda p: -p["config"]["per_device_batch"]):
+      if norm_label(p["config"]) != row:
+        continue
+      epochs = [m["epoch"] for m in p["history"]]
+      b = p["config"]["per_device_batch"]
+      color = cmap(sizes.index(b) / max(len(sizes) - 1, 1))
+      label = f"{b}/device, seed {p['config']['seed']}"
+      axes[r, 0].plot(epochs, [m["train_loss"] for m in p["history"]], color=color, label=label)
+      axes[r, 1].plot(epochs, [100 * m["test_error"] for m in p["history"]], color=color, label=label)
+    axes[r, 0].set_title(f"{row}: training loss", fontsize=9)
+    axes[r, 1].set_title(f"{row}: test error (%)", fontsize=9)
+    for ax in axes[r]:
+      ax.set_xlabel("epoch")
+      ax.grid(alpha=0.3)
+    axes[r, 1].legend(fontsize=7)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_report(workdir: str | os.PathLike) -> str:
+  """Writes summary.csv, table.md and the plots; returns the table."""
+  workdir = Path(workdir)
+  points = load_points(workdir)
+  manifest_path = workdir / "sweep.json"
+  name = json.loads(manifest_path.read_text())["name"] if manifest_path.exists() else workdir.name
+  write_summary_csv(points, workdir / "summary.csv")
+  table = markdown_table(points, title=f"### {name}")
+  (workdir / "table.md").write_text(table)
+  plot_error_vs_batch(points, workdir / "error_vs_batch.png", f"{name}: test error vs images per device")
+  plot_curves(points, workdir / "curves.png", name)
+  return table
+
+
+def main(argv) -> None:
+  del argv
+  print(write_report(_WORKDIR.value))
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory.")
+  flags.mark_flags_as_required(["workdir"])
+  app.run(main)

@@ -1,0 +1,120 @@
+r"""Grid sweeps over training configs, resumable point by point.
+
+    python -m experiments.sweep --config configs/<sweep>.py --workdir DIR \
+        [--config.base.key=value ...]
+
+A sweep config has
+
+* ``name``: a label for the results;
+* ``base``: a training config (see ``experiments/config.py``);
+* ``axes``: a list of axes. Each axis is a list of ``(label, overrides)``
+  pairs, where ``overrides`` maps config keys to values (``norm_kwargs`` is
+  merged). The grid is their Cartesian product.
+
+Each point trains in ``DIR/points/<label>`` through
+:func:`experiments.train.train_and_evaluate`. A point whose ``result.json``
+records all its epochs is skipped; an interrupted point resumes from its
+last checkpoint. ``DIR/sweep.json`` lists the points (written atomically),
+and the report (``experiments.report``) runs at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+
+import ml_collections
+
+from experiments import report as report_lib
+from experiments import train
+
+
+def expand(sweep) -> list[tuple[str, dict, ml_collections.ConfigDict]]:
+  """(label, overrides, config) for every point of the grid, in order."""
+  points = []
+  for combo in itertools.product(*sweep.axes):
+    labels = [label for label, _ in combo]
+    config = copy.deepcopy(sweep.base)
+    merged = {}
+    for _, overrides in combo:
+      for key, value in dict(overrides).items():
+        if key not in config:
+          raise ValueError(
+              f"sweep: unknown config key {key!r} in axis overrides; valid keys are "
+              f"{sorted(config.keys())}."
+          )
+        if key == "norm_kwargs":
+          config.norm_kwargs.update(dict(value))
+        else:
+          config[key] = value
+        merged[key] = value
+    points.append(("__".join(labels), merged, config))
+  labels = [p[0] for p in points]
+  if len(set(labels)) != len(labels):
+    raise ValueError(f"sweep: point labels repeat: {labels}; give each axis value its own label.")
+  return points
+
+
+def is_complete(point_dir: Path, config) -> bool:
+  path = point_dir / "result.json"
+  if not path.exists():
+    return False
+  result = json.loads(path.read_text())
+  same_config = result.get("config") == json.loads(json.dumps(config.to_dict(), default=str))
+  return same_config and result.get("epochs_completed") == config.epochs
+
+
+def run_sweep(sweep, workdir: str | os.PathLike) -> list[dict]:
+  """Runs (or resumes) every point, then writes the report."""
+  workdir = Path(workdir).absolute()
+  points = expand(sweep)
+  # Validate every point before training any.
+  for label, _, config in points:
+    try:
+      train.check_model(train.build_model(config))
+    except ValueError as e:
+      raise ValueError(f"sweep point {label}: {e}") from e
+  workdir.mkdir(parents=True, exist_ok=True)
+  manifest = {
+      "name": sweep.name,
+      "points": [{"label": label, "overrides": overrides} for label, overrides, _ in points],
+  }
+  tmp = workdir / "sweep.json.tmp"
+  tmp.write_text(json.dumps(manifest, indent=2, default=str))
+  os.replace(tmp, workdir / "sweep.json")
+
+  results = []
+  start = time.time()
+  for i, (label, _, config) in enumerate(points):
+    point_dir = workdir / "points" / label
+    if is_complete(point_dir, config):
+      print(f"[{i + 1}/{len(points)}] {label}: done, skipped")
+    else:
+      print(f"[{i + 1}/{len(points)}] {label}: training", flush=True)
+      train.train_and_evaluate(config, point_dir)
+    results.append(json.loads((point_dir / "result.json").read_text()))
+  print(f"sweep finished in {time.time() - start:.0f} s")
+  report_lib.write_report(workdir)
+  return results
+
+
+def main(argv) -> None:
+  del argv
+  from absl import logging
+
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  run_sweep(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file.", lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the sweep's points and report.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

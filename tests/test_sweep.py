@@ -1,0 +1,145 @@
+"""Sweep expansion, skip/resume behaviour, and the report's table and plots."""
+
+import copy
+import functools
+import json
+
+import ml_collections
+import numpy as np
+import pytest
+
+from experiments import config as config_lib
+from experiments import data as data_lib
+from experiments import report, sweep, train
+from tiny_cifar import write_tiny_cifar
+
+RECORDS = 32
+
+
+@pytest.fixture(autouse=True)
+def tiny_records(monkeypatch):
+  monkeypatch.setattr(
+      data_lib, "load_cifar10", functools.partial(data_lib.load_cifar10, records_per_file=RECORDS)
+  )
+
+
+def tiny_sweep(root):
+  base = config_lib.default_config()
+  base.data_dir = str(root)
+  base.download = False
+  base.depth, base.width, base.num_devices = 8, 8, 2
+  base.epochs, base.train_examples, base.eval_batch_size = 1, 16, 16
+  base.progress, base.warmup_epochs = False, 0.0
+  s = ml_collections.ConfigDict()
+  s.name = "tiny sweep (reduced)"
+  s.base = base
+  s.axes = [
+      [("bn", {"norm": "bn"}), ("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 2}})],
+      [("b4", {"per_device_batch": 4}), ("b2", {"per_device_batch": 2})],
+  ]
+  return s
+
+
+def test_expand_is_the_cartesian_product_with_merged_overrides(tmp_path):
+  points = sweep.expand(tiny_sweep(tmp_path))
+  assert [p[0] for p in points] == ["bn__b4", "bn__b2", "gn__b4", "gn__b2"]
+  assert points[3][2].norm == "gn" and points[3][2].per_device_batch == 2
+  assert dict(points[3][2].norm_kwargs) == {"num_groups": 2}
+  assert dict(points[0][2].norm_kwargs) == {}  # overrides do not leak between points
+
+
+def test_expand_rejects_unknown_keys_and_repeated_labels(tmp_path):
+  s = tiny_sweep(tmp_path)
+  s.axes = [[("x", {"not_a_key": 1})]]
+  with pytest.raises(ValueError, match=r"unknown config key 'not_a_key'"):
+    sweep.expand(s)
+  s.axes = [[("a", {"seed": 0}), ("a", {"seed": 1})]]
+  with pytest.raises(ValueError, match=r"labels repeat"):
+    sweep.expand(s)
+
+
+def test_bad_point_fails_before_any_training(tmp_path, monkeypatch):
+  s = tiny_sweep(tmp_path)
+  s.axes[0].append(("gn3", {"norm": "gn", "norm_kwargs": {"num_groups": 3}}))
+  monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("trained"))
+  with pytest.raises(ValueError, match=r"sweep point gn3__b4: .*num_groups=3 does not divide 8"):
+    sweep.run_sweep(s, tmp_path / "sweep")
+
+
+def test_sweep_runs_skips_finished_points_and_resumes(tmp_path, monkeypatch):
+  write_tiny_cifar(tmp_path / "data", RECORDS)
+  s = tiny_sweep(tmp_path / "data")
+  out = tmp_path / "sweep"
+  results = sweep.run_sweep(s, out)
+  assert len(results) == 4
+  manifest = json.loads((out / "sweep.json").read_text())
+  assert [p["label"] for p in manifest["points"]] == ["bn__b4", "bn__b2", "gn__b4", "gn__b2"]
+  for name in ("summary.csv", "table.md", "error_vs_batch.png", "curves.png"):
+    assert (out / name).stat().st_size > 200, name
+
+  # Everything finished: a rerun trains nothing.
+  real = train.train_and_evaluate
+  calls = []
+  monkeypatch.setattr(train, "train_and_evaluate", lambda c, d: calls.append(d) or real(c, d))
+  sweep.run_sweep(s, out)
+  assert calls == []
+  # A point without its result (interrupted) is run again; others are not.
+  (out / "points" / "gn__b2" / "result.json").unlink()
+  sweep.run_sweep(s, out)
+  assert [p.name for p in calls] == ["gn__b2"]
+  # A changed config is not mistaken for a finished point.
+  s2 = copy.deepcopy(s)
+  s2.base.weight_decay = 5e-4
+  calls.clear()
+  sweep.run_sweep(s2, out)
+  assert len(calls) == 4
+
+
+def fake_point(root, label, norm, b, seed, errors, kwargs=None):
+  """A finished point with known per-epoch test errors."""
+  d = root / "points" / label
+  d.mkdir(parents=True)
+  config = config_lib.default_config()
+  config.norm, config.per_device_batch, config.seed, config.epochs = norm, b, seed, len(errors)
+  config.report_last_evals = 2
+  config.norm_kwargs.update(kwargs or {})
+  history = [
+      {"epoch": i + 1, "train_loss": 1.0 / (i + 1), "test_error": e, "images_per_sec": 100.0 + i}
+      for i, e in enumerate(errors)
+  ]
+  (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
+  result = {
+      **train.summarize(history, 2),
+      "epochs_completed": len(errors),
+      "train_wall_seconds": 12.0,
+      "train_examples": 1000,
+      "config": json.loads(json.dumps(config.to_dict())),
+      "git_commit": "abc",
+      "dataset": {"sha256": "f00"},
+  }
+  (d / "result.json").write_text(json.dumps(result))
+
+
+def test_report_table_uses_median_of_last_evals_and_seed_statistics(tmp_path):
+  # BN at 32/device: seeds with last-two medians 0.30 and 0.34 -> 32.00 ± 2.83
+  fake_point(tmp_path, "bn_b32_s0", "bn", 32, 0, [0.9, 0.31, 0.29])
+  fake_point(tmp_path, "bn_b32_s1", "bn", 32, 1, [0.9, 0.35, 0.33])
+  fake_point(tmp_path, "bn_b2_s0", "bn", 2, 0, [0.9, 0.50, 0.60])
+  fake_point(tmp_path, "gn_b2_s0", "gn", 2, 0, [0.9, 0.40, 0.42], {"num_groups": 8})
+  table = report.write_report(tmp_path)
+  ours = table.split("Wu & He")[0]  # our table; the paper's follows it
+  rows = {line.split("|")[1].strip(): line for line in ours.splitlines() if line.startswith(("| BN", "| GN"))}
+  expected_std = np.std([30.0, 34.0], ddof=1)
+  bn_cells = [c.strip() for c in rows["BN"].split("|")[2:-1]]
+  assert bn_cells == [f"32.00 ± {expected_std:.2f}", "55.00"]
+  gn_cells = [c.strip() for c in rows["GN (num_groups=8)"].split("|")[2:-1]]
+  assert gn_cells == ["–", "41.00"]
+  assert "| test error (%) | 32 img/device | 2 img/device |" in table
+  assert "34.7" in table  # the paper's BN at 2 images per GPU, for comparison
+  csv_lines = (tmp_path / "summary.csv").read_text().splitlines()
+  assert len(csv_lines) == 5 and csv_lines[0].startswith("label,norm")
+
+
+def test_report_without_points_says_what_to_do(tmp_path):
+  with pytest.raises(FileNotFoundError, match="run the sweep first"):
+    report.write_report(tmp_path)
