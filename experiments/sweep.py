@@ -39,6 +39,7 @@ def expand(sweep) -> list[tuple[str, dict, ml_collections.ConfigDict]]:
   for combo in itertools.product(*sweep.axes):
     labels = [label for label, _ in combo]
     config = copy.deepcopy(sweep.base)
+    config.unlock()  # the CLI locks configs; points add norm_kwargs keys
     merged = {}
     for _, overrides in combo:
       for key, value in dict(overrides).items():
@@ -52,6 +53,7 @@ def expand(sweep) -> list[tuple[str, dict, ml_collections.ConfigDict]]:
         else:
           config[key] = value
         merged[key] = value
+    config.lock()
     points.append(("__".join(labels), merged, config))
   labels = [p[0] for p in points]
   if len(set(labels)) != len(labels):

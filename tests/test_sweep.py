@@ -37,6 +37,7 @@ def tiny_sweep(root):
       [("bn", {"norm": "bn"}), ("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 2}})],
       [("b4", {"per_device_batch": 4}), ("b2", {"per_device_batch": 2})],
   ]
+  s.lock()  # as the command line loads it
   return s
 
 
