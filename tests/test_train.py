@@ -82,9 +82,14 @@ def test_few_steps_with_each_normalizer(norm, data_dir, tmp_path):
 
 
 def test_training_reduces_the_loss(data_dir, tmp_path):
-  config = tiny_config(data_dir, norm="gn", norm_kwargs={"num_groups": 2}, epochs=3, base_lr=0.4)
-  train.train_and_evaluate(config, tmp_path)
+  config = tiny_config(
+      data_dir, norm="gn", norm_kwargs={"num_groups": 2}, epochs=3, base_lr=0.4, eval_with_batch_stats=True
+  )
+  result = train.train_and_evaluate(config, tmp_path)
   lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  # GN has no batch statistics: evaluating "with batch statistics" changes nothing.
+  assert [m["test_error_batch_stats"] for m in lines] == [m["test_error"] for m in lines]
+  assert result["final_test_error_batch_stats"] == result["final_test_error"]
   assert lines[-1]["train_loss"] < 0.7 * lines[0]["train_loss"]
   assert lines[-1]["test_error"] < 0.6  # 10 classes: chance is 0.9
 
@@ -94,7 +99,9 @@ class Interrupted(Exception):
 
 
 def test_killed_and_resumed_run_equals_uninterrupted_run_bitwise(data_dir, tmp_path, monkeypatch):
-  config = tiny_config(data_dir, norm="bn", epochs=3, checkpoint=True, train_examples=128)
+  config = tiny_config(
+      data_dir, norm="bn", epochs=3, checkpoint=True, train_examples=128, eval_with_batch_stats=True
+  )
   full = train.train_and_evaluate(config, tmp_path / "full")
 
   # Second run: die in the middle of epoch 3 (after checkpoint 2), then rerun.
