@@ -44,6 +44,15 @@ def stage_widths(width: int) -> tuple[int, int, int]:
   return (width, 2 * width, 4 * width)
 
 
+def _conv(spec: jaxnorm.NormSpec):
+  """The spec's conv (plain or weight-standardized), He init, bias iff no norm."""
+  return functools.partial(
+      spec.conv,
+      use_bias=spec.is_identity,
+      kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+  )
+
+
 class BasicBlock(nn.Module):
   """Two 3×3 convolutions with a residual connection.
 
@@ -61,11 +70,7 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    conv = functools.partial(
-        self.norm.conv,
-        use_bias=self.norm.is_identity,
-        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-    )
+    conv = _conv(self.norm)
     last = {"scale_init": nn.initializers.zeros} if self.zero_init_last else {}
     norm = functools.partial(self.norm.layer, self.train)
     needs_projection = self.strides != 1 or x.shape[-1] != self.features
@@ -124,11 +129,7 @@ class CifarResNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     blocks = resnet_blocks_per_stage(self.depth)
     spec = jaxnorm.create_norm(self.norm, **dict(self.norm_kwargs or {}))
-    conv = functools.partial(
-        spec.conv,
-        use_bias=spec.is_identity,
-        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-    )
+    conv = _conv(spec)
     x = conv(self.width, (3, 3), name="stem_conv")(x)
     if not self.preact:
       x = nn.relu(spec.layer(train, name="stem_norm")(x))

@@ -142,6 +142,24 @@ def _prepare(x: Array, owner: str) -> Array:
   return jnp.asarray(x)
 
 
+def _per_example_norm(x, scale, bias, *, owner, reduction_axes, feature_axes, **kwargs):
+  """layer_norm and rms_norm: validate the two axis arguments, standardize."""
+  x = _prepare(x, owner)
+  return _standardize(
+      x,
+      scale,
+      bias,
+      reduction_axes=_axes.canonicalize_axes(
+          reduction_axes, x.ndim, name="reduction_axes", owner=owner
+      ),
+      feature_axes=_axes.canonicalize_axes(
+          feature_axes, x.ndim, name="feature_axes", owner=owner
+      ),
+      owner=owner,
+      **kwargs,
+  )
+
+
 def layer_norm(
     x: Array,
     scale: Array | None = None,
@@ -168,24 +186,18 @@ def layer_norm(
     Ba, Kiros & Hinton, `Layer Normalization
     <https://arxiv.org/abs/1607.06450>`_, 2016.
   """
-  owner = "layer_norm"
-  x = _prepare(x, owner)
-  return _standardize(
+  return _per_example_norm(
       x,
       scale,
       bias,
-      reduction_axes=_axes.canonicalize_axes(
-          reduction_axes, x.ndim, name="reduction_axes", owner=owner
-      ),
-      feature_axes=_axes.canonicalize_axes(
-          feature_axes, x.ndim, name="feature_axes", owner=owner
-      ),
-      owner=owner,
+      owner="layer_norm",
+      reduction_axes=reduction_axes,
+      feature_axes=feature_axes,
+      use_mean=True,
       epsilon=epsilon,
       mask=mask,
       axis_name=axis_name,
       axis_index_groups=axis_index_groups,
-      use_mean=True,
       use_fast_variance=use_fast_variance,
       dtype=dtype,
       force_float32_reductions=force_float32_reductions,
@@ -215,24 +227,18 @@ def rms_norm(
     Zhang & Sennrich, `Root Mean Square Layer Normalization
     <https://arxiv.org/abs/1910.07467>`_, 2019.
   """
-  owner = "rms_norm"
-  x = _prepare(x, owner)
-  return _standardize(
+  return _per_example_norm(
       x,
       scale,
       None,
-      reduction_axes=_axes.canonicalize_axes(
-          reduction_axes, x.ndim, name="reduction_axes", owner=owner
-      ),
-      feature_axes=_axes.canonicalize_axes(
-          feature_axes, x.ndim, name="feature_axes", owner=owner
-      ),
-      owner=owner,
+      owner="rms_norm",
+      reduction_axes=reduction_axes,
+      feature_axes=feature_axes,
+      use_mean=False,
       epsilon=epsilon,
       mask=mask,
       axis_name=axis_name,
       axis_index_groups=axis_index_groups,
-      use_mean=False,
       use_fast_variance=False,
       dtype=dtype,
       force_float32_reductions=force_float32_reductions,
