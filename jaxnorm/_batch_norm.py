@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm import _axes
+from jaxnorm import _reduction_axes
 from jaxnorm._functional import _param
 from jaxnorm._functional import _prepare
 from jaxnorm._functional import normalize
@@ -181,7 +182,7 @@ def _batch_norm(
   grouped_features = tuple(a + 1 for a in feature_axes)
   stats = moments(
       xg,
-      tuple(a for a in range(1, xg.ndim) if a not in grouped_features),
+      _reduction_axes.batch_norm_axes(xg.ndim, grouped_features),
       mask=split(mask),
       axis_name=axis_name,
       axis_index_groups=axis_index_groups,

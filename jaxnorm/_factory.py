@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 
 from jaxnorm import _axes
+from jaxnorm import _reduction_axes
 from jaxnorm._batch_renorm import BatchRenorm
 from jaxnorm._evonorm import EvoNormB0
 from jaxnorm._evonorm import EvoNormS0
@@ -30,7 +31,7 @@ from jaxnorm._weight_standardization import StandardizedConv
 
 # Statistics over (H, W, C) of each example: the Group Normalization paper's
 # LN for convolutional activations (GN with one group).
-_PER_EXAMPLE = {"reduction_axes": (1, 2, 3), "feature_axes": -1}
+_PER_EXAMPLE = {"reduction_axes": _reduction_axes.layer_norm_axes(4), "feature_axes": -1}
 
 
 class _Identity(nn.Module):

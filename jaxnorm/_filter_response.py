@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax.nn import initializers
 
 from jaxnorm import _axes
+from jaxnorm import _reduction_axes
 from jaxnorm._functional import _param
 from jaxnorm._functional import _prepare
 from jaxnorm._functional import _standardize
@@ -37,7 +38,7 @@ def _per_example_channel_axes(x: Array, channel_axis: int, owner: str):
         f"statistics are per example, so choose the channel axis (e.g. -1 "
         f"for NHWC, 1 for NCHW)."
     )
-  return c, tuple(a for a in range(1, x.ndim) if a != c)
+  return c, _reduction_axes.filter_response_norm_axes(x.ndim, c)
 
 
 def filter_response_norm(

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnorm import _axes
+from jaxnorm import _reduction_axes
 from jaxnorm._moments import moments
 
 Array = jax.Array
@@ -286,9 +287,7 @@ def instance_norm(
         f"{batch_axis}; statistics are per example, so choose feature axes "
         f"other than batch_axis={batch_axis}."
     )
-  reduction_axes = tuple(
-      a for a in range(x.ndim) if a != batch_axis and a not in feature_axes
-  )
+  reduction_axes = _reduction_axes.instance_norm_axes(x.ndim, batch_axis, feature_axes)
   return _standardize(
       x,
       scale,
@@ -349,7 +348,7 @@ def group_layout(
       channel_axis, ndim, name="channel_axis", owner=owner
   )
   if reduction_axes is None:
-    reduction_axes = tuple(sorted(set(range(1, ndim)) | {c}))
+    reduction_axes = _reduction_axes.group_norm_axes(ndim, c)
   else:
     reduction_axes = _axes.canonicalize_axes(
         reduction_axes, ndim, name="reduction_axes", owner=owner
