@@ -28,6 +28,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.preact = False
   c.shortcut = "pad"  # 'pad' (option A) or 'projection'
   c.zero_init_last = True  # γ = 0 for the last norm of each block
+  c.residual = True  # False: the plain network, no shortcuts (needs zero_init_last=False)
   c.norm = "bn"  # any jaxnorm.create_norm name
   c.norm_kwargs = ml_collections.ConfigDict()  # e.g. num_groups=8
 
@@ -63,6 +64,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint = True  # orbax checkpoint every epoch; rerun resumes
   c.progress = True  # tqdm bar per epoch
   c.dataset_note = ""  # extra words about the data copy for result files
+  # At init and after every epoch, probe a fixed training batch: mean, std
+  # and drift of each norm layer's input, gradient norm of every layer, into
+  # metrics.jsonl (experiments/diagnostics.py). Costs one extra forward and
+  # backward pass per evaluation.
+  c.diagnostics = False
   return c
 
 
@@ -84,6 +90,14 @@ def validate(config, num_physical_devices: int) -> None:
 
   for name in ("num_devices", "per_device_batch", "epochs", "eval_batch_size", "width"):
     positive(name)
+  for name in ("diagnostics", "residual"):
+    if not isinstance(config[name], bool):
+      raise ValueError(f"config: {name}={config[name]!r}; expected True or False.")
+  if not config.residual and config.zero_init_last:
+    raise ValueError(
+        "config: residual=False (a plain network) with zero_init_last=True "
+        "would start every block at a constant output; set zero_init_last=False."
+    )
   if config.schedule not in SCHEDULES:
     raise ValueError(f"config: schedule={config.schedule!r}; choose one of {SCHEDULES}.")
   if config.execution not in EXECUTIONS:

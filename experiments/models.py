@@ -12,6 +12,10 @@ switches the convolutions to weight-standardized ones) need no code.
 Following Goyal et al. (2017) and the GN paper, the last normalizer of each
 residual block starts with γ = 0, so every block starts as the identity.
 With ``norm="none"`` the convolutions get a bias instead.
+
+``residual=False`` removes every shortcut: the *plain* networks of He et
+al. (2016) with the same layers (:func:`cifar_plain_net`), used to show
+what normalization does for depth without skip connections.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class BasicBlock(nn.Module):
 
   Post-activation (He et al., 2016a): conv-norm-relu-conv-norm, add, relu.
   Pre-activation (He et al., 2016b): norm-relu-conv-norm-relu-conv, add.
+  With ``residual=False`` (a plain block) nothing is added.
   """
 
   features: int
@@ -67,13 +72,14 @@ class BasicBlock(nn.Module):
   preact: bool = False
   shortcut: str = "pad"
   zero_init_last: bool = True
+  residual: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     conv = _conv(self.norm)
     last = {"scale_init": nn.initializers.zeros} if self.zero_init_last else {}
     norm = functools.partial(self.norm.layer, self.train)
-    needs_projection = self.strides != 1 or x.shape[-1] != self.features
+    needs_projection = self.residual and (self.strides != 1 or x.shape[-1] != self.features)
 
     if self.preact:
       pre = nn.relu(norm(name="norm_in")(x))
@@ -83,12 +89,14 @@ class BasicBlock(nn.Module):
       y = conv(self.features, (3, 3), self.strides, name="conv1")(pre)
       y = nn.relu(norm(name="norm1")(y))
       y = conv(self.features, (3, 3), name="conv2")(y)
-      return y + residual
+      return y + residual if self.residual else y
 
     y = conv(self.features, (3, 3), self.strides, name="conv1")(x)
     y = nn.relu(norm(name="norm1")(y))
     y = conv(self.features, (3, 3), name="conv2")(y)
     y = norm(name="norm2", **last)(y)
+    if not self.residual:
+      return nn.relu(y)
     residual = self._shortcut(x, conv, norm) if needs_projection else x
     return nn.relu(y + residual)
 
@@ -114,6 +122,7 @@ class CifarResNet(nn.Module):
     preact: pre-activation blocks.
     shortcut: 'pad' (option A, parameter-free) or 'projection' (1×1 conv).
     zero_init_last: start the last γ of each block at zero.
+    residual: shortcut connections; False gives the plain network.
   """
 
   depth: int = 20
@@ -124,10 +133,17 @@ class CifarResNet(nn.Module):
   preact: bool = False
   shortcut: str = "pad"
   zero_init_last: bool = True
+  residual: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     blocks = resnet_blocks_per_stage(self.depth)
+    if not self.residual and self.zero_init_last:
+      raise ValueError(
+          "model: residual=False with zero_init_last=True would start every "
+          "plain block with γ = 0, i.e. a constant output; set "
+          "zero_init_last=False for plain networks."
+      )
     spec = jaxnorm.create_norm(self.norm, **dict(self.norm_kwargs or {}))
     conv = _conv(spec)
     x = conv(self.width, (3, 3), name="stem_conv")(x)
@@ -144,9 +160,20 @@ class CifarResNet(nn.Module):
             preact=self.preact,
             shortcut=self.shortcut,
             zero_init_last=self.zero_init_last,
+            residual=self.residual,
             name=f"stage{stage + 1}_block{b + 1}",
         )(x)
     if self.preact:
       x = nn.relu(spec.layer(train, name="final_norm")(x))
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name="classifier")(x)
+
+
+def cifar_plain_net(depth: int = 20, **kwargs) -> CifarResNet:
+  """The plain CIFAR network of ``depth = 6n + 2`` layers: the ResNet without shortcuts.
+
+  He et al. (2016), Fig. 6: plain-20/32/44/56 train worse the deeper they
+  are, where their ResNet counterparts train better. ``kwargs`` are the
+  other fields of :class:`CifarResNet`.
+  """
+  return CifarResNet(depth=depth, residual=False, zero_init_last=False, **kwargs)

@@ -6,7 +6,9 @@ r"""Config-driven CIFAR-10 training with pluggable normalizers.
 Writes to ``DIR``:
 
 * ``metrics.jsonl``: one JSON line per epoch (train loss and accuracy, test
-  loss and error, learning rate, images/s, wall time);
+  loss and error, learning rate, images/s, wall time; with
+  ``config.diagnostics`` also ``diagnostics``, and ``diagnostics_init`` in the
+  first line: see ``experiments/diagnostics.py``);
 * ``checkpoints/``: orbax checkpoints after every epoch (parameters,
   batch_stats, optimizer state, step, RNG key; the data order is a function
   of the seed and the epoch). Running the same command again resumes from
@@ -38,6 +40,7 @@ from tqdm import tqdm
 import jaxnorm
 from experiments import config as config_lib
 from experiments import data as data_lib
+from experiments import diagnostics as diagnostics_lib
 from experiments import parallel
 from experiments import provenance
 from experiments.models import CifarResNet
@@ -74,6 +77,7 @@ def build_model(config) -> CifarResNet:
       preact=config.preact,
       shortcut=config.shortcut,
       zero_init_last=config.zero_init_last,
+      residual=config.residual,
   )
 
 
@@ -131,6 +135,27 @@ def _make_step(model, tx, mesh, config, mode: str):
   if mode == "microbatch":
     return parallel.make_microbatch_step(model, tx, simulated=simulated, augment=config.augment)
   return parallel.make_vmap_step(model, tx, mesh, simulated=simulated, augment=config.augment)
+
+
+class _Probe:
+  """Diagnostics on the first global batch of the training set (fixed, unaugmented)."""
+
+  def __init__(self, model, mesh, config, train_images, train_labels):
+    simulated = 1 if config.sync_batch_stats else config.num_devices // mesh.size
+    spec = jaxnorm.create_norm(config.norm, **dict(config.norm_kwargs))
+    self.step = diagnostics_lib.make_probe_step(model, mesh, simulated=simulated, norm_module=spec.module)
+    self.order = diagnostics_lib.call_order(model)
+    n = config_lib.global_batch(config)
+    self.batch = parallel.put_global_batch({"images": train_images[:n], "labels": train_labels[:n]}, mesh)
+    self.previous = None
+
+  def measure(self, state) -> dict:
+    """Probes the state; drifts are against the previous call."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    now = jax.device_get(self.step(variables, self.batch["images"], self.batch["labels"]))
+    summary = diagnostics_lib.summarize(now, self.previous, self.order)
+    self.previous = now
+    return summary
 
 
 def evaluate(eval_step, variables, images, labels, config, mesh) -> dict:
@@ -223,6 +248,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     simulated = 1 if config.sync_batch_stats else config.num_devices // mesh.size
     batch_stats_eval = parallel.make_eval_step(model, mesh, simulated=simulated)
 
+  probe = None
+  if config.diagnostics:
+    probe = _Probe(model, mesh, config, train_images, train_labels)
+    diagnostics_init = probe.measure(state)  # drifts of the first epoch are against this
+
   for epoch in range(start_epoch, config.epochs):
     epoch_start = time.time()
     step_metrics = []
@@ -252,6 +282,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       record["test_error_batch_stats"] = evaluate(
           batch_stats_eval, variables, dataset.test_images, dataset.test_labels, config, mesh
       )["error"]
+    if probe is not None:
+      if epoch == 0:
+        record["diagnostics_init"] = diagnostics_init
+      record["diagnostics"] = probe.measure(state)
     record["wall_seconds"] = (history[-1]["wall_seconds"] if history else 0.0) + time.time() - epoch_start
     history.append(record)
     if is_main:
