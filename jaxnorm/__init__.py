@@ -16,7 +16,9 @@ Three layers, each built only on the one below:
 
 Around them: :func:`precise_batch_stats` (population statistics after
 training), :func:`fold_batch_norm` (inference folding) and
-:func:`create_norm` (choose a normalizer by name).
+:func:`create_norm` (choose a normalizer by name). :func:`implementation`
+selects how the standardizing normalizers are computed (fused XLA path,
+Pallas GPU kernels or the composed reference; see :mod:`jaxnorm._dispatch`).
 """
 
 from jaxnorm._batch_norm import BatchStats as BatchStats
@@ -24,6 +26,10 @@ from jaxnorm._batch_norm import batch_norm as batch_norm
 from jaxnorm._batch_renorm import BatchRenorm as BatchRenorm
 from jaxnorm._batch_renorm import batch_renorm as batch_renorm
 from jaxnorm._batch_renorm import batch_renorm_limits as batch_renorm_limits
+from jaxnorm._dispatch import IMPLEMENTATIONS as IMPLEMENTATIONS
+from jaxnorm._dispatch import get_implementation as get_implementation
+from jaxnorm._dispatch import implementation as implementation
+from jaxnorm._dispatch import set_implementation as set_implementation
 from jaxnorm._evonorm import EvoNormB0 as EvoNormB0
 from jaxnorm._evonorm import EvoNormS0 as EvoNormS0
 from jaxnorm._evonorm import evonorm_b0 as evonorm_b0
@@ -60,6 +66,7 @@ __all__ = (
     "BatchStats",
     "EvoNormB0",
     "EvoNormS0",
+    "IMPLEMENTATIONS",
     "FilterResponseNorm",
     "GroupNorm",
     "InstanceNorm",
@@ -77,12 +84,15 @@ __all__ = (
     "evonorm_s0",
     "filter_response_norm",
     "fold_batch_norm",
+    "get_implementation",
     "group_norm",
+    "implementation",
     "instance_norm",
     "layer_norm",
     "moments",
     "normalize",
     "precise_batch_stats",
     "rms_norm",
+    "set_implementation",
     "standardize_weight",
 )

@@ -27,6 +27,10 @@ from jax import lax
 
 from jaxnorm import _axes
 from jaxnorm import _reduction_axes
+from jaxnorm import _dispatch
+from jaxnorm import _fused
+from jaxnorm import _pallas
+from jaxnorm._moments import accumulation_dtype
 from jaxnorm._moments import moments
 
 Array = jax.Array
@@ -100,6 +104,55 @@ def _param(
   )
 
 
+def fused_moments_and_normalize(
+    x: Array,
+    scale: Array | None,
+    bias: Array | None,
+    *,
+    reduction_axes: tuple[int, ...],
+    feature_axes: tuple[int, ...],
+    epsilon: Any,
+    mask: Array | None,
+    axis_name: Any,
+    use_mean: bool,
+    use_fast_variance: bool,
+    dtype: Any,
+    force_float32_reductions: bool,
+) -> tuple[Array, Array, Array] | None:
+  """``(y, mean, var)`` from the fast path, or None where it does not apply.
+
+  The fast paths (:mod:`jaxnorm._dispatch`) cover inputs without a mask,
+  without ``axis_name``, with the stable variance, a real dtype and a fixed
+  ε; everything else — and ``implementation("reference")`` — returns None
+  so that the caller composes :func:`moments` and :func:`normalize`.
+  ``mean`` and ``var`` keep the reduced axes with size 1.
+  """
+  name = _dispatch.get_implementation()
+  acc = accumulation_dtype(jnp.result_type(x), dtype, force_float32_reductions)
+  if (
+      name == "reference"
+      or mask is not None
+      or axis_name is not None
+      or use_fast_variance
+      or not reduction_axes
+      or not jnp.issubdtype(acc, jnp.floating)
+      or not isinstance(epsilon, (int, float))
+      or jnp.result_type(acc, *(p for p in (scale, bias) if p is not None)) != acc
+  ):
+    return None
+  kwargs = dict(
+      reduction_axes=reduction_axes,
+      feature_axes=feature_axes,
+      epsilon=float(epsilon),
+      use_mean=use_mean,
+      acc_dtype=acc,
+      out_dtype=output_dtype(x, scale, bias, dtype=dtype),
+  )
+  if _pallas.applies(name, x, reduction_axes, feature_axes, use_mean):
+    return _pallas.standardize(x, scale, bias, **kwargs)
+  return _fused.standardize(x, scale, bias, **kwargs)
+
+
 def _standardize(
     x: Array,
     scale: Array | None,
@@ -121,6 +174,22 @@ def _standardize(
   scale = _param(scale, x.shape, feature_axes, name="scale", owner=owner)
   bias = _param(bias, x.shape, feature_axes, name="bias", owner=owner)
   mask = _axes.check_mask(mask, x.shape, owner=owner)
+  fused = fused_moments_and_normalize(
+      x,
+      scale,
+      bias,
+      reduction_axes=reduction_axes,
+      feature_axes=feature_axes,
+      epsilon=epsilon,
+      mask=mask,
+      axis_name=axis_name,
+      use_mean=use_mean,
+      use_fast_variance=use_fast_variance,
+      dtype=dtype,
+      force_float32_reductions=force_float32_reductions,
+  )
+  if fused is not None:
+    return fused[0]
   stats = moments(
       x,
       reduction_axes,
