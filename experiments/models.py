@@ -117,7 +117,8 @@ class CifarResNet(nn.Module):
     depth: 6n + 2 (8, 20, 32, 56, 110, ...).
     width: channels of the first stage (16 in He et al.).
     num_classes: outputs of the classifier.
-    norm: a :func:`jaxnorm.create_norm` name ('bn', 'gn', 'gn+ws', 'none', ...).
+    norm: a :func:`jaxnorm.create_norm` name ('bn', 'gn', 'gn+ws', 'none', ...),
+      or a ready :class:`jaxnorm.NormSpec` (then ``norm_kwargs`` is unused).
     norm_kwargs: keyword arguments for the normalizer (e.g. num_groups).
     preact: pre-activation blocks.
     shortcut: 'pad' (option A, parameter-free) or 'projection' (1×1 conv).
@@ -128,7 +129,7 @@ class CifarResNet(nn.Module):
   depth: int = 20
   width: int = 16
   num_classes: int = 10
-  norm: str = "bn"
+  norm: str | jaxnorm.NormSpec = "bn"
   norm_kwargs: Mapping[str, Any] | None = None
   preact: bool = False
   shortcut: str = "pad"
@@ -144,7 +145,9 @@ class CifarResNet(nn.Module):
           "plain block with γ = 0, i.e. a constant output; set "
           "zero_init_last=False for plain networks."
       )
-    spec = jaxnorm.create_norm(self.norm, **dict(self.norm_kwargs or {}))
+    spec = self.norm
+    if not isinstance(spec, jaxnorm.NormSpec):
+      spec = jaxnorm.create_norm(spec, **dict(self.norm_kwargs or {}))
     conv = _conv(spec)
     x = conv(self.width, (3, 3), name="stem_conv")(x)
     if not self.preact:
