@@ -1,0 +1,217 @@
+"""The fused path (jaxnorm._fused) against the composed reference.
+
+Every standardizing normalizer runs the fused path by default; these tests
+pin that it computes the same function and the same derivatives as the
+reference (JAX's autodiff of moments + normalize), in float64 to 1e-12,
+and that it steps aside exactly where it does not apply.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxnorm
+from tests import references as ref
+
+# name -> (input shape, f(x, scale, bias) -> output or (output, stats)).
+# Inputs have 8 channels on the feature axis (12 for gn_2d).
+CASES = {
+    "gn_nhwc": ((4, 5, 3, 8), lambda x, s, b: jaxnorm.group_norm(x, s, b, num_groups=4)),
+    "gn_nchw": (
+        (4, 8, 5, 3),
+        lambda x, s, b: jaxnorm.group_norm(x, s, b, num_groups=2, channel_axis=1),
+    ),
+    "gn_group_size_1": ((3, 4, 4, 8), lambda x, s, b: jaxnorm.group_norm(x, s, b, num_groups=None, group_size=1)),
+    "gn_2d": ((6, 12), lambda x, s, b: jaxnorm.group_norm(x, s, b, num_groups=3)),
+    "gn_reduction_axes": (
+        (3, 4, 5, 8),
+        lambda x, s, b: jaxnorm.group_norm(x, s, b, num_groups=2, reduction_axes=(2, 3)),
+    ),
+    "ln_last": ((4, 7, 8), lambda x, s, b: jaxnorm.layer_norm(x, s, b)),
+    "ln_hwc": ((3, 4, 5, 8), lambda x, s, b: jaxnorm.layer_norm(x, s, b, reduction_axes=(1, 2, 3))),
+    "ln_features_elsewhere": (
+        (3, 8, 5),
+        lambda x, s, b: jaxnorm.layer_norm(x, s, b, reduction_axes=(1, 2), feature_axes=1),
+    ),
+    "in_nhwc": ((3, 4, 5, 8), lambda x, s, b: jaxnorm.instance_norm(x, s, b)),
+    "in_nchw": ((3, 8, 4, 5), lambda x, s, b: jaxnorm.instance_norm(x, s, b, feature_axes=1)),
+    "rms": ((4, 6, 8), lambda x, s, b: jaxnorm.rms_norm(x, s)),
+    "rms_hwc": ((3, 4, 5, 8), lambda x, s, b: jaxnorm.rms_norm(x, s, reduction_axes=(1, 2, 3))),
+    "bn_nhwc": ((6, 4, 3, 8), lambda x, s, b: jaxnorm.batch_norm(x, s, b)),
+    "bn_nchw": ((6, 8, 4, 3), lambda x, s, b: jaxnorm.batch_norm(x, s, b, axis=1)),
+    "bn_2d": ((10, 8), lambda x, s, b: jaxnorm.batch_norm(x, s, b)),
+    "ghost_bn": ((8, 3, 2, 8), lambda x, s, b: jaxnorm.batch_norm(x, s, b, virtual_batch_size=2)),
+    "bn_running": (
+        (6, 4, 8),
+        lambda x, s, b: jaxnorm.batch_norm(x, s, b, jnp.zeros(8), jnp.ones(8), momentum=0.9),
+    ),
+    "bn_no_affine": ((6, 4, 8), lambda x, s, b: jaxnorm.batch_norm(x)),
+    "gn_scale_only": ((4, 5, 8), lambda x, s, b: jaxnorm.group_norm(x, s, None, num_groups=2)),
+}
+
+
+def _loss(fn, cotangents):
+  """A scalar touching every output, statistics included, with weights."""
+
+  def loss(x, scale, bias):
+    leaves = jax.tree_util.tree_leaves(fn(x, scale, bias))
+    return sum(jnp.sum(leaf * c[: leaf.size].reshape(leaf.shape)) for leaf, c in zip(leaves, cotangents))
+
+  return loss
+
+
+def _inputs(shape, dtype, seed=0):
+  kx, ks, kb, kc = jax.random.split(jax.random.key(seed), 4)
+  channels = 12 if shape == (6, 12) else 8
+  x = 3.0 + 2.0 * jax.random.normal(kx, shape, dtype)
+  scale = 1.0 + 0.3 * jax.random.normal(ks, (channels,), dtype)
+  bias = 0.5 * jax.random.normal(kb, (channels,), dtype)
+  size = int(np.prod(shape))
+  cotangents = [jax.random.normal(k, (size,), dtype) for k in jax.random.split(kc, 4)]
+  return x, scale, bias, cotangents
+
+
+def _run(implementation, fn, x, scale, bias, cotangents):
+  with jaxnorm.implementation(implementation):
+    # A fresh function per implementation: the choice is read when tracing.
+    out = jax.jit(lambda *a: fn(*a))(x, scale, bias)
+    grads = jax.jit(jax.grad(_loss(fn, cotangents), (0, 1, 2)))(x, scale, bias)
+  return out, grads
+
+
+def _uses_custom_vjp(fn, *args) -> bool:
+  return "custom_vjp_call" in str(jax.make_jaxpr(fn)(*args))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fused_equals_reference_in_float64(name):
+  shape, fn = CASES[name]
+  with jax.enable_x64(True):
+    x, scale, bias, cot = _inputs(shape, jnp.float64)
+    with jaxnorm.implementation("fused"):
+      assert _uses_custom_vjp(fn, x, scale, bias), "the fused path was not taken"
+    fused = _run("fused", fn, x, scale, bias, cot)
+    reference = _run("reference", fn, x, scale, bias, cot)
+    for a, b in zip(jax.tree_util.tree_leaves(fused), jax.tree_util.tree_leaves(reference)):
+      assert a.shape == b.shape and a.dtype == b.dtype
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-11, atol=1e-11)
+
+
+def test_fused_gradient_matches_the_analytic_formula():
+  """∂x = r(g − mean g − x̂ mean(g x̂)), g = γ ∂y, per group (float64 NumPy)."""
+  with jax.enable_x64(True):
+    x, scale, bias, cot = _inputs((3, 4, 4, 8), jnp.float64)
+    dy = cot[0].reshape(x.shape)
+    with jaxnorm.implementation("fused"):
+      _, pullback = jax.vjp(lambda x: jaxnorm.group_norm(x, scale, bias, num_groups=2, epsilon=1e-5), x)
+      (dx,) = pullback(dy)
+  xn, g = ref.f64(x).reshape(3, 16, 2, 4), (ref.f64(dy) * ref.f64(scale)).reshape(3, 16, 2, 4)
+  xhat, _, var = ref.standardize(xn, axes=(1, 3), eps=1e-5)
+  mean = lambda a: a.mean((1, 3), keepdims=True)  # noqa: E731
+  expected = (g - mean(g) - xhat * mean(g * xhat)) / np.sqrt(var + 1e-5)
+  np.testing.assert_allclose(np.asarray(dx), expected.reshape(x.shape), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["gn_nhwc", "bn_nhwc", "rms", "ln_features_elsewhere"])
+def test_fused_second_order_reverse_gradients(name):
+  shape, fn = CASES[name]
+  x, scale, bias, cot = _inputs(shape, jnp.float32)
+  with jaxnorm.implementation("fused"):
+    check_grads(
+        _loss(fn, cot), (x, scale, bias), order=2, modes=["rev"], atol=5e-2, rtol=5e-2
+    )
+
+
+def test_fused_large_offset_stays_accurate():
+  """x = 1e4 + N(0, 1) in float32: outputs and input gradients vs float64."""
+  x = 1e4 + jax.random.normal(jax.random.key(0), (8, 6, 6, 16))
+  dy = jax.random.normal(jax.random.key(1), x.shape)
+  fn = lambda x: jaxnorm.group_norm(x, num_groups=4, epsilon=1e-5)  # noqa: E731
+  with jaxnorm.implementation("fused"):
+    y, pullback = jax.vjp(fn, x)
+    (dx,) = pullback(dy)
+  with jax.enable_x64(True), jaxnorm.implementation("reference"):
+    y64, pullback64 = jax.vjp(fn, jnp.asarray(np.asarray(x), jnp.float64))
+    (dx64,) = pullback64(jnp.asarray(np.asarray(dy), jnp.float64))
+  assert np.max(np.abs(np.asarray(y, np.float64) - np.asarray(y64))) < 5e-3
+  assert np.max(np.abs(np.asarray(dx, np.float64) - np.asarray(dx64))) < 5e-3
+
+
+@pytest.mark.parametrize("name", ["gn_nhwc", "bn_nchw", "ln_last"])
+def test_fused_half_precision_matches_reference(name):
+  shape, fn = CASES[name]
+  x, scale, bias, cot = _inputs(shape, jnp.float32)
+  x = x.astype(jnp.bfloat16)
+  fused = _run("fused", fn, x, scale, bias, cot)
+  reference = _run("reference", fn, x, scale, bias, cot)
+  for a, b in zip(jax.tree_util.tree_leaves(fused), jax.tree_util.tree_leaves(reference)):
+    assert a.dtype == b.dtype
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=2e-2, atol=2e-2)
+
+
+def test_fused_under_vmap_equals_per_example_calls():
+  x, scale, bias, _ = _inputs((5, 4, 3, 8), jnp.float32)
+  with jaxnorm.implementation("fused"):
+    fn = lambda x: jaxnorm.group_norm(x[None], scale, bias, num_groups=4)[0]  # noqa: E731
+    batched = jax.vmap(fn)(x)
+    grads = jax.vmap(jax.grad(lambda x: jnp.sum(fn(x) ** 3)))(x)
+    singles = jnp.stack([fn(e) for e in x])
+    single_grads = jnp.stack([jax.grad(lambda x: jnp.sum(fn(x) ** 3))(e) for e in x])
+  np.testing.assert_allclose(batched, singles, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(grads, single_grads, rtol=1e-5, atol=1e-5)
+
+
+FALLBACKS = {
+    "mask": lambda x: jaxnorm.layer_norm(x, mask=x > 0),
+    "fast_variance": lambda x: jaxnorm.group_norm(x, num_groups=2, use_fast_variance=True),
+    "learned_epsilon": lambda x: jaxnorm.filter_response_norm(x, learned_epsilon=jnp.ones(())),
+    "complex": lambda x: jaxnorm.layer_norm(x + 1j * x),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FALLBACKS))
+def test_options_the_fused_path_lacks_use_the_reference(name):
+  x = jax.random.normal(jax.random.key(0), (2, 3, 3, 4))
+  with jaxnorm.implementation("fused"):
+    assert not _uses_custom_vjp(FALLBACKS[name], x)
+
+
+def test_axis_name_uses_the_reference():
+  x = jax.random.normal(jax.random.key(0), (4, 3, 8))
+  fn = jax.vmap(lambda x: jaxnorm.batch_norm(x, axis_name="d")[0], axis_name="d")
+  with jaxnorm.implementation("fused"):
+    assert not _uses_custom_vjp(fn, x)
+
+
+def test_reference_implementation_supports_forward_mode():
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+  fn = lambda x: jnp.sum(jaxnorm.group_norm(x, num_groups=4) ** 3)  # noqa: E731
+  v = jnp.ones_like(x)
+  with jaxnorm.implementation("reference"):
+    assert not _uses_custom_vjp(fn, x)
+    _, hvp_forward = jax.jvp(jax.grad(fn), (x,), (v,))
+  with jaxnorm.implementation("fused"):
+    hvp_reverse = jax.grad(lambda x: jnp.vdot(jax.grad(fn)(x), v))(x)
+  np.testing.assert_allclose(hvp_forward, hvp_reverse, rtol=1e-4, atol=1e-4)
+
+
+def test_implementation_switch_and_errors(monkeypatch):
+  assert jaxnorm.get_implementation() == "auto"
+  with jaxnorm.implementation("reference"):
+    assert jaxnorm.get_implementation() == "reference"
+    with jaxnorm.implementation("fused"):
+      assert jaxnorm.get_implementation() == "fused"
+    assert jaxnorm.get_implementation() == "reference"
+  assert jaxnorm.get_implementation() == "auto"
+  jaxnorm.set_implementation("reference")
+  try:
+    assert jaxnorm.get_implementation() == "reference"
+  finally:
+    jaxnorm.set_implementation("auto")
+  with pytest.raises(ValueError, match="name='xla'.*'auto', 'fused', 'reference', 'pallas'"):
+    with jaxnorm.implementation("xla"):
+      pass
+  with pytest.raises(ValueError, match="set_implementation"):
+    jaxnorm.set_implementation("fast")
