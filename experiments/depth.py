@@ -48,6 +48,7 @@ from experiments import diagnostics
 from experiments import provenance
 from experiments.models import CifarResNet
 from experiments.models import cifar_plain_net
+from experiments.models import resnet_blocks_per_stage
 
 ARCH_KINDS = ("plain", "resnet")
 DIVERGED_LOSS = 1e3  # a run stops once its loss is above this (or not finite)
@@ -57,7 +58,9 @@ def parse_arch(arch: str) -> tuple[str, int]:
   """'plain56' -> ('plain', 56)."""
   for kind in ARCH_KINDS:
     if arch.startswith(kind) and arch[len(kind):].isdigit():
-      return kind, int(arch[len(kind):])
+      depth = int(arch[len(kind):])
+      resnet_blocks_per_stage(depth)  # raises unless depth = 6n + 2
+      return kind, depth
   raise ValueError(
       f"depth: arch={arch!r}; expected 'plain' or 'resnet' followed by a depth "
       f"6n+2, e.g. 'plain20' or 'resnet56'."

@@ -137,7 +137,11 @@ def loss_grads_and_norm_inputs(model, norm_module, params, batch_stats, images, 
 
 
 def _merge_moments(moments: dict, mean_over: Callable) -> dict:
-  """Merges per-device (mean, var) of equal counts into the moments of their union."""
+  """Merges per-device (mean, var) of equal counts into the moments of their union.
+
+  ``mean_over`` averages over the devices and keeps a shape that broadcasts
+  against its input (``keepdims``, or a collective such as ``pmean``).
+  """
   out = {}
   for name, (mean, var) in moments.items():
     total_mean = mean_over(mean)
@@ -165,7 +169,8 @@ def make_probe_step(model, mesh: Mesh, *, simulated: int, norm_module: type) -> 
       loss, _, captured, grads = jax.vmap(lambda xi, yi: one(params, stats, xi, yi))(split(x), split(labels))
       mean0 = lambda a: jnp.mean(a, axis=0)
       loss, grads = mean0(loss), jax.tree.map(mean0, grads)
-      captured = _merge_moments(captured, mean0)
+      merged = _merge_moments(captured, lambda a: jnp.mean(a, axis=0, keepdims=True))
+      captured = {name: (mean[0], var[0]) for name, (mean, var) in merged.items()}
     pmean = lambda a: lax.pmean(a, DATA_AXIS)
     loss, grads = pmean(loss), jax.tree.map(pmean, grads)
     captured = _merge_moments(captured, pmean)
