@@ -59,24 +59,29 @@ def _sum_to_shape(a: Array, shape: tuple[int, ...]) -> Array:
   return _sum(a, axes).reshape(shape)
 
 
-class _Layout:
-  """The input viewed with runs of kept axes merged and size-1 axes dropped.
+class XlaPasses:
+  """The full-size passes of :func:`standardize`, as XLA operations.
 
-  Full-size passes run on this view. Merging the kept axes undoes the split
-  of channels into groups — ``(N, H, W, G, C/G)`` is viewed as
-  ``(N, H, W, C)`` and NCHW's ``(N, G, C/G, H, W)`` as ``(N, C, H, W)`` — so
-  XLA reduces the array in its own layout; XLA:CPU runs reductions over
-  scattered axes of the rank-5 view (or with size-1 axes) several times
-  slower. Per-channel arrays (size 1 on the ``inner`` axes) map to the view
-  by a reshape too.
+  They run on a view of the input with runs of kept axes merged and size-1
+  axes dropped. Merging the kept axes undoes the split of channels into
+  groups — ``(N, H, W, G, C/G)`` is viewed as ``(N, H, W, C)`` and NCHW's
+  ``(N, G, C/G, H, W)`` as ``(N, C, H, W)`` — so XLA reduces the array in
+  its own layout; XLA:CPU runs reductions over scattered axes of the rank-5
+  view (or with size-1 axes) several times slower.
+
+  Per-channel arrays have the *partial shape*: ``x``'s shape with size 1 on
+  the ``inner`` axes (the reduced axes the parameters do not vary along).
+  Every pass takes and returns full-size arrays in ``x``'s own shape and
+  per-channel ones in the partial shape; arithmetic runs in ``acc_dtype``.
   """
 
-  def __init__(self, shape: tuple[int, ...], inner: tuple[int, ...]):
+  def __init__(self, shape: tuple[int, ...], inner: tuple[int, ...], acc_dtype: Any):
     self.shape = shape
+    self.acc_dtype = acc_dtype
     self.partial_shape = tuple(1 if a in inner else n for a, n in enumerate(shape))
     runs: list[list[int]] = []
     for a in range(len(shape)):
-      if shape[a] == 1:  # size-1 axes leave the view (they slow XLA down)
+      if shape[a] == 1:
         continue
       if runs and runs[-1][-1] not in inner and a not in inner:
         runs[-1].append(a)
@@ -88,16 +93,38 @@ class _Layout:
         1 if i in self.view_inner else n for i, n in enumerate(self.view_shape)
     )
 
-  def view(self, x: Array) -> Array:
-    return x.reshape(self.view_shape)
+  def _view(self, x: Array) -> Array:
+    return x.reshape(self.view_shape).astype(self.acc_dtype)
 
-  def partial_sum(self, x_view: Array) -> Array:
-    """Sum over the inner axes, returned with the partial (per-channel) shape."""
+  def _sum(self, x_view: Array) -> Array:
     return _sum(x_view, self.view_inner).reshape(self.partial_shape)
 
-  def expand(self, a: Array) -> Array:
-    """A per-channel array (broadcastable to the partial shape) on the view."""
+  def _expand(self, a: Array) -> Array:
     return jnp.broadcast_to(a, self.partial_shape).reshape(self.view_partial_shape)
+
+  def sum(self, x: Array) -> Array:
+    """``Σ x`` over the inner axes."""
+    return self._sum(self._view(x))
+
+  def centred_square_sum(self, x: Array, mean: Array) -> Array:
+    """``Σ (x − mean)²`` over the inner axes."""
+    return self._sum(lax.square(self._view(x) - self._expand(mean)))
+
+  def affine(self, x: Array, mean: Array, a: Array, d: Array, out_dtype: Any) -> Array:
+    """``(x − mean)·a + d``, full size, in ``out_dtype``."""
+    y = (self._view(x) - self._expand(mean)) * self._expand(a) + self._expand(d)
+    return y.astype(out_dtype).reshape(self.shape)
+
+  def gradient_sums(self, dy: Array, x: Array, mean: Array) -> tuple[Array, Array]:
+    """``Σ ∂y`` and ``Σ ∂y·(x − mean)`` over the inner axes."""
+    dy = self._view(dy)
+    return self._sum(dy), self._sum(dy * (self._view(x) - self._expand(mean)))
+
+  def input_gradient(self, dy, x, mean, a, b, d, out_dtype) -> Array:
+    """``∂y·a + (x − mean)·b + d``, full size, in ``out_dtype``."""
+    centred = self._view(x) - self._expand(mean)
+    dx = self._view(dy) * self._expand(a) + centred * self._expand(b) + self._expand(d)
+    return dx.astype(out_dtype).reshape(self.shape)
 
 
 def standardize(
@@ -111,6 +138,7 @@ def standardize(
     use_mean: bool,
     acc_dtype: Any,
     out_dtype: Any,
+    passes: Any = None,
 ) -> tuple[Array, Array, Array]:
   """Normalized ``x`` and its statistics, with a custom backward pass.
 
@@ -124,6 +152,9 @@ def standardize(
     use_mean: centre on the mean (False: RMS normalization, ``μ = 0``).
     acc_dtype: dtype of the arithmetic and of the statistics.
     out_dtype: dtype of ``y``.
+    passes: what runs the full-size passes: :class:`XlaPasses` (default)
+      or the Pallas kernels of :mod:`jaxnorm._pallas`, built for ``x``'s
+      shape and the inner axes ``R \\ F``.
 
   Returns:
     ``(y, mean, var)``; ``mean`` and ``var`` have size 1 along ``R``
@@ -132,57 +163,45 @@ def standardize(
   """
   inner = tuple(a for a in reduction_axes if a not in feature_axes)
   outer = tuple(a for a in reduction_axes if a in feature_axes)
-  layout = _Layout(x.shape, inner)
+  if passes is None:
+    passes = XlaPasses(x.shape, inner, acc_dtype)
   count = math.prod(x.shape[a] for a in reduction_axes)
   real = jnp.finfo(acc_dtype).dtype
+  stats_shape = tuple(1 if a in reduction_axes else n for a, n in enumerate(x.shape))
 
-  def mean_over_groups(partial):  # partial sums -> statistics over R
+  def mean_over_groups(partial):  # per-channel sums -> statistics over R
     return _sum(partial, outer) / count
-
-  def to_acc(a):
-    return layout.view(a).astype(acc_dtype)
 
   def parameter(p, default):
     return jnp.asarray(default, acc_dtype) if p is None else p.astype(acc_dtype)
 
   def forward(x, scale, bias):
-    xv = to_acc(x)
+    mean = jnp.zeros(stats_shape, acc_dtype)
     if use_mean:
-      mean = mean_over_groups(layout.partial_sum(xv))
-      centred = xv - layout.expand(mean)
-    else:
-      mean, centred = jnp.zeros((), acc_dtype), xv
-    var = mean_over_groups(layout.partial_sum(lax.square(centred))).astype(real)
-    mean = jnp.broadcast_to(mean, var.shape)
+      mean = mean_over_groups(passes.sum(x))
+    var = mean_over_groups(passes.centred_square_sum(x, mean)).astype(real)
     rstd = lax.rsqrt(var + epsilon)
-    y = centred * layout.expand(rstd * parameter(scale, 1))
-    if bias is not None:
-      y = y + layout.expand(parameter(bias, 0))
-    y = y.astype(out_dtype).reshape(x.shape)
+    y = passes.affine(x, mean, rstd * parameter(scale, 1), parameter(bias, 0), out_dtype)
     return (y, mean, var), (x, mean, rstd, scale, bias)
 
   def backward(residuals, cotangents):
     x, mean, rstd, scale, bias = residuals
     dy, dmean, dvar = cotangents
-    dyv = to_acc(dy)
-    centred = to_acc(x) - layout.expand(mean)
     # The two per-channel sums: with the elementwise pass below, the only
     # passes over full-size arrays.
-    p1 = layout.partial_sum(dyv)
-    p2 = layout.partial_sum(dyv * centred)
+    p1, p2 = passes.gradient_sums(dy, x, mean)
     gamma = parameter(scale, 1)
-    a = rstd * gamma
     b = (2.0 / count) * dvar - rstd**3 * mean_over_groups(gamma * p2)
     d = jnp.zeros((), acc_dtype)
     if use_mean:
       d = dmean / count - rstd * mean_over_groups(gamma * p1)
-    dx = dyv * layout.expand(a) + centred * layout.expand(b) + layout.expand(d)
+    dx = passes.input_gradient(dy, x, mean, rstd * gamma, b, d, x.dtype)
     dscale = dbias = None
     if scale is not None:
       dscale = _sum_to_shape(p2 * rstd, scale.shape).astype(scale.dtype)
     if bias is not None:
       dbias = _sum_to_shape(p1, bias.shape).astype(bias.dtype)
-    return dx.astype(x.dtype).reshape(x.shape), dscale, dbias
+    return dx, dscale, dbias
 
   @jax.custom_vjp
   def fn(x, scale, bias):

@@ -1,0 +1,105 @@
+"""The Pallas kernels (jaxnorm._pallas), run with interpret=True on CPU.
+
+On a GPU the same kernels compile through Triton and ``"auto"`` selects
+them; here they are interpreted, which checks their numerics: outputs,
+statistics and gradients equal the reference to float64 precision, over one
+tile and over many.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxnorm
+from jaxnorm import _pallas
+from tests.test_fused import CASES, _inputs, _loss, _run, _uses_custom_vjp
+
+# Shapes the tiling covers: rows per example (H·W, or N·H·W for batch
+# norm) with a power-of-two tile of at least 8 rows.
+COVERED = {
+    "gn_nhwc": (4, 4, 4, 8),
+    "gn_group_size_1": (3, 4, 4, 8),
+    "ln_hwc": (3, 4, 4, 8),
+    "in_nhwc": (3, 2, 8, 8),
+    "rms_hwc": (2, 4, 4, 8),
+    "bn_nhwc": (4, 4, 2, 8),
+    "bn_running": (6, 4, 8),
+    "bn_no_affine": (8, 4, 8),
+    "ghost_bn": (8, 4, 2, 8),
+    "bn_2d": (32, 8),
+}
+NOT_COVERED = ["gn_nchw", "in_nchw", "bn_nchw", "ln_last", "gn_nhwc"]  # the last: 15 rows
+
+
+def _uses_pallas(fn, *args) -> bool:
+  return "pallas_call" in str(jax.make_jaxpr(fn)(*args))
+
+
+def _assert_close(a, b, tol):
+  for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    assert u.shape == v.shape and u.dtype == v.dtype
+    np.testing.assert_allclose(np.asarray(u, np.float64), np.asarray(v, np.float64), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("tile_elements", [_pallas.TILE_ELEMENTS, 64])
+@pytest.mark.parametrize("name", sorted(COVERED))
+def test_kernels_equal_reference_in_float64(name, tile_elements, monkeypatch):
+  """Outputs, statistics and gradients; 64-element tiles force many tiles."""
+  monkeypatch.setattr(_pallas, "TILE_ELEMENTS", tile_elements)
+  shape, fn = COVERED[name], CASES[name][1]
+  with jax.enable_x64(True):
+    x, scale, bias, cot = _inputs(shape, jnp.float64)
+    with jaxnorm.implementation("pallas"):
+      assert _uses_pallas(jax.grad(_loss(fn, cot), (0, 1, 2)), x, scale, bias)
+    _assert_close(_run("pallas", fn, x, scale, bias, cot), _run("reference", fn, x, scale, bias, cot), 1e-11)
+
+
+def test_many_tiles_are_used_when_the_budget_is_small(monkeypatch):
+  monkeypatch.setattr(_pallas, "TILE_ELEMENTS", 64)
+  passes = _pallas.PallasPasses((1, 8, 4, 4, 8), (1, 2, 3), (4,), jnp.float32, interpret=True)
+  assert (passes.batch, passes.length, passes.channels, passes.rows, passes.tiles) == (1, 128, 8, 8, 16)
+  grouped = _pallas.PallasPasses((4, 8, 8, 2, 4), (1, 2, 4), (3, 4), jnp.float32, interpret=True)
+  assert (grouped.batch, grouped.length, grouped.channels, grouped.rows, grouped.tiles) == (4, 64, 8, 8, 8)
+
+
+@pytest.mark.parametrize("name", NOT_COVERED)
+def test_layouts_the_kernels_do_not_cover_use_the_fused_path(name):
+  shape, fn = CASES[name]
+  x, scale, bias, _ = _inputs(shape, jnp.float32)
+  with jaxnorm.implementation("pallas"):
+    assert not _uses_pallas(fn, x, scale, bias)
+    assert _uses_custom_vjp(fn, x, scale, bias)
+
+
+def test_auto_uses_the_kernels_only_on_gpu():
+  fn = CASES["gn_nhwc"][1]
+  x, scale, bias, _ = _inputs(COVERED["gn_nhwc"], jnp.float32)
+  with jaxnorm.implementation("auto"):
+    assert _uses_pallas(fn, x, scale, bias) == (jax.default_backend() == "gpu")
+
+
+def test_odd_channel_counts_are_not_covered():
+  x = jnp.ones((2, 4, 4, 12))
+  assert not _pallas.applies("pallas", x, (1, 2), (3,), True)
+  assert _pallas.applies("pallas", jnp.ones((2, 4, 4, 16)), (1, 2), (3,), True)
+  assert not _pallas.applies("fused", jnp.ones((2, 4, 4, 16)), (1, 2), (3,), True)
+
+
+def test_bfloat16_inputs():
+  fn = CASES["gn_nhwc"][1]
+  x, scale, bias, cot = _inputs(COVERED["gn_nhwc"], jnp.float32)
+  x = x.astype(jnp.bfloat16)
+  with jaxnorm.implementation("pallas"):
+    assert _uses_pallas(fn, x, scale, bias)
+  _assert_close(_run("pallas", fn, x, scale, bias, cot), _run("reference", fn, x, scale, bias, cot), 2e-2)
+
+
+@pytest.mark.parametrize("name", ["gn_nhwc", "bn_nhwc"])
+def test_second_order_gradients_through_the_kernels(name):
+  """Differentiating the custom backward pass uses the XLA passes' derivatives."""
+  fn = CASES[name][1]
+  x, scale, bias, cot = _inputs(COVERED[name], jnp.float32)
+  with jaxnorm.implementation("pallas"):
+    check_grads(_loss(fn, cot), (x, scale, bias), order=2, modes=["rev"], atol=5e-2, rtol=5e-2)
