@@ -133,7 +133,13 @@ def _input_gradient_kernel(dy_ref, x_ref, m_ref, a_ref, b_ref, d_ref, dx_ref):
 
 
 class PallasPasses:
-  """The passes of :func:`jaxnorm._fused.standardize` as Pallas kernels."""
+  """The passes of :func:`jaxnorm._fused.standardize` as Pallas kernels.
+
+  The variance is always two-pass: the kernels never materialize ``x − μ``,
+  so single-pass statistics would save only one read.
+  """
+
+  single_pass = False
 
   def __init__(self, shape, reduction_axes, feature_axes, acc_dtype: Any, interpret: bool):
     view = _view_3d(shape, reduction_axes, feature_axes)
