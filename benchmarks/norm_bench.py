@@ -10,7 +10,8 @@ runs everything (about five minutes on two CPU cores) and writes
   layer norm on a transformer shape (8×512×768); float32 and bfloat16 inputs
   (float32 parameters, as in a mixed-precision model); forward alone and
   forward + backward (the VJP with respect to input, scale and bias, for a
-  given cotangent). Peers:
+  given cotangent; the output is returned too, as the next layer needs it).
+  Peers:
 
   - ``flax``: ``flax.linen``'s module with its defaults. flax's GroupNorm
     takes channels last only, so its NCHW figure includes the two
@@ -225,9 +226,9 @@ def bench_case(case: Case, mode: str, rounds: int, reps: int) -> dict[str, float
       fns[name] = lambda jitted=jitted: jitted(x, scale, bias)
     else:
 
-      def vjp(x, scale, bias, cot, f=f):
+      def vjp(x, scale, bias, cot, f=f):  # y and its VJP, as training needs
         y, pullback = jax.vjp(f, x, scale, bias)
-        return pullback(cot.astype(y.dtype))
+        return y, pullback(cot.astype(y.dtype))
 
       jitted = jax.jit(vjp)
       fns[name] = lambda jitted=jitted: jitted(x, scale, bias, cot)
