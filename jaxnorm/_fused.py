@@ -199,6 +199,11 @@ def standardize(
   def parameter(p, default):
     return jnp.asarray(default, acc_dtype) if p is None else p.astype(acc_dtype)
 
+  # Uncentred sums only in float32 or wider: with half-precision
+  # accumulation (force_float32_reductions=False) even a factor 17 of the
+  # dtype's precision is too much.
+  single_pass = passes.single_pass and jnp.finfo(acc_dtype).bits >= 32
+
   def two_pass_variance(x, mean):
     return mean_over_groups(passes.centred_square_sum(x, mean)).astype(real)
 
@@ -207,7 +212,7 @@ def standardize(
     if not use_mean:
       zeros = jnp.zeros(stats_shape, acc_dtype)
       return zeros, two_pass_variance(x, zeros), jnp.asarray(True)
-    if not passes.single_pass:
+    if not single_pass:
       mean = mean_over_groups(passes.sum(x))
       return mean, two_pass_variance(x, mean), jnp.asarray(False)
     s1, s2 = passes.sum_and_square_sum(x)
@@ -224,7 +229,7 @@ def standardize(
     return (y, mean, var), (x, mean, rstd, accurate, scale, bias)
 
   def gradient_sums(dy, x, mean, accurate):
-    if not passes.single_pass:
+    if not single_pass:
       return passes.gradient_sums(dy, x, mean)
 
     def uncentred():
