@@ -38,6 +38,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pallas_triton
 
 from jaxnorm import _fused
 
@@ -77,6 +78,11 @@ def _view_3d(shape, reduction_axes, feature_axes):
   return size("kept"), size("inner"), size("channel"), group
 
 
+def on_gpu() -> bool:
+  """Whether the default backend is a GPU (the kernels compile there)."""
+  return jax.default_backend() == "gpu"
+
+
 def _tile_rows(length: int, channels: int) -> int | None:
   """The largest power-of-two row count dividing ``length`` within budget."""
   budget = max(1, TILE_ELEMENTS // channels)
@@ -96,7 +102,7 @@ def applies(name: str, x: Array, reduction_axes, feature_axes, use_mean: bool) -
   """
   if name not in ("pallas", "auto"):
     return False
-  if name == "auto" and jax.default_backend() != "gpu":
+  if name == "auto" and not on_gpu():
     return False
   view = _view_3d(x.shape, reduction_axes, feature_axes)
   if view is None:
@@ -175,6 +181,8 @@ class PallasPasses:
         in_specs=[self._tile()] * len(full) + [self._row()] * len(per_channel),
         out_specs=out_specs,
         interpret=self.interpret,
+        # Triton, not Mosaic GPU: its copies are not limited to 256 rows.
+        compiler_params=None if self.interpret else pallas_triton.CompilerParams(num_warps=4),
     )(*inputs)
 
   def _full(self, x: Array) -> Array:
@@ -253,7 +261,7 @@ def standardize(x, scale, bias, *, reduction_axes, feature_axes, acc_dtype, **kw
       reduction_axes,
       feature_axes,
       acc_dtype,
-      interpret=jax.default_backend() != "gpu",
+      interpret=not on_gpu(),
   )
   return _fused.standardize(
       x,

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import export
 from jax.test_util import check_grads
 
 import jaxnorm
@@ -103,3 +104,32 @@ def test_second_order_gradients_through_the_kernels(name):
   x, scale, bias, cot = _inputs(COVERED[name], jnp.float32)
   with jaxnorm.implementation("pallas"):
     check_grads(_loss(fn, cot), (x, scale, bias), order=2, modes=["rev"], atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("name", ["gn_nhwc", "bn_nhwc"])
+def test_kernels_lower_to_triton_for_cuda(name, dtype, monkeypatch):
+  """Cross-platform lowering on CPU: "auto" on a GPU emits five Triton kernels
+
+  (sum, centred square sum, affine; gradient sums, input gradient) for a
+  ResNet-20 activation, forward and backward.
+  """
+  monkeypatch.setattr(_pallas, "on_gpu", lambda: True)
+  fn = CASES[name][1]
+  scale, bias = jnp.ones(16), jnp.zeros(16)
+
+  def step(x):
+    with jaxnorm.implementation("auto"):
+      def loss(x):
+        leaves = jax.tree_util.tree_leaves(fn(x.astype(dtype), scale, bias))
+        return sum(jnp.sum(leaf.astype(jnp.float32) ** 2) for leaf in leaves)
+
+      return jax.value_and_grad(loss)(x)
+
+  triton = "__gpu$xla.gpu.triton"
+  exported = export.export(
+      jax.jit(step),
+      platforms=["cuda"],
+      disabled_checks=[export.DisabledSafetyCheck.custom_call(triton)],
+  )(jax.ShapeDtypeStruct((128, 8, 8, 16), jnp.float32))
+  assert exported.mlir_module().count(triton) == 5
