@@ -300,6 +300,21 @@ def write_report(result: dict, workdir: Path) -> None:
       r = by_key.get((arch, n, ref))
       cells.append("–" if r is None else ("diverged" if r["diverged"] else f"{r['final_loss']:.3f}"))
     lines.append(f"| {arch} | " + " | ".join(cells) + " |")
+  lrs = list(config["learning_rates"])
+  lines += [
+      "",
+      f"Every run: final training loss (mean of the last {config['trains_window']} steps) by learning rate:",
+      "",
+      "| arch | norm | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+      "|---|---|" + "---|" * len(lrs),
+  ]
+  for arch in archs:
+    for n in norms:
+      cells = []
+      for lr in lrs:
+        r = by_key.get((arch, n, lr))
+        cells.append("–" if r is None else ("diverged" if r["diverged"] else f"{r['final_loss']:.3f}"))
+      lines.append(f"| {arch} | {n} | " + " | ".join(cells) + " |")
   (workdir / "table.md").write_text("\n".join(lines) + "\n")
 
   def panels(title, height=3.4):

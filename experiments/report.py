@@ -9,7 +9,9 @@ Reads ``DIR/points/*/result.json`` and ``metrics.jsonl`` and writes
   per images-per-device, each cell the test error (median of the last
   evaluations; mean ± std over seeds when there are several);
 * ``error_vs_batch.png``: the paper's Figure 1 layout (log2 x-axis);
-* ``curves.png``: training loss and test error per epoch for every point.
+* ``curves.png``: training loss and test error per epoch for every point;
+* ``diagnostics/<point>.png``: for points trained with ``diagnostics=True``,
+  the plots of :func:`experiments.diagnostics.plot_run`.
 """
 
 from __future__ import annotations
@@ -191,6 +193,13 @@ def write_report(workdir: str | os.PathLike) -> str:
   (workdir / "table.md").write_text(table)
   plot_error_vs_batch(points, workdir / "error_vs_batch.png", f"{name}: test error vs images per device")
   plot_curves(points, workdir / "curves.png", name)
+  with_diagnostics = [p for p in points if any("diagnostics" in m for m in p["history"])]
+  if with_diagnostics:
+    from experiments import diagnostics  # local: jax is only needed here
+
+    (workdir / "diagnostics").mkdir(exist_ok=True)
+    for p in with_diagnostics:
+      diagnostics.plot_run(p["history"], workdir / "diagnostics" / f"{p['label']}.png", f"{name}, {p['label']}")
   return table
 
 

@@ -2,6 +2,7 @@
 
 import functools
 import json
+import shutil
 
 import flax
 import jax
@@ -15,6 +16,7 @@ from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import diagnostics
 from experiments import parallel
+from experiments import report as report_lib
 from experiments import train
 from experiments.models import CifarResNet
 from experiments.models import cifar_plain_net
@@ -100,6 +102,13 @@ def test_training_records_every_norm_layer_and_weight_layer(execution, norm, nor
   if norm == "none":
     diagnostics.plot_run(lines, tmp_path / "diagnostics.png")
     assert (tmp_path / "diagnostics.png").stat().st_size > 10_000
+    # A sweep report plots the diagnostics of its points.
+    point = tmp_path / "sweep" / "points" / "none_b8"
+    point.mkdir(parents=True)
+    for name in ("result.json", "metrics.jsonl"):
+      shutil.copy(tmp_path / name, point / name)
+    report_lib.write_report(tmp_path / "sweep")
+    assert (tmp_path / "sweep" / "diagnostics" / "none_b8.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("norm", ["bn", "none"])
