@@ -263,7 +263,7 @@ def plot_run(history: list[dict], path: str | os.PathLike, title: str = "") -> N
   names = list(records[-1]["diagnostics"]["norm_layers"])
   cmap = plt.get_cmap("viridis")
   color = lambda i, n: cmap(i / max(n - 1, 1))
-  fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+  fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
   panels = [
       (axes[0, 0], "input_std", "std of the norm layer's input"),
       (axes[0, 1], "mean_drift", "mean drift since the previous probe (channel stds)"),
@@ -294,11 +294,11 @@ def plot_run(history: list[dict], path: str | os.PathLike, title: str = "") -> N
             color=plt.get_cmap("plasma")(i / max(len(probes) - 1, 1)), label=label, lw=1)
   ax.set_yscale("log")
   ax.set_xlabel("weight layer (input → output)")
-  ax.set_title("gradient norm per layer on the probe batch", fontsize=9)
+  ax.set_title("gradient norm per weight layer on the probe batch (0 is off the log scale)", fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, len(names)))
-  fig.colorbar(sm, ax=axes[:, 0].tolist() + [axes[0, 1]], label="norm layer (input → output)", shrink=0.6)
+  fig.colorbar(sm, ax=axes.ravel().tolist(), label="norm layer (input → output), first three panels", shrink=0.5)
   fig.suptitle(title or f"training diagnostics, epochs {epochs[0]}–{epochs[-1]}", fontsize=10)
   fig.savefig(path, dpi=110)
   plt.close(fig)
