@@ -194,6 +194,7 @@ def torch_function(case: Case, mode: str):
 
 
 def _time(fn: Callable, reps: int) -> float:
+  jax.block_until_ready(fn())  # one untimed call: caches and threads warm
   start = time.perf_counter()
   for _ in range(reps):
     out = fn()
@@ -201,14 +202,26 @@ def _time(fn: Callable, reps: int) -> float:
   return (time.perf_counter() - start) / reps
 
 
+# PyTorch's OpenMP workers keep spinning for a while after a call, which
+# would slow down whatever runs next on two cores; let them go idle first.
+TORCH_SETTLE_SECONDS = 0.3
+
+
 def _interleaved(fns: dict[str, Callable], rounds: int, reps: int) -> dict[str, float]:
-  """Median over rounds of the mean seconds per call, visiting each in turn."""
+  """Median over rounds of the mean seconds per call, visiting each in turn.
+
+  The order rotates from round to round, so no implementation always runs
+  right after the same neighbour.
+  """
   for fn in fns.values():  # compile / warm up
     jax.block_until_ready(fn())
+  names = list(fns)
   times = {k: [] for k in fns}
-  for _ in range(rounds):
-    for k, fn in fns.items():
-      times[k].append(_time(fn, reps))
+  for r in range(rounds):
+    for k in names[r % len(names) :] + names[: r % len(names)]:
+      times[k].append(_time(fns[k], reps))
+      if k == "torch":
+        time.sleep(TORCH_SETTLE_SECONDS)
   return {k: float(np.median(v)) for k, v in times.items()}
 
 
