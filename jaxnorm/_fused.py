@@ -232,11 +232,11 @@ def standardize(
     if not single_pass:
       return passes.gradient_sums(dy, x, mean)
 
-    def uncentred():
-      p1, p2 = passes.uncentred_gradient_sums(dy, x)
-      return p1, p2 - mean * p1
-
-    return lax.cond(accurate, uncentred, lambda: passes.gradient_sums(dy, x, mean))
+    p1, p2 = passes.uncentred_gradient_sums(dy, x)
+    p2 = lax.cond(
+        accurate, lambda: p2 - mean * p1, lambda: passes.gradient_sums(dy, x, mean)[1]
+    )
+    return p1, p2
 
   def backward(residuals, cotangents):
     x, mean, rstd, accurate, scale, bias = residuals
