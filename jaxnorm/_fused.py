@@ -229,7 +229,10 @@ def standardize(
     return (y, mean, var), (x, mean, rstd, accurate, scale, bias)
 
   def gradient_sums(dy, x, mean, accurate):
-    if not single_pass:
+    # Without inner axes the "sums" are full-size arrays (layer norm over
+    # the features): nothing to save, and a conditional over full-size
+    # operands would copy them.
+    if not single_pass or not inner:
       return passes.gradient_sums(dy, x, mean)
 
     p1, p2 = passes.uncentred_gradient_sums(dy, x)
