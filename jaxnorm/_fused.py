@@ -29,9 +29,13 @@ Why it is faster than letting JAX differentiate the composition:
   also give :math:`\partial\beta` and :math:`\partial\gamma`. So the
   backward pass reads ``∂y`` and ``x`` twice and writes ``∂x`` once.
 
-The variance stays two-pass (the mean first, then centred squares), as
-accurate as the reference. Statistics accumulate in the engine's dtype (at
-least float32 for half-precision inputs).
+* **Single-pass statistics where they are accurate.** ``Σx`` and ``Σx²``
+  come from one read of ``x``, and ``Σ∂y`` and ``Σ∂y·x`` from one read of
+  ``∂y`` and ``x``; a run-time check (``μ² ≤ 16σ²`` for every statistic,
+  float32 or wider accumulation) falls back to the centred passes
+  (``lax.cond``), so inputs such as ``1e4 + N(0, 1)`` stay as accurate as
+  the reference. Statistics accumulate in the engine's dtype (at least
+  float32 for half-precision inputs).
 
 Only reverse-mode derivatives are defined (``jax.custom_vjp``); see
 :mod:`jaxnorm._dispatch` for forward mode.
