@@ -6,6 +6,10 @@ reference (JAX's autodiff of moments + normalize), in float64 to 1e-12,
 and that it steps aside exactly where it does not apply.
 """
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -222,3 +226,16 @@ def test_implementation_switch_and_errors(monkeypatch):
       pass
   with pytest.raises(ValueError, match="set_implementation"):
     jaxnorm.set_implementation("fast")
+
+
+@pytest.mark.parametrize("value,expected", [("reference", "reference"), ("fast", "ValueError")])
+def test_environment_variable_sets_the_initial_implementation(value, expected):
+  code = "import jaxnorm\nprint(jaxnorm.get_implementation())\n"
+  env = {**os.environ, "JAXNORM_IMPLEMENTATION": value}
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  if expected == "ValueError":
+    assert proc.returncode != 0
+    assert "JAXNORM_IMPLEMENTATION='fast'" in proc.stderr and "'reference'" in proc.stderr
+  else:
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == expected
