@@ -133,3 +133,16 @@ def test_kernels_lower_to_triton_for_cuda(name, dtype, monkeypatch):
       disabled_checks=[export.DisabledSafetyCheck.custom_call(triton)],
   )(jax.ShapeDtypeStruct((128, 8, 8, 16), jnp.float32))
   assert exported.mlir_module().count(triton) == 5
+
+
+def test_vmap_over_the_kernels():
+  """vmap (the experiments' simulated devices) batches the pallas_call."""
+  x = jax.random.normal(jax.random.key(0), (3, 4, 8, 8, 16))
+  fn = lambda x: jaxnorm.group_norm(x, num_groups=4)  # noqa: E731
+  grad = jax.vmap(jax.grad(lambda x: jnp.sum(fn(x) ** 3)))
+  with jaxnorm.implementation("pallas"):
+    assert _uses_pallas(jax.vmap(fn), x)
+    pallas = jax.vmap(fn)(x), grad(x)
+  with jaxnorm.implementation("reference"):
+    reference = jax.vmap(fn)(x), grad(x)
+  _assert_close(pallas, reference, 1e-4)
