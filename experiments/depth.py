@@ -256,6 +256,13 @@ def _smooth(values, window: int = 10):
   return np.concatenate([np.full(window - 1, np.nan), np.convolve(v, kernel, mode="valid")])
 
 
+
+def _loss_cell(run: dict | None) -> str:
+  """A table cell: the run's final loss, 'diverged', or '–' if not run."""
+  if run is None:
+    return "–"
+  return "diverged" if run["diverged"] else f"{run['final_loss']:.3f}"
+
 def write_report(result: dict, workdir: Path) -> None:
   """table.md and the four plots."""
   import matplotlib
@@ -298,7 +305,7 @@ def write_report(result: dict, workdir: Path) -> None:
     cells = []
     for n in norms:
       r = by_key.get((arch, n, ref))
-      cells.append("–" if r is None else ("diverged" if r["diverged"] else f"{r['final_loss']:.3f}"))
+      cells.append(_loss_cell(r))
     lines.append(f"| {arch} | " + " | ".join(cells) + " |")
   lrs = list(config["learning_rates"])
   lines += [
@@ -313,7 +320,7 @@ def write_report(result: dict, workdir: Path) -> None:
       cells = []
       for lr in lrs:
         r = by_key.get((arch, n, lr))
-        cells.append("–" if r is None else ("diverged" if r["diverged"] else f"{r['final_loss']:.3f}"))
+        cells.append(_loss_cell(r))
       lines.append(f"| {arch} | {n} | " + " | ".join(cells) + " |")
   (workdir / "table.md").write_text("\n".join(lines) + "\n")
 

@@ -17,7 +17,6 @@ EvoNorm-B0.
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -27,10 +26,9 @@ from jaxnorm import _axes
 from jaxnorm import _reduction_axes
 from jaxnorm._functional import _param
 from jaxnorm._functional import _prepare
-from jaxnorm._functional import fused_moments_and_normalize
+from jaxnorm._functional import moments_and_normalize
 from jaxnorm._functional import normalize
 from jaxnorm._moments import Moments
-from jaxnorm._moments import moments
 
 Array = jax.Array
 
@@ -183,39 +181,21 @@ def _batch_norm(
   xg = split(x)
   grouped_features = tuple(a + 1 for a in feature_axes)
   reduced = _reduction_axes.batch_norm_axes(xg.ndim, grouped_features)
-  fused = fused_moments_and_normalize(
+  y, stats = moments_and_normalize(
       xg,
       split(scale),
       split(bias),
       reduction_axes=reduced,
       feature_axes=grouped_features,
       epsilon=epsilon,
-      mask=mask,
+      mask=split(mask),
       axis_name=axis_name,
+      axis_index_groups=axis_index_groups,
       use_mean=True,
       use_fast_variance=use_fast_variance,
       dtype=dtype,
       force_float32_reductions=force_float32_reductions,
   )
-  if fused is not None:
-    y, mean, var = fused
-    count = jnp.full(mean.shape, math.prod(xg.shape[a] for a in reduced), var.dtype)
-    stats = Moments(count, mean, var)
-  else:
-    stats = moments(
-        xg,
-        reduced,
-        mask=split(mask),
-        axis_name=axis_name,
-        axis_index_groups=axis_index_groups,
-        use_fast_variance=use_fast_variance,
-        dtype=dtype,
-        force_float32_reductions=force_float32_reductions,
-        keepdims=True,
-    )
-    y = normalize(
-        xg, stats.mean, stats.var, split(scale), split(bias), epsilon=epsilon, dtype=dtype
-    )
   y = y.reshape(x.shape)
   per_batch = Moments(*(s.reshape((groups,) + feature_shape) for s in stats))
   mean, var = _average_virtual_batches(per_batch, masked=mask is not None)

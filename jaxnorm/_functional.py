@@ -19,6 +19,7 @@ averages, lives in :mod:`jaxnorm._batch_norm`. Parameters (``scale``,
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -30,6 +31,7 @@ from jaxnorm import _reduction_axes
 from jaxnorm import _dispatch
 from jaxnorm import _fused
 from jaxnorm import _pallas
+from jaxnorm._moments import Moments
 from jaxnorm._moments import accumulation_dtype
 from jaxnorm._moments import moments
 
@@ -104,7 +106,25 @@ def _param(
   )
 
 
-def fused_moments_and_normalize(
+def _fast_path_applies(name, x, scale, bias, acc, *, reduction_axes, epsilon, mask, axis_name, use_fast_variance):
+  """Whether the fused/Pallas paths (:mod:`jaxnorm._dispatch`) cover a call.
+
+  They cover inputs without a mask, without ``axis_name``, with the stable
+  variance, a real dtype and a fixed ε.
+  """
+  return not (
+      name == "reference"
+      or mask is not None
+      or axis_name is not None
+      or use_fast_variance
+      or not reduction_axes
+      or not jnp.issubdtype(acc, jnp.floating)
+      or not isinstance(epsilon, (int, float))
+      or jnp.result_type(acc, *(p for p in (scale, bias) if p is not None)) != acc
+  )
+
+
+def moments_and_normalize(
     x: Array,
     scale: Array | None,
     bias: Array | None,
@@ -114,82 +134,38 @@ def fused_moments_and_normalize(
     epsilon: Any,
     mask: Array | None,
     axis_name: Any,
-    use_mean: bool,
-    use_fast_variance: bool,
-    dtype: Any,
-    force_float32_reductions: bool,
-) -> tuple[Array, Array, Array] | None:
-  """``(y, mean, var)`` from the fast path, or None where it does not apply.
-
-  The fast paths (:mod:`jaxnorm._dispatch`) cover inputs without a mask,
-  without ``axis_name``, with the stable variance, a real dtype and a fixed
-  ε; everything else — and ``implementation("reference")`` — returns None
-  so that the caller composes :func:`moments` and :func:`normalize`.
-  ``mean`` and ``var`` keep the reduced axes with size 1.
-  """
-  name = _dispatch.get_implementation()
-  acc = accumulation_dtype(jnp.result_type(x), dtype, force_float32_reductions)
-  if (
-      name == "reference"
-      or mask is not None
-      or axis_name is not None
-      or use_fast_variance
-      or not reduction_axes
-      or not jnp.issubdtype(acc, jnp.floating)
-      or not isinstance(epsilon, (int, float))
-      or jnp.result_type(acc, *(p for p in (scale, bias) if p is not None)) != acc
-  ):
-    return None
-  kwargs = dict(
-      reduction_axes=reduction_axes,
-      feature_axes=feature_axes,
-      epsilon=float(epsilon),
-      use_mean=use_mean,
-      acc_dtype=acc,
-      out_dtype=output_dtype(x, scale, bias, dtype=dtype),
-  )
-  if _pallas.applies(name, x, reduction_axes, feature_axes, use_mean):
-    return _pallas.standardize(x, scale, bias, **kwargs)
-  return _fused.standardize(x, scale, bias, **kwargs)
-
-
-def _standardize(
-    x: Array,
-    scale: Array | None,
-    bias: Array | None,
-    *,
-    reduction_axes: tuple[int, ...],
-    feature_axes: tuple[int, ...],
-    owner: str,
-    epsilon: float,
-    mask: Array | None,
-    axis_name: Any,
     axis_index_groups: Any,
     use_mean: bool,
     use_fast_variance: bool,
     dtype: Any,
     force_float32_reductions: bool,
-) -> Array:
-  """Shared body of the per-example normalizers: statistics, then normalize."""
-  scale = _param(scale, x.shape, feature_axes, name="scale", owner=owner)
-  bias = _param(bias, x.shape, feature_axes, name="bias", owner=owner)
-  mask = _axes.check_mask(mask, x.shape, owner=owner)
-  fused = fused_moments_and_normalize(
-      x,
-      scale,
-      bias,
-      reduction_axes=reduction_axes,
-      feature_axes=feature_axes,
-      epsilon=epsilon,
-      mask=mask,
-      axis_name=axis_name,
-      use_mean=use_mean,
-      use_fast_variance=use_fast_variance,
-      dtype=dtype,
-      force_float32_reductions=force_float32_reductions,
-  )
-  if fused is not None:
-    return fused[0]
+) -> tuple[Array, Moments]:
+  """Statistics over ``reduction_axes``, then ``normalize``: ``(y, Moments)``.
+
+  The one place that chooses how: the fused path or the Pallas kernels
+  where they apply (see :mod:`jaxnorm._dispatch`), else :func:`moments`
+  and :func:`normalize` composed (the reference). ``scale``, ``bias`` and
+  ``mask`` have ``x``'s rank; the moments keep the reduced axes with size 1.
+  """
+  name = _dispatch.get_implementation()
+  acc = accumulation_dtype(jnp.result_type(x), dtype, force_float32_reductions)
+  if _fast_path_applies(
+      name, x, scale, bias, acc,
+      reduction_axes=reduction_axes, epsilon=epsilon, mask=mask,
+      axis_name=axis_name, use_fast_variance=use_fast_variance,
+  ):
+    kwargs = dict(
+        reduction_axes=reduction_axes,
+        feature_axes=feature_axes,
+        epsilon=float(epsilon),
+        use_mean=use_mean,
+        acc_dtype=acc,
+        out_dtype=output_dtype(x, scale, bias, dtype=dtype),
+    )
+    impl = _pallas if _pallas.applies(name, x, reduction_axes, feature_axes, use_mean) else _fused
+    y, mean, var = impl.standardize(x, scale, bias, **kwargs)
+    count = jnp.full(mean.shape, math.prod(x.shape[a] for a in reduction_axes), var.dtype)
+    return y, Moments(count, mean, var)
   stats = moments(
       x,
       reduction_axes,
@@ -202,9 +178,28 @@ def _standardize(
       force_float32_reductions=force_float32_reductions,
       keepdims=True,
   )
-  return normalize(
-      x, stats.mean, stats.var, scale, bias, epsilon=epsilon, dtype=dtype
+  y = normalize(x, stats.mean, stats.var, scale, bias, epsilon=epsilon, dtype=dtype)
+  return y, stats
+
+
+def _standardize(
+    x: Array,
+    scale: Array | None,
+    bias: Array | None,
+    *,
+    reduction_axes: tuple[int, ...],
+    feature_axes: tuple[int, ...],
+    owner: str,
+    **kwargs,
+) -> Array:
+  """Shared body of the per-example normalizers: check, then standardize."""
+  scale = _param(scale, x.shape, feature_axes, name="scale", owner=owner)
+  bias = _param(bias, x.shape, feature_axes, name="bias", owner=owner)
+  kwargs["mask"] = _axes.check_mask(kwargs["mask"], x.shape, owner=owner)
+  y, _ = moments_and_normalize(
+      x, scale, bias, reduction_axes=reduction_axes, feature_axes=feature_axes, **kwargs
   )
+  return y
 
 
 def _prepare(x: Array, owner: str) -> Array:

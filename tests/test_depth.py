@@ -1,22 +1,18 @@
 """The depth experiment runner: validation, a tiny end-to-end run, divergence, resume."""
 
-import functools
 import json
 
 import pytest
 
-from experiments import data as data_lib
 from experiments import depth
-from tiny_cifar import write_tiny_cifar
+from tiny_cifar import load_tiny_records, write_tiny_cifar
 
 RECORDS = 64
 
 
 @pytest.fixture(autouse=True)
 def tiny_records(monkeypatch):
-  monkeypatch.setattr(
-      data_lib, "load_cifar10", functools.partial(data_lib.load_cifar10, records_per_file=RECORDS)
-  )
+  load_tiny_records(monkeypatch, RECORDS)
 
 
 def tiny_config(root):

@@ -1,6 +1,5 @@
 """Training diagnostics: the right layers and shapes, exact merges, drift, plain networks."""
 
-import functools
 import json
 import shutil
 
@@ -13,14 +12,13 @@ import pytest
 
 import jaxnorm
 from experiments import config as config_lib
-from experiments import data as data_lib
 from experiments import diagnostics
 from experiments import parallel
 from experiments import report as report_lib
 from experiments import train
 from experiments.models import CifarResNet
 from experiments.models import cifar_plain_net
-from tiny_cifar import write_tiny_cifar
+from tiny_cifar import load_tiny_records, write_tiny_cifar
 
 RECORDS = 64
 
@@ -34,9 +32,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def tiny_records(monkeypatch):
-  monkeypatch.setattr(
-      data_lib, "load_cifar10", functools.partial(data_lib.load_cifar10, records_per_file=RECORDS)
-  )
+  load_tiny_records(monkeypatch, RECORDS)
 
 
 def tiny_config(root, **overrides):

@@ -1,7 +1,6 @@
 """Sweep expansion, skip/resume behaviour, and the report's table and plots."""
 
 import copy
-import functools
 import json
 
 import ml_collections
@@ -9,18 +8,15 @@ import numpy as np
 import pytest
 
 from experiments import config as config_lib
-from experiments import data as data_lib
 from experiments import report, sweep, train
-from tiny_cifar import write_tiny_cifar
+from tiny_cifar import load_tiny_records, write_tiny_cifar
 
 RECORDS = 32
 
 
 @pytest.fixture(autouse=True)
 def tiny_records(monkeypatch):
-  monkeypatch.setattr(
-      data_lib, "load_cifar10", functools.partial(data_lib.load_cifar10, records_per_file=RECORDS)
-  )
+  load_tiny_records(monkeypatch, RECORDS)
 
 
 def tiny_sweep(root):

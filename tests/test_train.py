@@ -1,6 +1,5 @@
 """Training: every normalizer runs, resume is bitwise, protocols agree, bad configs fail early."""
 
-import functools
 import json
 import os
 import subprocess
@@ -14,10 +13,9 @@ import pytest
 
 import jaxnorm
 from experiments import config as config_lib
-from experiments import data as data_lib
 from experiments import parallel
 from experiments import train
-from tiny_cifar import write_tiny_cifar
+from tiny_cifar import load_tiny_records, write_tiny_cifar
 from train_multidevice_checks import run_steps
 
 RECORDS = 64  # per file: 320 training and 64 test images
@@ -33,9 +31,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def tiny_records(monkeypatch):
   """The loader enforces the real file size; the tiny files have 64 records."""
-  monkeypatch.setattr(
-      data_lib, "load_cifar10", functools.partial(data_lib.load_cifar10, records_per_file=RECORDS)
-  )
+  load_tiny_records(monkeypatch, RECORDS)
 
 
 def tiny_config(root, **overrides):

@@ -1,8 +1,11 @@
 """A tiny learnable CIFAR-10 look-alike, written in the official binary layout."""
 
+import functools
 from pathlib import Path
 
 import numpy as np
+
+from experiments import data as data_lib
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -25,3 +28,12 @@ def write_tiny_cifar(root, records_per_file: int, seed: int = 0) -> Path:
     (out / name).write_bytes(records.tobytes())
   (out / "batches.meta.txt").write_text("\n".join(CLASSES) + "\n")
   return out
+
+
+def load_tiny_records(monkeypatch, records_per_file: int) -> None:
+  """Makes the loader accept the tiny files (it enforces the real size)."""
+  monkeypatch.setattr(
+      data_lib,
+      "load_cifar10",
+      functools.partial(data_lib.load_cifar10, records_per_file=records_per_file),
+  )
