@@ -9,20 +9,27 @@ Three implementations compute the same function:
 * ``"fused"``: :mod:`jaxnorm._fused`, a ``jax.custom_vjp`` whose reductions
   suit the layout and whose backward pass is one elementwise pass plus small
   reductions, keeping only the input and per-group statistics for it.
-* ``"pallas"``: :mod:`jaxnorm._pallas`, Pallas GPU kernels for batch and
-  group normalization.
+* ``"pallas"``: :mod:`jaxnorm._pallas`, Pallas GPU kernels for the forward
+  passes of channels-last batch, group, layer, instance and RMS norm
+  (compiled when lowered for a GPU, interpreted elsewhere).
 
-``"auto"`` (the default) uses the Pallas kernels on a GPU where they apply,
-the fused path elsewhere, and the reference whenever an option needs it. The
-fused and Pallas paths define reverse-mode derivatives only (``grad``,
-``vjp``, any order); for forward-mode autodiff (``jax.jvp``, ``jacfwd``,
-forward-over-reverse Hessian-vector products) select ``"reference"``.
+``"auto"`` (the default) uses the fused path, the Pallas kernels only on
+the platforms and shapes where a committed on-device measurement showed
+them correct and faster (:data:`AUTO_PALLAS`; none yet), and the reference
+whenever an option needs it. The choice between fused and Pallas follows
+the platform the program is lowered for, not the host.
+
+Every path supports every JAX transformation: ``jit``, ``vmap``, ``grad``
+and ``vjp``, ``jvp``, ``jacfwd``, ``jacrev``, ``linearize``, ``hessian``,
+forward-over-reverse and reverse-over-reverse, to any order. The fast paths
+define a ``jax.custom_jvp`` whose tangent map is linear, so reverse mode is
+JAX's transpose of it (see :mod:`jaxnorm._fused`).
 
 The choice is read when a function is traced, so it applies to everything
 traced inside::
 
     with jaxnorm.implementation("reference"):
-      hvp = jax.jvp(jax.grad(loss), (params,), (v,))
+      grads = jax.grad(loss)(params)
 
 The environment variable ``JAXNORM_IMPLEMENTATION`` sets the initial value.
 """
@@ -32,12 +39,29 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Callable
 
 from jaxnorm import _axes
 
 IMPLEMENTATIONS = ("auto", "fused", "reference", "pallas")
 
-_state = threading.local()
+# Where "auto" takes the Pallas kernels instead of the fused XLA path:
+# lowering platform ("cuda", "rocm", "tpu", "cpu") -> predicate on
+# (shape, reduction_axes, feature_axes) of an input the kernels cover. A
+# rule goes here only with a committed on-device result showing the kernels
+# correct and faster than the fused path for that class of shapes, and
+# names that results file. No device has measured them yet, so "auto" takes
+# the fused path on every platform.
+AUTO_PALLAS: dict[str, Callable[[tuple[int, ...], tuple[int, ...], tuple[int, ...]], bool]] = {}
+
+
+def auto_pallas_platforms(shape, reduction_axes, feature_axes) -> tuple[str, ...]:
+  """The lowering platforms on which ``"auto"`` takes the Pallas kernels."""
+  return tuple(
+      platform
+      for platform, rule in sorted(AUTO_PALLAS.items())
+      if rule(shape, reduction_axes, feature_axes)
+  )
 
 
 def _default() -> str:
@@ -48,25 +72,64 @@ def _default() -> str:
   return name
 
 
+def _register_state():
+  """The choice as a JAX configuration state, or None where JAX lacks them.
+
+  As a state it is part of JAX's trace and compilation cache keys, so
+  ``jax.jit(f)`` traced under ``"fused"`` and called again under
+  ``"reference"`` is traced again rather than silently reusing the first
+  trace. A state is thread-local inside ``with`` blocks, like JAX's own.
+  """
+  try:
+    from jax._src import config as jax_config  # noqa: PLC0415
+
+    return jax_config.enum_state(
+        name="jaxnorm_implementation",
+        enum_values=IMPLEMENTATIONS,
+        default=_default(),
+        help="Which implementation computes jaxnorm's standardizing normalizers.",
+        include_in_jit_key=True,
+        include_in_trace_context=True,
+    )
+  except (ImportError, AttributeError, TypeError):  # a JAX without the API
+    return None
+
+
+_STATE = _register_state()
+_state = threading.local()  # used only where _STATE is None
 _GLOBAL = [_default()]
 
 
 def get_implementation() -> str:
   """The implementation in effect (see :func:`implementation`)."""
+  if _STATE is not None:
+    return _STATE.value
   return getattr(_state, "override", None) or _GLOBAL[0]
 
 
 def set_implementation(name: str) -> None:
   """Sets the implementation globally: one of :data:`IMPLEMENTATIONS`."""
   _axes.check_choice(name, IMPLEMENTATIONS, name="name", owner="set_implementation")
+  if _STATE is not None:
+    import jax  # noqa: PLC0415
+
+    jax.config.update("jaxnorm_implementation", name)
   _GLOBAL[0] = name
 
 
 @contextlib.contextmanager
 def implementation(name: str):
   """Context manager selecting ``"auto"``, ``"fused"``, ``"reference"`` or
-  ``"pallas"`` for the functions traced inside (this thread only)."""
+  ``"pallas"`` for the functions traced inside (this thread only).
+
+  The choice is part of JAX's trace cache key: a jitted function called
+  under a different choice is traced again.
+  """
   _axes.check_choice(name, IMPLEMENTATIONS, name="name", owner="implementation")
+  if _STATE is not None:
+    with _STATE(name):
+      yield
+    return
   previous = getattr(_state, "override", None)
   _state.override = name
   try:

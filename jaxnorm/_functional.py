@@ -124,6 +124,28 @@ def _fast_path_applies(name, x, scale, bias, acc, *, reduction_axes, epsilon, ma
   )
 
 
+def _fast_standardize(name, x, scale, bias, **kwargs):
+  """The fused XLA path or the Pallas kernels, per lowering platform.
+
+  ``"pallas"`` takes the kernels wherever their tiling covers the input;
+  ``"fused"`` never. ``"auto"`` takes them only on the platforms whose rule
+  in :data:`jaxnorm._dispatch.AUTO_PALLAS` accepts the input; when a rule
+  does, the choice is made per lowering platform
+  (``lax.platform_dependent``), so a program lowered for CUDA on a CPU host
+  gets the CUDA choice.
+  """
+  axes = kwargs["reduction_axes"], kwargs["feature_axes"]
+  covered = _pallas.applies(x, *axes)
+  if name == "pallas" and covered:
+    return _pallas.standardize(x, scale, bias, **kwargs)
+  platforms = _dispatch.auto_pallas_platforms(x.shape, *axes) if name == "auto" and covered else ()
+  fused = lambda x, scale, bias: _fused.standardize(x, scale, bias, **kwargs)  # noqa: E731
+  if not platforms:
+    return fused(x, scale, bias)
+  pallas = lambda x, scale, bias: _pallas.standardize(x, scale, bias, **kwargs)  # noqa: E731
+  return lax.platform_dependent(x, scale, bias, default=fused, **{p: pallas for p in platforms})
+
+
 def moments_and_normalize(
     x: Array,
     scale: Array | None,
@@ -162,8 +184,7 @@ def moments_and_normalize(
         acc_dtype=acc,
         out_dtype=output_dtype(x, scale, bias, dtype=dtype),
     )
-    impl = _pallas if _pallas.applies(name, x, reduction_axes, feature_axes, use_mean) else _fused
-    y, mean, var = impl.standardize(x, scale, bias, **kwargs)
+    y, mean, var = _fast_standardize(name, x, scale, bias, **kwargs)
     count = jnp.full(mean.shape, math.prod(x.shape[a] for a in reduction_axes), var.dtype)
     return y, Moments(count, mean, var)
   stats = moments(

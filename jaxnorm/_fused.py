@@ -1,10 +1,22 @@
-r"""Fused standardization with a hand-written backward pass.
+r"""Fused standardization with a hand-written derivative rule.
 
 :func:`standardize` computes what the reference path (``moments`` then
 ``normalize``) computes — :math:`y = \gamma\,(x - \mu)\,r + \beta` with
 :math:`r = 1/\sqrt{\sigma^2 + \epsilon}` and statistics over reduction axes
 ``R`` — for every normalizer that standardizes: batch (and ghost batch),
 layer, instance, group and RMS normalization.
+
+Its derivative is a ``jax.custom_jvp`` whose tangent map is linear in the
+tangents: forward mode (``jvp``, ``jacfwd``, ``linearize``) evaluates it,
+and reverse mode (``grad``, ``vjp``) is JAX's transpose of it, so every
+composition of the two, to any order, works. The tangent map is
+
+.. math::
+   \dot y = A\,\dot x + B\,c + D, \qquad c = x - \mu,
+
+with per-channel :math:`A = \gamma r`, and :math:`B`, :math:`D` linear in
+two sums per channel of the tangent, :math:`\sum \dot x` and
+:math:`\sum \dot x\,c`, and in :math:`\dot\gamma`, :math:`\dot\beta`.
 
 Why it is faster than letting JAX differentiate the composition:
 
@@ -14,35 +26,28 @@ Why it is faster than letting JAX differentiate the composition:
   the result is tiny, and the second level folds channels into groups.
   Each level is a plain reduction that keeps the layout's own channel axis,
   so NHWC and NCHW inputs need no transposes.
-* **Minimal residuals.** The backward pass keeps only ``x`` (alive anyway),
-  the statistics and ``γ``; autodiff of the composition keeps full-size
-  intermediates such as ``x − μ`` and ``x̂``.
-* **One elementwise backward pass.** With :math:`c = x - \mu` and
-  :math:`g = \gamma\,\partial y`, the input gradient is
-
-  .. math::
-     \partial x = r\,\big(g - \overline{g} - c\,r^2\,\overline{g\,c}\big)
-     = A\,\partial y + B\,c + D
-
-  where bars are means over ``R``. ``A``, ``B`` and ``D`` come from two sums
-  per channel, :math:`\sum \partial y` and :math:`\sum \partial y\,c`, which
-  also give :math:`\partial\beta` and :math:`\partial\gamma`. So the
+* **Minimal residuals.** The tangent map is rematerialized
+  (``jax.checkpoint``), so reverse mode keeps only ``x`` (alive anyway),
+  the statistics and ``γ``, and recomputes ``x − μ`` inside its fused
+  passes; autodiff of the composition keeps full-size intermediates such as
+  ``x − μ`` and ``x̂``.
+* **One elementwise backward pass.** Transposed, the map gives the input
+  gradient :math:`\partial x = r\,(g - \overline{g} - c\,r^2\,\overline{g\,c})`
+  (:math:`g = \gamma\,\partial y`, bars are means over ``R``) from the two
+  per-channel sums :math:`\sum \partial y` and :math:`\sum \partial y\,c`,
+  which also give :math:`\partial\beta` and :math:`\partial\gamma`: the
   backward pass reads ``∂y`` and ``x`` twice and writes ``∂x`` once.
-
 * **Single-pass statistics where they are accurate.** ``Σx`` and ``Σx²``
-  come from one read of ``x``, and ``Σ∂y`` and ``Σ∂y·x`` from one read of
-  ``∂y`` and ``x``; a run-time check (``μ² ≤ 16σ²`` for every statistic,
-  float32 or wider accumulation) falls back to the centred passes
+  come from one read of ``x``; a run-time check (``μ² ≤ 16σ²`` for every
+  statistic, float32 or wider accumulation) falls back to the centred pass
   (``lax.cond``), so inputs such as ``1e4 + N(0, 1)`` stay as accurate as
   the reference. Statistics accumulate in the engine's dtype (at least
   float32 for half-precision inputs).
-
-Only reverse-mode derivatives are defined (``jax.custom_vjp``); see
-:mod:`jaxnorm._dispatch` for forward mode.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -138,21 +143,22 @@ class XlaPasses:
     y = (self._view(x) - self._expand(mean)) * self._expand(a) + self._expand(d)
     return y.astype(out_dtype).reshape(self.shape)
 
-  def gradient_sums(self, dy: Array, x: Array, mean: Array) -> tuple[Array, Array]:
-    """``Σ ∂y`` and ``Σ ∂y·(x − mean)`` over the inner axes."""
-    dy = self._view(dy)
-    return self._sum(dy), self._sum(dy * (self._view(x) - self._expand(mean)))
+  def tangent_sums(self, dx: Array, x: Array, mean: Array) -> tuple[Array, Array]:
+    """``Σ ∂x`` and ``Σ ∂x·(x − mean)`` over the inner axes."""
+    dx = self._view(dx)
+    return self._sum(dx), self._sum(dx * (self._view(x) - self._expand(mean)))
 
-  def uncentred_gradient_sums(self, dy: Array, x: Array) -> tuple[Array, Array]:
-    """``Σ ∂y`` and ``Σ ∂y·x`` over the inner axes."""
-    dy = self._view(dy)
-    return self._sum(dy), self._sum(dy * self._view(x))
-
-  def input_gradient(self, dy, x, mean, a, b, d, out_dtype) -> Array:
-    """``∂y·a + (x − mean)·b + d``, full size, in ``out_dtype``."""
-    centred = self._view(x) - self._expand(mean)
-    dx = self._view(dy) * self._expand(a) + centred * self._expand(b) + self._expand(d)
-    return dx.astype(out_dtype).reshape(self.shape)
+  def tangent(self, dx, x, mean, a, b, d, out_dtype) -> Array:
+    """``∂x·a + (x − mean)·b + d`` (``d`` may be None), full size, in
+    ``out_dtype``: the output tangent, linear in ``∂x``, ``b`` and ``d``."""
+    # A barrier keeps XLA from merging this x − mean with the one inside
+    # tangent_sums: shared, it would be materialized (and, in the transposed
+    # program, kept alive from the forward pass) instead of fused into both.
+    centred = self._view(x) - self._expand(lax.optimization_barrier(mean))
+    dy = self._view(dx) * self._expand(a) + centred * self._expand(b)
+    if d is not None:
+      dy = dy + self._expand(d)
+    return dy.astype(out_dtype).reshape(self.shape)
 
 
 def standardize(
@@ -168,7 +174,7 @@ def standardize(
     out_dtype: Any,
     passes: Any = None,
 ) -> tuple[Array, Array, Array]:
-  """Normalized ``x`` and its statistics, with a custom backward pass.
+  """Normalized ``x`` and its statistics, with a custom derivative rule.
 
   Args:
     x: input, real floating point.
@@ -180,19 +186,21 @@ def standardize(
     use_mean: centre on the mean (False: RMS normalization, ``μ = 0``).
     acc_dtype: dtype of the arithmetic and of the statistics.
     out_dtype: dtype of ``y``.
-    passes: what runs the full-size passes: :class:`XlaPasses` (default)
-      or the Pallas kernels of :mod:`jaxnorm._pallas`, built for ``x``'s
-      shape and the inner axes ``R \\ F``.
+    passes: what runs the forward full-size passes: :class:`XlaPasses`
+      (default) or the Pallas kernels of :mod:`jaxnorm._pallas`, built for
+      ``x``'s shape and the inner axes ``R \\ F``. The tangent map always
+      runs as XLA operations, which JAX can transpose.
 
   Returns:
     ``(y, mean, var)``; ``mean`` and ``var`` have size 1 along ``R``
     (``mean`` is zeros when ``use_mean`` is False). All three are
-    differentiable.
+    differentiable, in forward and reverse mode, to any order.
   """
   inner = tuple(a for a in reduction_axes if a not in feature_axes)
   outer = tuple(a for a in reduction_axes if a in feature_axes)
+  xla = XlaPasses(x.shape, inner, acc_dtype)
   if passes is None:
-    passes = XlaPasses(x.shape, inner, acc_dtype)
+    passes = xla
   count = math.prod(x.shape[a] for a in reduction_axes)
   real = jnp.finfo(acc_dtype).dtype
   stats_shape = tuple(1 if a in reduction_axes else n for a, n in enumerate(x.shape))
@@ -230,43 +238,69 @@ def standardize(
     mean, var, accurate = statistics(x)
     rstd = lax.rsqrt(var + epsilon)
     y = passes.affine(x, mean, rstd * parameter(scale, 1), parameter(bias, 0), out_dtype)
-    return (y, mean, var), (x, mean, rstd, accurate, scale, bias)
+    return (y, mean, var), rstd
 
-  def gradient_sums(dy, x, mean, accurate):
-    # Without inner axes the "sums" are full-size arrays (layer norm over
-    # the features): nothing to save, and a conditional over full-size
-    # operands would copy them.
-    if not single_pass or not inner:
-      return passes.gradient_sums(dy, x, mean)
-
-    p1, p2 = passes.uncentred_gradient_sums(dy, x)
-    p2 = lax.cond(
-        accurate, lambda: p2 - mean * p1, lambda: passes.gradient_sums(dy, x, mean)[1]
-    )
-    return p1, p2
-
-  def backward(residuals, cotangents):
-    x, mean, rstd, accurate, scale, bias = residuals
-    dy, dmean, dvar = cotangents
-    # The two per-channel sums: with the elementwise pass below, the only
-    # passes over full-size arrays.
-    p1, p2 = gradient_sums(dy, x, mean, accurate)
+  # The tangent map is linear in the tangents (dx, dscale, dbias): JAX
+  # evaluates it for forward mode and transposes it for reverse mode. It is
+  # rematerialized (jax.checkpoint), so reverse mode keeps only its primal
+  # inputs (x, which is alive anyway, and per-group statistics) and
+  # recomputes x − μ inside the fused backward pass instead of storing it.
+  @functools.partial(jax.checkpoint, prevent_cse=False)
+  def tangent_map(x, mean, rstd, scale, dx, dscale, dbias):
     gamma = parameter(scale, 1)
-    b = (2.0 / count) * dvar - rstd**3 * mean_over_groups(gamma * p2)
-    d = jnp.zeros((), acc_dtype)
+    a = rstd * gamma
+    s1, s2 = xla.tangent_sums(dx, x, mean)  # Σ dx, Σ dx·(x − μ)
+    dvar = (2.0 / count) * _sum(s2, outer)
+    b = -0.5 * rstd**3 * dvar * gamma
+    if dscale is not None:
+      b = b + rstd * dscale.astype(acc_dtype)
+    d = None
     if use_mean:
-      d = dmean / count - rstd * mean_over_groups(gamma * p1)
-    dx = passes.input_gradient(dy, x, mean, rstd * gamma, b, d, x.dtype)
-    dscale = dbias = None
-    if scale is not None:
-      dscale = _sum_to_shape(p2 * rstd, scale.shape).astype(scale.dtype)
-    if bias is not None:
-      dbias = _sum_to_shape(p1, bias.shape).astype(bias.dtype)
-    return dx, dscale, dbias
+      dmean = mean_over_groups(s1)
+      d = -a * dmean
+    else:
+      dmean = jnp.zeros(stats_shape, acc_dtype) * dvar  # zero, but linear
+    if dbias is not None:
+      d = dbias.astype(acc_dtype) if d is None else d + dbias.astype(acc_dtype)
+    dy = xla.tangent(dx, x, mean, a, b, d, out_dtype)
+    return dy, dmean, dvar.astype(real)
 
-  @jax.custom_vjp
+  @functools.partial(jax.checkpoint, prevent_cse=False)
+  def feature_tangent_map(x, mean, rstd, scale, dx, dscale, dbias):
+    """The tangent map when parameters vary along every reduced axis (layer
+    and RMS norm over the features): per-channel sums would be full-size,
+    so the reductions run over ``R`` directly and the scale multiplies once.
+    """
+    x, dx = x.astype(acc_dtype), dx.astype(acc_dtype)
+    # One shared x − μ. Unlike XlaPasses.tangent, no barrier: XLA:CPU feeds
+    # these full-size products to its reductions as materialized operands
+    # either way, and two copies would cost two buffers instead of one.
+    centred = x - mean
+    dvar = (2.0 / count) * _sum(dx * centred, reduction_axes)
+    inner_tangent = dx - (0.5 * lax.square(rstd) * dvar) * centred
+    if use_mean:
+      dmean = _sum(dx, reduction_axes) / count
+      inner_tangent = inner_tangent - dmean
+    else:
+      dmean = jnp.zeros(stats_shape, acc_dtype) * dvar  # zero, but linear
+    dy = (rstd * parameter(scale, 1)) * inner_tangent
+    if dscale is not None:
+      dy = dy + centred * rstd * dscale.astype(acc_dtype)
+    if dbias is not None:
+      dy = dy + dbias.astype(acc_dtype)
+    return dy.astype(out_dtype), dmean, dvar.astype(real)
+
+  @jax.custom_jvp
   def fn(x, scale, bias):
     return forward(x, scale, bias)[0]
 
-  fn.defvjp(forward, backward)
+  @fn.defjvp
+  def fn_jvp(primals, tangents):
+    x, scale, bias = primals
+    dx, dscale, dbias = tangents
+    outputs, rstd = forward(x, scale, bias)
+    mean = outputs[1]
+    linear = tangent_map if inner else feature_tangent_map
+    return outputs, linear(x, mean, rstd, scale, dx, dscale, dbias)
+
   return fn(x, scale, bias)

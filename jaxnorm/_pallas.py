@@ -1,17 +1,15 @@
-"""Pallas kernels for the full-size passes of batch, group and layer norm.
+"""Pallas kernels for the forward passes of batch, group and layer norm.
 
-:class:`PallasPasses` implements the interface of
-:class:`jaxnorm._fused.XlaPasses` with four ``pallas_call`` kernels, so the
-statistics, the group folding and the custom backward pass are shared with
-the fused XLA path and only the passes over full-size arrays change:
+:class:`PallasPasses` implements the forward passes of
+:class:`jaxnorm._fused.XlaPasses` with three ``pallas_call`` kernels, so the
+statistics, the group folding and the derivative rule are shared with the
+fused XLA path and only the passes over full-size arrays change:
 
 =====================  =======================================  ===========
 kernel                 computes, per tile of rows               reads/writes
 =====================  =======================================  ===========
 ``_sums``              ``Σ (x − m)^p`` per channel (p = 1, 2)   x
 ``_affine``            ``(x − m)·a + d``                        x / y
-``_gradient_sums``     ``Σ ∂y`` and ``Σ ∂y·(x − m)``            ∂y, x
-``_input_gradient``    ``∂y·a + (x − m)·b + d``                 ∂y, x / ∂x
 =====================  =======================================  ===========
 
 The input is viewed as ``(B, L, C)``: ``B`` examples (1 for batch norm),
@@ -20,13 +18,18 @@ The grid runs over examples and tiles of ``T`` rows; each program holds a
 ``(T, C)`` tile and writes one row of per-tile partial sums, which XLA adds
 up (they are ``L/T`` times smaller than the input). The forward pass thus
 reads ``x`` three times and writes ``y`` once, without the centred
-intermediate that XLA materializes; the backward pass reads ``∂y`` and ``x``
-twice and writes ``∂x`` once. Channels-first layouts (NCHW) and shapes the
-tiling does not cover use the fused XLA path.
+intermediate that XLA materializes. Derivatives, forward and reverse mode,
+come from the fused path's tangent map (:func:`jaxnorm._fused.standardize`),
+which is XLA: JAX transposes it for reverse mode, and a ``pallas_call`` has
+no transpose. Channels-first layouts (NCHW) and shapes the tiling does not
+cover use the fused XLA path.
 
-The kernels compile for GPUs (Triton); elsewhere they run with
-``interpret=True``, which is how the test suite checks their numerics on
-CPU. :func:`applies` decides, per call, whether this path is taken.
+The kernels compile (Triton) when the program is lowered for a CUDA or ROCm
+GPU and run with ``interpret=True`` when it is lowered for anything else —
+chosen per lowering platform (``lax.platform_dependent``), not by the host,
+so a program exported for CUDA from a CPU host gets the compiled kernels.
+Interpretation is how the test suite checks their numerics on CPU.
+:func:`applies` decides, per call, whether this path is taken.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pallas_triton
 
@@ -78,11 +82,6 @@ def _view_3d(shape, reduction_axes, feature_axes):
   return size("kept"), size("inner"), size("channel"), group
 
 
-def on_gpu() -> bool:
-  """Whether the default backend is a GPU (the kernels compile there)."""
-  return jax.default_backend() == "gpu"
-
-
 def _tile_rows(length: int, channels: int) -> int | None:
   """The largest power-of-two row count dividing ``length`` within budget."""
   budget = max(1, TILE_ELEMENTS // channels)
@@ -92,18 +91,10 @@ def _tile_rows(length: int, channels: int) -> int | None:
   return rows if rows >= min(8, length) else None
 
 
-def applies(name: str, x: Array, reduction_axes, feature_axes, use_mean: bool) -> bool:
-  """Whether :func:`standardize` should use the Pallas kernels.
-
-  ``"pallas"`` asks for them anywhere (interpreted off GPU); ``"auto"``
-  takes them on a GPU. Either way the input must fit the ``(B, L, C)``
-  tiling: channels last, a power-of-two channel count up to
-  :data:`MAX_CHANNELS`, and a row count with a power-of-two tile.
-  """
-  if name not in ("pallas", "auto"):
-    return False
-  if name == "auto" and not on_gpu():
-    return False
+def applies(x: Array, reduction_axes, feature_axes) -> bool:
+  """Whether the Pallas kernels cover an input: it must fit the ``(B, L, C)``
+  tiling (channels last, a power-of-two channel count up to
+  :data:`MAX_CHANNELS`, and a row count with a power-of-two tile)."""
   view = _view_3d(x.shape, reduction_axes, feature_axes)
   if view is None:
     return False
@@ -124,20 +115,6 @@ def _affine_kernel(x_ref, m_ref, a_ref, d_ref, y_ref):
   y_ref[...] = y.astype(y_ref.dtype)
 
 
-def _gradient_sums_kernel(dy_ref, x_ref, m_ref, p1_ref, p2_ref):
-  dy = dy_ref[...].astype(m_ref.dtype)
-  centred = x_ref[...].astype(m_ref.dtype) - m_ref[...]
-  p1_ref[...] = jnp.sum(dy, axis=0, keepdims=True)
-  p2_ref[...] = jnp.sum(dy * centred, axis=0, keepdims=True)
-
-
-def _input_gradient_kernel(dy_ref, x_ref, m_ref, a_ref, b_ref, d_ref, dx_ref):
-  dy = dy_ref[...].astype(m_ref.dtype)
-  centred = x_ref[...].astype(m_ref.dtype) - m_ref[...]
-  dx = dy * a_ref[...] + centred * b_ref[...] + d_ref[...]
-  dx_ref[...] = dx.astype(dx_ref.dtype)
-
-
 class PallasPasses:
   """The passes of :func:`jaxnorm._fused.standardize` as Pallas kernels.
 
@@ -147,7 +124,7 @@ class PallasPasses:
 
   single_pass = False
 
-  def __init__(self, shape, reduction_axes, feature_axes, acc_dtype: Any, interpret: bool):
+  def __init__(self, shape, reduction_axes, feature_axes, acc_dtype: Any):
     view = _view_3d(shape, reduction_axes, feature_axes)
     if view is None:
       raise ValueError(f"the Pallas kernels do not cover an input of shape {shape}")
@@ -158,7 +135,6 @@ class PallasPasses:
     self.shape = shape
     self.partial_shape = tuple(1 if a in inner else n for a, n in enumerate(shape))
     self.acc_dtype = acc_dtype
-    self.interpret = interpret
     self.xla = _fused.XlaPasses(shape, inner, acc_dtype)
 
   # Block specs: a (T, C) tile of example b, or example b's channel row.
@@ -174,16 +150,21 @@ class PallasPasses:
   def _call(self, kernel, full, per_channel, out_shapes, out_specs):
     """Runs ``kernel`` on full-size arrays (tiled) then per-channel ones."""
     inputs = [self._full(a) for a in full] + [self._per_channel(a) for a in per_channel]
-    return pl.pallas_call(
-        kernel,
-        out_shape=out_shapes,
-        grid=(self.batch, self.tiles),
-        in_specs=[self._tile()] * len(full) + [self._row()] * len(per_channel),
-        out_specs=out_specs,
-        interpret=self.interpret,
-        # Triton, not Mosaic GPU: its copies are not limited to 256 rows.
-        compiler_params=None if self.interpret else pallas_triton.CompilerParams(num_warps=4),
-    )(*inputs)
+
+    def run(interpret):
+      return pl.pallas_call(
+          kernel,
+          out_shape=out_shapes,
+          grid=(self.batch, self.tiles),
+          in_specs=[self._tile()] * len(full) + [self._row()] * len(per_channel),
+          out_specs=out_specs,
+          interpret=interpret,
+          # Triton, not Mosaic GPU: its copies are not limited to 256 rows.
+          compiler_params=None if interpret else pallas_triton.CompilerParams(num_warps=4),
+      )(*inputs)
+
+    compiled = lambda: run(False)  # noqa: E731
+    return lax.platform_dependent(cuda=compiled, rocm=compiled, default=lambda: run(True))
 
   def _full(self, x: Array) -> Array:
     return x.reshape(self.batch, self.length, self.channels)
@@ -214,23 +195,12 @@ class PallasPasses:
     y = self._call(_affine_kernel, [x], [mean, a, d], out, self._tile())
     return y.reshape(self.shape)
 
-  def _pallas_gradient_sums(self, dy, x, mean):
-    shapes = (self._partial_sums(), self._partial_sums())
-    specs = (self._partial(), self._partial())
-    p1, p2 = self._call(_gradient_sums_kernel, [dy, x], [mean], shapes, specs)
-    return self._fold(p1), self._fold(p2)
-
-  def _pallas_input_gradient(self, dy, x, mean, a, b, d, out_dtype):
-    out = jax.ShapeDtypeStruct((self.batch, self.length, self.channels), out_dtype)
-    dx = self._call(_input_gradient_kernel, [dy, x], [mean, a, b, d], out, self._tile())
-    return dx.reshape(self.shape)
-
   def _differentiable(self, name, *args, **static):
     """The kernel's values, with derivatives of the XLA pass of that name.
 
-    The custom backward pass of :func:`jaxnorm._fused.standardize` calls
-    the kernels without differentiating them; differentiating it again
-    (second order, forward-over-reverse) differentiates the XLA passes.
+    :func:`jaxnorm._fused.standardize` calls the kernels for primal values
+    only; differentiating those again (second order) differentiates the
+    XLA passes.
     """
     kernel = functools.partial(getattr(self, f"_pallas_{name}"), **static)
     xla = functools.partial(getattr(self.xla, name), **static)
@@ -247,22 +217,10 @@ class PallasPasses:
   def affine(self, x, mean, a, d, out_dtype):
     return self._differentiable("affine", x, mean, a, d, out_dtype=out_dtype)
 
-  def gradient_sums(self, dy, x, mean):
-    return self._differentiable("gradient_sums", dy, x, mean)
-
-  def input_gradient(self, dy, x, mean, a, b, d, out_dtype):
-    return self._differentiable("input_gradient", dy, x, mean, a, b, d, out_dtype=out_dtype)
-
 
 def standardize(x, scale, bias, *, reduction_axes, feature_axes, acc_dtype, **kwargs):
   """:func:`jaxnorm._fused.standardize` with the passes run by Pallas kernels."""
-  passes = PallasPasses(
-      x.shape,
-      reduction_axes,
-      feature_axes,
-      acc_dtype,
-      interpret=not on_gpu(),
-  )
+  passes = PallasPasses(x.shape, reduction_axes, feature_axes, acc_dtype)
   return _fused.standardize(
       x,
       scale,

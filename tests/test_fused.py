@@ -85,8 +85,9 @@ def _run(implementation, fn, x, scale, bias, cotangents):
   return out, grads
 
 
-def _uses_custom_vjp(fn, *args) -> bool:
-  return "custom_vjp_call" in str(jax.make_jaxpr(fn)(*args))
+def _uses_fast_path(fn, *args) -> bool:
+  """Whether the fused (or Pallas) path's custom derivative rule is traced."""
+  return "custom_jvp_call" in str(jax.make_jaxpr(fn)(*args))
 
 
 # Offset 3 (σ = 2): single-pass statistics; offset 300: the centred pass.
@@ -97,7 +98,7 @@ def test_fused_equals_reference_in_float64(name, offset):
   with jax.enable_x64(True):
     x, scale, bias, cot = _inputs(shape, jnp.float64, offset=offset)
     with jaxnorm.implementation("fused"):
-      assert _uses_custom_vjp(fn, x, scale, bias), "the fused path was not taken"
+      assert _uses_fast_path(fn, x, scale, bias), "the fused path was not taken"
     fused = _run("fused", fn, x, scale, bias, cot)
     reference = _run("reference", fn, x, scale, bias, cot)
     for a, b in zip(jax.tree_util.tree_leaves(fused), jax.tree_util.tree_leaves(reference)):
@@ -186,14 +187,14 @@ FALLBACKS = {
 def test_options_the_fused_path_lacks_use_the_reference(name):
   x = jax.random.normal(jax.random.key(0), (2, 3, 3, 4))
   with jaxnorm.implementation("fused"):
-    assert not _uses_custom_vjp(FALLBACKS[name], x)
+    assert not _uses_fast_path(FALLBACKS[name], x)
 
 
 def test_axis_name_uses_the_reference():
   x = jax.random.normal(jax.random.key(0), (4, 3, 8))
   fn = jax.vmap(lambda x: jaxnorm.batch_norm(x, axis_name="d")[0], axis_name="d")
   with jaxnorm.implementation("fused"):
-    assert not _uses_custom_vjp(fn, x)
+    assert not _uses_fast_path(fn, x)
 
 
 def test_reference_implementation_supports_forward_mode():
@@ -201,7 +202,7 @@ def test_reference_implementation_supports_forward_mode():
   fn = lambda x: jnp.sum(jaxnorm.group_norm(x, num_groups=4) ** 3)  # noqa: E731
   v = jnp.ones_like(x)
   with jaxnorm.implementation("reference"):
-    assert not _uses_custom_vjp(fn, x)
+    assert not _uses_fast_path(fn, x)
     _, hvp_forward = jax.jvp(jax.grad(fn), (x,), (v,))
   with jaxnorm.implementation("fused"):
     hvp_reverse = jax.grad(lambda x: jnp.vdot(jax.grad(fn)(x), v))(x)
@@ -239,3 +240,17 @@ def test_environment_variable_sets_the_initial_implementation(value, expected):
   else:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == expected
+
+
+def test_a_jitted_function_is_retraced_when_the_implementation_changes():
+  """The choice is part of JAX's trace cache key: no stale trace is reused."""
+  f = jax.jit(lambda x: jaxnorm.group_norm(x, num_groups=2))
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 4))
+  with jaxnorm.implementation("fused"):
+    assert _uses_fast_path(f, x)
+    f(x)
+  with jaxnorm.implementation("reference"):
+    assert not _uses_fast_path(f, x)
+    f(x)
+  with jaxnorm.implementation("fused"):
+    assert _uses_fast_path(f, x)
