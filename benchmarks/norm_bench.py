@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -71,10 +72,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-  norm: str  # 'gn', 'bn' or 'ln'
+  norm: str  # 'gn', 'bn', 'ln' or 'rms'
   shape: tuple[int, ...]  # logical (N, H, W, C) or (N, T, D)
   layout: str  # 'NHWC', 'NCHW' or 'NTD'
   dtype: str
+  groups: int = GROUPS  # group norm only
 
   @property
   def channel_axis(self) -> int:
@@ -113,17 +115,19 @@ def jax_functions(case: Case) -> dict[str, Callable]:
 
   def jaxnorm_fn(x, scale, bias):
     if case.norm == "gn":
-      return jaxnorm.group_norm(x, scale, bias, num_groups=GROUPS, channel_axis=c)
+      return jaxnorm.group_norm(x, scale, bias, num_groups=case.groups, channel_axis=c)
     if case.norm == "bn":
       zeros = jnp.zeros((case.channels,))
       y, _ = jaxnorm.batch_norm(x, scale, bias, zeros, zeros + 1, axis=c)
       return y
+    if case.norm == "rms":
+      return jaxnorm.rms_norm(x, scale)
     return jaxnorm.layer_norm(x, scale, bias)
 
   def flax_fn(x, scale, bias):
     params = {"params": {"scale": scale, "bias": bias}}
     if case.norm == "gn":
-      layer = nn.GroupNorm(num_groups=GROUPS)
+      layer = nn.GroupNorm(num_groups=case.groups)
       if case.layout == "NCHW":
         return _to_nchw(layer.apply(params, _to_nhwc(x)))
       return layer.apply(params, x)
@@ -133,6 +137,8 @@ def jax_functions(case: Case) -> dict[str, Callable]:
       layer = nn.BatchNorm(use_running_average=False, axis=c)
       y, _ = layer.apply({**params, **stats}, x, mutable=["batch_stats"])
       return y
+    if case.norm == "rms":
+      return nn.RMSNorm().apply({"params": {"scale": scale}}, x)
     return nn.LayerNorm().apply(params, x)
 
   def floor_fn(x, scale, bias):
@@ -150,30 +156,36 @@ def jax_functions(case: Case) -> dict[str, Callable]:
   }
 
 
-def torch_function(case: Case, mode: str):
-  """A no-argument callable running PyTorch's native kernel, or None."""
+def torch_function(case: Case, mode: str, device: str = "cpu"):
+  """A no-argument callable running PyTorch's native kernel, or None.
+
+  ``device`` is a torch device ("cpu", "cuda"); the callable does not
+  synchronize, so time it with :func:`_time` (which does).
+  """
   if torch is None:
     return None
   dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[case.dtype]
-  gen = torch.Generator().manual_seed(0)
-  if case.norm == "ln":
-    x = torch.randn(case.shape, generator=gen).to(dtype)
+  gen = torch.Generator(device).manual_seed(0)
+  if case.norm in ("ln", "rms"):
+    x = torch.randn(case.shape, generator=gen, device=device).to(dtype)
   else:
     n, h, w, ch = case.shape
-    x = torch.randn((n, ch, h, w), generator=gen).to(dtype)
+    x = torch.randn((n, ch, h, w), generator=gen, device=device).to(dtype)
     if case.layout == "NHWC":
       x = x.contiguous(memory_format=torch.channels_last)
-  weight = torch.ones(case.channels, dtype=dtype)
-  bias = torch.zeros(case.channels, dtype=dtype)
-  running_mean = torch.zeros(case.channels, dtype=dtype)
-  running_var = torch.ones(case.channels, dtype=dtype)
+  weight = torch.ones(case.channels, dtype=dtype, device=device)
+  bias = torch.zeros(case.channels, dtype=dtype, device=device)
+  running_mean = torch.zeros(case.channels, dtype=dtype, device=device)
+  running_var = torch.ones(case.channels, dtype=dtype, device=device)
   F = torch.nn.functional
 
   def forward(x, weight, bias):
     if case.norm == "gn":
-      return F.group_norm(x, GROUPS, weight, bias, 1e-6)
+      return F.group_norm(x, case.groups, weight, bias, 1e-6)
     if case.norm == "bn":
       return F.batch_norm(x, running_mean, running_var, weight, bias, training=True)
+    if case.norm == "rms":
+      return F.rms_norm(x, (case.channels,), weight, 1e-6)
     return F.layer_norm(x, (case.channels,), weight, bias, 1e-6)
 
   if mode == "forward":
@@ -185,20 +197,29 @@ def torch_function(case: Case, mode: str):
     return run
   xr, wr, br = (t.clone().requires_grad_(True) for t in (x, weight, bias))
   cot = torch.randn_like(x)
+  wrt = (xr, wr) if case.norm == "rms" else (xr, wr, br)  # RMS norm has no bias
 
   def run_backward():
     y = forward(xr, wr, br)
-    return torch.autograd.grad(y, (xr, wr, br), cot)
+    return torch.autograd.grad(y, wrt, cot)
 
   return run_backward
 
 
+def _block(out):
+  """Waits for ``out``: JAX arrays, and PyTorch's CUDA queue if it is in use."""
+  jax.block_until_ready(out)  # torch tensors pass through
+  if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+    torch.cuda.synchronize()
+  return out
+
+
 def _time(fn: Callable, reps: int) -> float:
-  jax.block_until_ready(fn())  # one untimed call: caches and threads warm
+  _block(fn())  # one untimed call: caches and threads warm
   start = time.perf_counter()
   for _ in range(reps):
     out = fn()
-  jax.block_until_ready(out)  # torch tensors (CPU, synchronous) pass through
+  _block(out)
   return (time.perf_counter() - start) / reps
 
 
@@ -207,44 +228,62 @@ def _time(fn: Callable, reps: int) -> float:
 TORCH_SETTLE_SECONDS = 0.3
 
 
-def _interleaved(fns: dict[str, Callable], rounds: int, reps: int) -> dict[str, float]:
+def _interleaved(
+    fns: dict[str, Callable], rounds: int, reps: int, torch_settle: float = TORCH_SETTLE_SECONDS
+) -> dict[str, float]:
   """Median over rounds of the mean seconds per call, visiting each in turn.
 
   The order rotates from round to round, so no implementation always runs
-  right after the same neighbour.
+  right after the same neighbour. After the entry named ``torch``, sleeps
+  ``torch_settle`` seconds (CPU threads; 0 for CUDA).
   """
   for fn in fns.values():  # compile / warm up
-    jax.block_until_ready(fn())
+    _block(fn())
   names = list(fns)
   times = {k: [] for k in fns}
   for r in range(rounds):
     for k in names[r % len(names) :] + names[: r % len(names)]:
       times[k].append(_time(fns[k], reps))
-      if k == "torch":
-        time.sleep(TORCH_SETTLE_SECONDS)
+      if k == "torch" and torch_settle:
+        time.sleep(torch_settle)
   return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def bench_case(case: Case, mode: str, rounds: int, reps: int) -> dict[str, float]:
+def case_inputs(case: Case) -> tuple[jax.Array, ...]:
+  """``(x, scale, bias, cotangent)``: x in the case's dtype, the rest float32."""
   dtype = DTYPES[case.dtype]
   kx, kc, ks = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, case.array_shape, jnp.float32).astype(dtype)
   cot = jax.random.normal(kc, case.array_shape, jnp.float32)
   scale = 1 + 0.1 * jax.random.normal(ks, (case.channels,))
   bias = jnp.zeros((case.channels,))
+  return x, scale, bias, cot
+
+
+def timed_computation(f: Callable, mode: str, inputs: tuple) -> tuple[Callable, tuple]:
+  """The jitted computation timed for ``mode`` and its arguments.
+
+  ``"forward"``: ``f(x, scale, bias)``; ``"forward+backward"``: ``f``'s
+  output and its VJP with respect to input, scale and bias, as training
+  needs.
+  """
+  x, scale, bias, cot = inputs
+  if mode == "forward":
+    return jax.jit(f), (x, scale, bias)
+
+  def vjp(x, scale, bias, cot):
+    y, pullback = jax.vjp(f, x, scale, bias)
+    return y, pullback(cot.astype(y.dtype))
+
+  return jax.jit(vjp), (x, scale, bias, cot)
+
+
+def bench_case(case: Case, mode: str, rounds: int, reps: int) -> dict[str, float]:
+  inputs = case_inputs(case)
   fns = {}
   for name, f in jax_functions(case).items():
-    if mode == "forward":
-      jitted = jax.jit(f)
-      fns[name] = lambda jitted=jitted: jitted(x, scale, bias)
-    else:
-
-      def vjp(x, scale, bias, cot, f=f):  # y and its VJP, as training needs
-        y, pullback = jax.vjp(f, x, scale, bias)
-        return y, pullback(cot.astype(y.dtype))
-
-      jitted = jax.jit(vjp)
-      fns[name] = lambda jitted=jitted: jitted(x, scale, bias, cot)
+    jitted, args = timed_computation(f, mode, inputs)
+    fns[name] = functools.partial(jitted, *args)
   peer = torch_function(case, mode)
   if peer is not None:
     fns["torch"] = peer
@@ -273,12 +312,12 @@ def norm_spec(norm: str, library: str) -> jaxnorm.NormSpec:
   return spec
 
 
-def train_step_fn(norm: str, library: str, batch: int):
-  """A jitted ResNet-20 SGD step and its arguments."""
-  model = models.CifarResNet(depth=20, norm=norm_spec(norm, library))
+def train_step_fn(norm: str, library: str, batch: int, depth: int = 20, width: int = 16):
+  """A jitted CIFAR ResNet (ResNet-20 by default) SGD step and its arguments."""
+  model = models.CifarResNet(depth=depth, width=width, norm=norm_spec(norm, library))
   images = jax.random.normal(jax.random.key(1), (batch, 32, 32, 3))
   labels = jax.random.randint(jax.random.key(2), (batch,), 0, 10)
-  variables = model.init(jax.random.key(0), images[:2], train=False)
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), images[:2])
   params, stats = variables["params"], variables.get("batch_stats", {})
   tx = optax.sgd(0.1, momentum=0.9)
   opt_state = tx.init(params)
@@ -298,19 +337,32 @@ def train_step_fn(norm: str, library: str, batch: int):
   return jax.jit(step), (params, stats, opt_state)
 
 
-def bench_model(batch: int, rounds: int, reps: int) -> dict:
+MODEL_VARIANTS = (("gn", "jaxnorm"), ("gn", "flax"), ("bn", "jaxnorm"), ("bn", "flax"))
+
+
+def compile_train_step(norm: str, library: str, batch: int, depth: int = 20, width: int = 16):
+  """The compiled training step of one variant, and its arguments."""
+  step, args = train_step_fn(norm, library, batch, depth, width)
+  return step.lower(*args).compile(), args
+
+
+def bench_model(batch: int, rounds: int, reps: int, depth: int = 20, width: int = 16, steps=None) -> dict:
+  """Memory and images/s of the training step for each of MODEL_VARIANTS.
+
+  ``steps``: their ``compile_train_step`` results, where compiled already
+  (e.g. in parallel); by default they are compiled here, one by one.
+  """
+  if steps is None:
+    steps = [compile_train_step(*variant, batch, depth, width) for variant in MODEL_VARIANTS]
   memory, fns = {}, {}
-  for norm in ("gn", "bn"):
-    for library in ("jaxnorm", "flax"):
-      step, args = train_step_fn(norm, library, batch)
-      compiled = step.lower(*args).compile()
-      analysis = compiled.memory_analysis()
-      memory[f"{norm}/{library}"] = {
-          "temp_bytes": int(analysis.temp_size_in_bytes),
-          "argument_bytes": int(analysis.argument_size_in_bytes),
-          "output_bytes": int(analysis.output_size_in_bytes),
-      }
-      fns[f"{norm}/{library}"] = lambda compiled=compiled, args=args: compiled(*args)
+  for (norm, library), (compiled, args) in zip(MODEL_VARIANTS, steps):
+    analysis = compiled.memory_analysis()
+    memory[f"{norm}/{library}"] = {
+        "temp_bytes": int(analysis.temp_size_in_bytes),
+        "argument_bytes": int(analysis.argument_size_in_bytes),
+        "output_bytes": int(analysis.output_size_in_bytes),
+    }
+    fns[f"{norm}/{library}"] = functools.partial(compiled, *args)
   seconds = _interleaved(fns, rounds, reps)
   throughput = {k: batch / s for k, s in seconds.items()}
   return {"batch": batch, "memory": memory, "images_per_sec": throughput}

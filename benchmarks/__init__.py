@@ -1,0 +1,1 @@
+"""Benchmarks and the one-call device check (``python -m benchmarks.device_check``)."""
