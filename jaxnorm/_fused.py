@@ -37,11 +37,16 @@ Why it is faster than letting JAX differentiate the composition:
   per-channel sums :math:`\sum \partial y` and :math:`\sum \partial y\,c`,
   which also give :math:`\partial\beta` and :math:`\partial\gamma`: the
   backward pass reads ``∂y`` and ``x`` twice and writes ``∂x`` once.
-* **Single-pass statistics where they are accurate.** ``Σx`` and ``Σx²``
-  come from one read of ``x``; a run-time check (``μ² ≤ 16σ²`` for every
-  statistic, float32 or wider accumulation) falls back to the centred pass
-  (``lax.cond``), so inputs such as ``1e4 + N(0, 1)`` stay as accurate as
-  the reference. Statistics accumulate in the engine's dtype (at least
+* **Single-pass sums where they are accurate.** ``Σx`` and ``Σx²`` come
+  from one read of ``x``, and the tangent map uses ``Σẋ·x − μΣẋ`` and
+  ``ẏ = A·ẋ + B·x + (D − Bμ)``, whose transpose reduces ``∂y·x``: XLA:CPU
+  reduces a product of two full-size arrays faster than one with a
+  broadcast ``μ``. A run-time check (``μ² ≤ 16σ²`` for every statistic,
+  float32 or wider accumulation) falls back to the centred forms
+  (``lax.cond``; each branch of the tangent map is rematerialized on its
+  own), so inputs such as ``1e4 + N(0, 1)`` stay as accurate as the
+  reference. Under ``vmap`` a conditional becomes a select, and both
+  branches run. Statistics accumulate in the engine's dtype (at least
   float32 for half-precision inputs).
 """
 
@@ -143,19 +148,31 @@ class XlaPasses:
     y = (self._view(x) - self._expand(mean)) * self._expand(a) + self._expand(d)
     return y.astype(out_dtype).reshape(self.shape)
 
-  def tangent_sums(self, dx: Array, x: Array, mean: Array) -> tuple[Array, Array]:
-    """``Σ ∂x`` and ``Σ ∂x·(x − mean)`` over the inner axes."""
+  def tangent_sums(self, dx: Array, x: Array, mean: Array, centred: bool = True) -> tuple[Array, Array]:
+    """``Σ ∂x`` and ``Σ ∂x·(x − mean)`` over the inner axes; the second as
+    ``Σ ∂x·x − mean·Σ ∂x`` when not ``centred`` (XLA:CPU reduces a product
+    of two full-size arrays faster than one with a broadcast operand)."""
     dx = self._view(dx)
-    return self._sum(dx), self._sum(dx * (self._view(x) - self._expand(mean)))
+    s1 = self._sum(dx)
+    if centred:
+      return s1, self._sum(dx * (self._view(x) - self._expand(mean)))
+    return s1, self._sum(dx * self._view(x)) - jnp.broadcast_to(mean, self.partial_shape) * s1
 
-  def tangent(self, dx, x, mean, a, b, d, out_dtype) -> Array:
+  def tangent(self, dx, x, mean, a, b, d, out_dtype, centred: bool = True) -> Array:
     """``∂x·a + (x − mean)·b + d`` (``d`` may be None), full size, in
-    ``out_dtype``: the output tangent, linear in ``∂x``, ``b`` and ``d``."""
-    # A barrier keeps XLA from merging this x − mean with the one inside
-    # tangent_sums: shared, it would be materialized (and, in the transposed
-    # program, kept alive from the forward pass) instead of fused into both.
-    centred = self._view(x) - self._expand(lax.optimization_barrier(mean))
-    dy = self._view(dx) * self._expand(a) + centred * self._expand(b)
+    ``out_dtype``: the output tangent, linear in ``∂x``, ``b`` and ``d``.
+    Not ``centred``: ``∂x·a + x·b + (d − mean·b)``, whose transpose reduces
+    ``∂y·x`` rather than ``∂y·(x − mean)``."""
+    if centred:
+      # A barrier keeps XLA from merging this x − mean with the one in
+      # tangent_sums: shared, it would be materialized (and, in the
+      # transposed program, kept alive from the forward pass).
+      dy = (self._view(x) - self._expand(lax.optimization_barrier(mean))) * self._expand(b)
+    else:
+      shift = -jnp.broadcast_to(mean, self.partial_shape) * b
+      d = shift if d is None else d + shift
+      dy = self._view(x) * self._expand(b)
+    dy = dy + self._view(dx) * self._expand(a)
     if d is not None:
       dy = dy + self._expand(d)
     return dy.astype(out_dtype).reshape(self.shape)
@@ -238,18 +255,17 @@ def standardize(
     mean, var, accurate = statistics(x)
     rstd = lax.rsqrt(var + epsilon)
     y = passes.affine(x, mean, rstd * parameter(scale, 1), parameter(bias, 0), out_dtype)
-    return (y, mean, var), rstd
+    return (y, mean, var), (rstd, accurate)
 
   # The tangent map is linear in the tangents (dx, dscale, dbias): JAX
   # evaluates it for forward mode and transposes it for reverse mode. It is
   # rematerialized (jax.checkpoint), so reverse mode keeps only its primal
   # inputs (x, which is alive anyway, and per-group statistics) and
   # recomputes x − μ inside the fused backward pass instead of storing it.
-  @functools.partial(jax.checkpoint, prevent_cse=False)
-  def tangent_map(x, mean, rstd, scale, dx, dscale, dbias):
+  def tangent_map(x, mean, rstd, scale, dx, dscale, dbias, centred=True):
     gamma = parameter(scale, 1)
     a = rstd * gamma
-    s1, s2 = xla.tangent_sums(dx, x, mean)  # Σ dx, Σ dx·(x − μ)
+    s1, s2 = xla.tangent_sums(dx, x, mean, centred)  # Σ dx, Σ dx·(x − μ)
     dvar = (2.0 / count) * _sum(s2, outer)
     b = -0.5 * rstd**3 * dvar * gamma
     if dscale is not None:
@@ -262,8 +278,23 @@ def standardize(
       dmean = jnp.zeros(stats_shape, acc_dtype) * dvar  # zero, but linear
     if dbias is not None:
       d = dbias.astype(acc_dtype) if d is None else d + dbias.astype(acc_dtype)
-    dy = xla.tangent(dx, x, mean, a, b, d, out_dtype)
+    dy = xla.tangent(dx, x, mean, a, b, d, out_dtype, centred)
     return dy, dmean, dvar.astype(real)
+
+  rematerialized = functools.partial(jax.checkpoint, prevent_cse=False)
+
+  def channel_tangent_map(accurate, *args):
+    """Where the statistics are well centred the uncentred form, else the
+    centred one, chosen at run time; each branch is rematerialized on its
+    own, so reverse mode recomputes inside the chosen branch only."""
+    if not single_pass:
+      return rematerialized(tangent_map)(*args)
+    return lax.cond(
+        accurate,
+        rematerialized(functools.partial(tangent_map, centred=False)),
+        rematerialized(tangent_map),
+        *args,
+    )
 
   @functools.partial(jax.checkpoint, prevent_cse=False)
   def feature_tangent_map(x, mean, rstd, scale, dx, dscale, dbias):
@@ -298,9 +329,10 @@ def standardize(
   def fn_jvp(primals, tangents):
     x, scale, bias = primals
     dx, dscale, dbias = tangents
-    outputs, rstd = forward(x, scale, bias)
+    outputs, (rstd, accurate) = forward(x, scale, bias)
     mean = outputs[1]
-    linear = tangent_map if inner else feature_tangent_map
-    return outputs, linear(x, mean, rstd, scale, dx, dscale, dbias)
+    if not inner:
+      return outputs, feature_tangent_map(x, mean, rstd, scale, dx, dscale, dbias)
+    return outputs, channel_tangent_map(accurate, x, mean, rstd, scale, dx, dscale, dbias)
 
   return fn(x, scale, bias)
