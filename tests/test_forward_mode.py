@@ -219,7 +219,9 @@ def _compute(implementation, name, layout, dtype):
     return jax.jit(lambda *a: _transformations(f, *a))(x, params, tx, tparams)
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+# The float32 column repeats the float64 one at float32 tolerance: slow, so the
+# newest-JAX CI leg (which deselects `slow`) runs only the float64 column.
+@pytest.mark.parametrize("dtype", ["float64", pytest.param("float32", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name,layout", list(_cases(fast_path=True)))
 def test_every_transformation_matches_the_reference(name, layout, dtype):
   tol = 1e-10 if dtype == "float64" else 2e-3
