@@ -2,8 +2,11 @@
 
 import os
 
+import flax
 import hypothesis
 import jax
+import jaxlib
+import numpy as np
 
 # Silent broadcasting between arrays of different rank is a classic source of
 # wrong normalization axes; make it an error everywhere in the tests.
@@ -17,3 +20,10 @@ hypothesis.settings.register_profile(
     suppress_health_check=[hypothesis.HealthCheck.too_slow],
 )
 hypothesis.settings.load_profile("default")
+
+
+def pytest_report_header(config):
+  """The versions under test, in pytest's header (CI has two legs)."""
+  del config
+  return (f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, flax {flax.__version__}, "
+          f"numpy {np.__version__}")

@@ -7,6 +7,7 @@ against the float64 reference computed on the gathered global array.
 """
 
 import json
+import warnings
 
 import jax
 import numpy as np
@@ -15,6 +16,10 @@ from jax.sharding import PartitionSpec as P
 
 import jaxnorm as jn
 from references import f64, standardize
+
+# As pyproject.toml's filterwarnings (pytest does not reach this subprocess):
+# a DeprecationWarning attributed to jaxnorm or experiments is an error.
+warnings.filterwarnings("error", category=DeprecationWarning, module=r"(jaxnorm|experiments)\b")
 
 D = 8
 

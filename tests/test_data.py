@@ -373,6 +373,9 @@ def test_shard_batch_single_device():
 def test_shard_batch_multi_device_subprocess():
     """Two fake CPU devices (needs a fresh process for the XLA flag)."""
     code = textwrap.dedent("""
+        import warnings
+        warnings.filterwarnings("error", category=DeprecationWarning,
+                                module=r"(jaxnorm|experiments)\\b")
         import jax, numpy as np
         from experiments import data
         assert jax.device_count() == 2, jax.devices()
@@ -473,7 +476,6 @@ def test_normalize_images_formula():
 # Real data (integration)
 # ---------------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_real_cifar10():
     root = os.environ.get("JAXNORM_DATA")
     if not root or not (Path(root) / "cifar-10-batches-bin" / "test_batch.bin").is_file():

@@ -50,6 +50,7 @@ def test_bad_configs_fail_before_compute(tmp_path):
     depth.validate(c)
 
 
+@pytest.mark.slow
 def test_tiny_run_records_probes_divergence_and_provenance(tmp_path):
   write_tiny_cifar(tmp_path / "data", RECORDS)
   c = tiny_config(tmp_path / "data")

@@ -63,6 +63,7 @@ def test_bad_point_fails_before_any_training(tmp_path, monkeypatch):
     sweep.run_sweep(s, tmp_path / "sweep")
 
 
+@pytest.mark.slow
 def test_sweep_runs_skips_finished_points_and_resumes(tmp_path, monkeypatch):
   write_tiny_cifar(tmp_path / "data", RECORDS)
   s = tiny_sweep(tmp_path / "data")

@@ -7,6 +7,7 @@ that different device layouts produce from the same batches.
 """
 
 import json
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,10 @@ import numpy as np
 from experiments import config as config_lib
 from experiments import parallel
 from experiments import train
+
+# As pyproject.toml's filterwarnings (pytest does not reach this subprocess):
+# a DeprecationWarning attributed to jaxnorm or experiments is an error.
+warnings.filterwarnings("error", category=DeprecationWarning, module=r"(jaxnorm|experiments)\b")
 
 
 def run_steps(config, mode, devices=None, steps=2):
