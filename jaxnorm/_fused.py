@@ -37,16 +37,11 @@ Why it is faster than letting JAX differentiate the composition:
   per-channel sums :math:`\sum \partial y` and :math:`\sum \partial y\,c`,
   which also give :math:`\partial\beta` and :math:`\partial\gamma`: the
   backward pass reads ``∂y`` and ``x`` twice and writes ``∂x`` once.
-* **Single-pass sums where they are accurate.** ``Σx`` and ``Σx²`` come
-  from one read of ``x``, and the tangent map uses ``Σẋ·x − μΣẋ`` and
-  ``ẏ = A·ẋ + B·x + (D − Bμ)``, whose transpose reduces ``∂y·x``: XLA:CPU
-  reduces a product of two full-size arrays faster than one with a
-  broadcast ``μ``. A run-time check (``μ² ≤ 16σ²`` for every statistic,
-  float32 or wider accumulation) falls back to the centred forms
-  (``lax.cond``; each branch of the tangent map is rematerialized on its
-  own), so inputs such as ``1e4 + N(0, 1)`` stay as accurate as the
-  reference. Under ``vmap`` a conditional becomes a select, and both
-  branches run. Statistics accumulate in the engine's dtype (at least
+* **Single-pass statistics where they are accurate.** ``Σx`` and ``Σx²``
+  come from one read of ``x``; a run-time check (``μ² ≤ 16σ²`` for every
+  statistic, float32 or wider accumulation) falls back to the centred pass
+  (``lax.cond``), so inputs such as ``1e4 + N(0, 1)`` stay as accurate as
+  the reference. The tangent map always uses centred sums. Statistics accumulate in the engine's dtype (at least
   float32 for half-precision inputs).
 """
 
@@ -148,30 +143,18 @@ class XlaPasses:
     y = (self._view(x) - self._expand(mean)) * self._expand(a) + self._expand(d)
     return y.astype(out_dtype).reshape(self.shape)
 
-  def tangent_sums(self, dx: Array, x: Array, mean: Array, centred: bool = True) -> tuple[Array, Array]:
-    """``Σ ∂x`` and ``Σ ∂x·(x − mean)`` over the inner axes; the second as
-    ``Σ ∂x·x − mean·Σ ∂x`` when not ``centred`` (XLA:CPU reduces a product
-    of two full-size arrays faster than one with a broadcast operand)."""
+  def tangent_sums(self, dx: Array, x: Array, mean: Array) -> tuple[Array, Array]:
+    """``Σ ∂x`` and ``Σ ∂x·(x − mean)`` over the inner axes."""
     dx = self._view(dx)
-    s1 = self._sum(dx)
-    if centred:
-      return s1, self._sum(dx * (self._view(x) - self._expand(mean)))
-    return s1, self._sum(dx * self._view(x)) - jnp.broadcast_to(mean, self.partial_shape) * s1
+    return self._sum(dx), self._sum(dx * (self._view(x) - self._expand(mean)))
 
-  def tangent(self, dx, x, mean, a, b, d, out_dtype, centred: bool = True) -> Array:
+  def tangent(self, dx, x, mean, a, b, d, out_dtype) -> Array:
     """``∂x·a + (x − mean)·b + d`` (``d`` may be None), full size, in
-    ``out_dtype``: the output tangent, linear in ``∂x``, ``b`` and ``d``.
-    Not ``centred``: ``∂x·a + x·b + (d − mean·b)``, whose transpose reduces
-    ``∂y·x`` rather than ``∂y·(x − mean)``."""
-    if centred:
-      # A barrier keeps XLA from merging this x − mean with the one in
-      # tangent_sums: shared, it would be materialized (and, in the
-      # transposed program, kept alive from the forward pass).
-      dy = (self._view(x) - self._expand(lax.optimization_barrier(mean))) * self._expand(b)
-    else:
-      shift = -jnp.broadcast_to(mean, self.partial_shape) * b
-      d = shift if d is None else d + shift
-      dy = self._view(x) * self._expand(b)
+    ``out_dtype``: the output tangent, linear in ``∂x``, ``b`` and ``d``."""
+    # A barrier keeps XLA from merging this x − mean with the one in
+    # tangent_sums: shared, it would be materialized (and, in the
+    # transposed program, kept alive from the forward pass).
+    dy = (self._view(x) - self._expand(lax.optimization_barrier(mean))) * self._expand(b)
     dy = dy + self._view(dx) * self._expand(a)
     if d is not None:
       dy = dy + self._expand(d)
@@ -252,20 +235,20 @@ def standardize(
     return mean, var, accurate
 
   def forward(x, scale, bias):
-    mean, var, accurate = statistics(x)
+    mean, var, _ = statistics(x)
     rstd = lax.rsqrt(var + epsilon)
     y = passes.affine(x, mean, rstd * parameter(scale, 1), parameter(bias, 0), out_dtype)
-    return (y, mean, var), (rstd, accurate)
+    return (y, mean, var), rstd
 
   # The tangent map is linear in the tangents (dx, dscale, dbias): JAX
   # evaluates it for forward mode and transposes it for reverse mode. It is
   # rematerialized (jax.checkpoint), so reverse mode keeps only its primal
   # inputs (x, which is alive anyway, and per-group statistics) and
   # recomputes x − μ inside the fused backward pass instead of storing it.
-  def tangent_map(x, mean, rstd, scale, dx, dscale, dbias, centred=True):
+  def tangent_map(x, mean, rstd, scale, dx, dscale, dbias):
     gamma = parameter(scale, 1)
     a = rstd * gamma
-    s1, s2 = xla.tangent_sums(dx, x, mean, centred)  # Σ dx, Σ dx·(x − μ)
+    s1, s2 = xla.tangent_sums(dx, x, mean)  # Σ dx, Σ dx·(x − μ)
     dvar = (2.0 / count) * _sum(s2, outer)
     b = -0.5 * rstd**3 * dvar * gamma
     if dscale is not None:
@@ -278,23 +261,13 @@ def standardize(
       dmean = jnp.zeros(stats_shape, acc_dtype) * dvar  # zero, but linear
     if dbias is not None:
       d = dbias.astype(acc_dtype) if d is None else d + dbias.astype(acc_dtype)
-    dy = xla.tangent(dx, x, mean, a, b, d, out_dtype, centred)
+    dy = xla.tangent(dx, x, mean, a, b, d, out_dtype)
     return dy, dmean, dvar.astype(real)
 
-  rematerialized = functools.partial(jax.checkpoint, prevent_cse=False)
-
-  def channel_tangent_map(accurate, *args):
-    """Where the statistics are well centred the uncentred form, else the
-    centred one, chosen at run time; each branch is rematerialized on its
-    own, so reverse mode recomputes inside the chosen branch only."""
-    if not single_pass:
-      return rematerialized(tangent_map)(*args)
-    return lax.cond(
-        accurate,
-        rematerialized(functools.partial(tangent_map, centred=False)),
-        rematerialized(tangent_map),
-        *args,
-    )
+  # The tangent map stays centred: a run-time choice of the (faster on
+  # XLA:CPU) uncentred sums needs a lax.cond over tangents, which vmap turns
+  # into a select whose reverse mode JAX cannot transpose.
+  channel_tangent_map = functools.partial(jax.checkpoint, prevent_cse=False)(tangent_map)
 
   @functools.partial(jax.checkpoint, prevent_cse=False)
   def feature_tangent_map(x, mean, rstd, scale, dx, dscale, dbias):
@@ -329,10 +302,10 @@ def standardize(
   def fn_jvp(primals, tangents):
     x, scale, bias = primals
     dx, dscale, dbias = tangents
-    outputs, (rstd, accurate) = forward(x, scale, bias)
+    outputs, rstd = forward(x, scale, bias)
     mean = outputs[1]
     if not inner:
       return outputs, feature_tangent_map(x, mean, rstd, scale, dx, dscale, dbias)
-    return outputs, channel_tangent_map(accurate, x, mean, rstd, scale, dx, dscale, dbias)
+    return outputs, channel_tangent_map(x, mean, rstd, scale, dx, dscale, dbias)
 
   return fn(x, scale, bias)

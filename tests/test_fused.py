@@ -254,3 +254,19 @@ def test_a_jitted_function_is_retraced_when_the_implementation_changes():
     f(x)
   with jaxnorm.implementation("fused"):
     assert _uses_fast_path(f, x)
+
+
+@pytest.mark.parametrize("name", ["bn_nhwc", "gn_nhwc", "ln_last"])
+def test_reverse_mode_of_a_vmapped_function(name):
+  """grad of vmap (the experiments' simulated devices): the tangent map must
+  hold no run-time conditional, which vmap would turn into a select that JAX
+  cannot transpose."""
+  shape, fn = CASES[name]
+  x, scale, bias, _ = _inputs(shape, jnp.float32)
+  xs = jnp.stack([x, 2.0 * x + 1.0])
+  loss = lambda x: jnp.sum(jax.tree_util.tree_leaves(fn(x, scale, bias))[0] ** 2)  # noqa: E731
+  with jaxnorm.implementation("fused"):
+    fused = jax.grad(lambda xs: jnp.sum(jax.vmap(loss)(xs)))(xs)
+  with jaxnorm.implementation("reference"):
+    reference = jax.grad(lambda xs: jnp.sum(jax.vmap(loss)(xs)))(xs)
+  np.testing.assert_allclose(fused, reference, rtol=1e-4, atol=1e-4)
