@@ -220,22 +220,22 @@ def standardize(
     return mean_over_groups(passes.centred_square_sum(x, mean)).astype(real)
 
   def statistics(x):
-    """Mean, variance and whether uncentred sums are accurate enough."""
+    """Mean and variance; single-pass where uncentred sums are accurate."""
     if not use_mean:
       zeros = jnp.zeros(stats_shape, acc_dtype)
-      return zeros, two_pass_variance(x, zeros), jnp.asarray(True)
+      return zeros, two_pass_variance(x, zeros)
     if not single_pass:
       mean = mean_over_groups(passes.sum(x))
-      return mean, two_pass_variance(x, mean), jnp.asarray(False)
+      return mean, two_pass_variance(x, mean)
     s1, s2 = passes.sum_and_square_sum(x)
     mean, mean_square = mean_over_groups(s1), mean_over_groups(s2)
     var = (mean_square - lax.square(mean)).astype(real)
     accurate = jnp.all(lax.square(mean) <= WELL_CENTRED * var)
     var = lax.cond(accurate, lambda: var, lambda: two_pass_variance(x, mean))
-    return mean, var, accurate
+    return mean, var
 
   def forward(x, scale, bias):
-    mean, var, _ = statistics(x)
+    mean, var = statistics(x)
     rstd = lax.rsqrt(var + epsilon)
     y = passes.affine(x, mean, rstd * parameter(scale, 1), parameter(bias, 0), out_dtype)
     return (y, mean, var), rstd
