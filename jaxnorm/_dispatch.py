@@ -6,9 +6,10 @@ Three implementations compute the same function:
   composed with ``jax.numpy``; JAX differentiates it. It handles every
   option (masks, ``axis_name``, ``use_fast_variance``, learned ε, complex
   inputs) and every transformation, forward-mode autodiff included.
-* ``"fused"``: :mod:`jaxnorm._fused`, a ``jax.custom_vjp`` whose reductions
-  suit the layout and whose backward pass is one elementwise pass plus small
-  reductions, keeping only the input and per-group statistics for it.
+* ``"fused"``: :mod:`jaxnorm._fused`, a ``jax.custom_jvp`` whose reductions
+  suit the layout and whose transposed tangent map (the backward pass) is
+  one elementwise pass plus small reductions, keeping only the input and
+  per-group statistics for it.
 * ``"pallas"``: :mod:`jaxnorm._pallas`, Pallas GPU kernels for the forward
   passes of channels-last batch, group, layer, instance and RMS norm
   (compiled when lowered for a GPU, interpreted elsewhere).

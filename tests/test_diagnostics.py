@@ -68,7 +68,11 @@ def module_names_with_params(model) -> set[str]:
 
 @pytest.mark.parametrize(
     "execution, norm, norm_kwargs",
-    [("microbatch", "bn", {}), ("vmap", "gn", {"num_groups": 2}), ("vmap", "none", {})],
+    [
+        ("microbatch", "bn", {}),
+        pytest.param("vmap", "gn", {"num_groups": 2}, marks=pytest.mark.slow),
+        pytest.param("vmap", "none", {}, marks=pytest.mark.slow),
+    ],
 )
 def test_training_records_every_norm_layer_and_weight_layer(execution, norm, norm_kwargs, data_dir, tmp_path):
   config = tiny_config(data_dir, execution=execution, norm=norm, norm_kwargs=norm_kwargs)

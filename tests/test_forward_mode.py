@@ -220,7 +220,7 @@ def _compute(implementation, name, layout, dtype):
 
 
 # The float32 column repeats the float64 one at float32 tolerance: slow, so the
-# newest-JAX CI leg (which deselects `slow`) runs only the float64 column.
+# default run (which deselects `slow`) has only the float64 column.
 @pytest.mark.parametrize("dtype", ["float64", pytest.param("float32", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name,layout", list(_cases(fast_path=True)))
 def test_every_transformation_matches_the_reference(name, layout, dtype):
@@ -272,7 +272,7 @@ def test_auto_takes_the_fast_path_exactly_where_listed(name, layout):
     assert not _uses_tangent_map(jvp, x, params, tx, tparams)
 
 
-@pytest.mark.parametrize("implementation", ["fused", "pallas"])
+@pytest.mark.parametrize("implementation", ["fused", pytest.param("pallas", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", ["group_norm", "batch_norm", "layer_norm", "rms_norm"])
 def test_check_grads_in_both_modes_to_second_order(name, implementation):
   with jax.enable_x64(True), jaxnorm.implementation(implementation):
@@ -326,6 +326,7 @@ def _ntk(norm, mode):
   return j @ j.T
 
 
+@pytest.mark.slow
 def test_neural_tangent_kernel_forward_equals_reverse_and_flax():
   with jax.enable_x64(True):
     forward = _ntk("jaxnorm", "jvp")

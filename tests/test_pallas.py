@@ -100,7 +100,7 @@ def test_bfloat16_inputs():
   _assert_close(_run("pallas", fn, x, scale, bias, cot), _run("reference", fn, x, scale, bias, cot), 2e-2)
 
 
-@pytest.mark.parametrize("name", ["gn_nhwc", "bn_nhwc"])
+@pytest.mark.parametrize("name", ["gn_nhwc", pytest.param("bn_nhwc", marks=pytest.mark.slow)])
 def test_second_order_gradients_through_the_kernels(name):
   """Differentiating the custom backward pass uses the XLA passes' derivatives."""
   fn = CASES[name][1]

@@ -61,8 +61,8 @@ NORM_KWARGS = {
 }
 
 
-# BN and GN run everywhere; the other normalizers only where `slow` tests run
-# (CI's newest-JAX leg skips them: their layers have their own unit tests).
+# BN and GN run by default; the other normalizers with the `slow` tests
+# (their layers have their own unit tests).
 @pytest.mark.parametrize(
     "norm", [n if n in ("bn", "gn") else pytest.param(n, marks=pytest.mark.slow) for n in jaxnorm.NORM_NAMES]
 )
@@ -81,6 +81,7 @@ def test_few_steps_with_each_normalizer(norm, data_dir, tmp_path):
   assert result["final_test_error"] == lines[0]["test_error"]
 
 
+@pytest.mark.slow
 def test_training_reduces_the_loss(data_dir, tmp_path):
   config = tiny_config(
       data_dir, norm="gn", norm_kwargs={"num_groups": 2}, epochs=3, base_lr=0.4, eval_with_batch_stats=True
@@ -212,6 +213,7 @@ def test_global_batch_must_split_over_physical_devices():
     config_lib.validate(c, 3)
 
 
+@pytest.mark.slow
 def test_eight_devices_subprocess(data_dir):
   """Per-device statistics on 8 devices equal ghost batches on one; synced equals global."""
   script = Path(__file__).with_name("train_multidevice_checks.py")
