@@ -17,6 +17,7 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxnorm
+from jaxnorm import _fused
 from tests import references as ref
 
 # name -> (input shape, f(x, scale, bias) -> output or (output, stats)).
@@ -270,3 +271,19 @@ def test_reverse_mode_of_a_vmapped_function(name):
   with jaxnorm.implementation("reference"):
     reference = jax.grad(lambda xs: jnp.sum(jax.vmap(loss)(xs)))(xs)
   np.testing.assert_allclose(fused, reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32", "float64"])
+def test_fusion_fence_is_the_exact_identity_and_linear(dtype):
+  info = jnp.finfo(dtype)
+  special = [0.0, -0.0, np.inf, -np.inf, np.nan, float(info.max), float(info.tiny), float(info.tiny) / 4]
+  values = np.concatenate([np.random.default_rng(0).standard_normal(64) * 1e3, special])
+  a = jnp.asarray(values, dtype)
+  out = jax.jit(_fused.fence)(a)
+  assert out.dtype == a.dtype
+  bits = f"u{a.dtype.itemsize}"  # bit patterns: NaN payloads and signed zeros too
+  np.testing.assert_array_equal(np.asarray(out).view(bits), np.asarray(a).view(bits))
+  # Linear: forward and reverse mode pass tangents through unchanged.
+  t = jnp.arange(a.size, dtype=dtype)
+  np.testing.assert_array_equal(jax.jvp(_fused.fence, (a,), (t,))[1], t)
+  np.testing.assert_array_equal(jax.linear_transpose(_fused.fence, a)(t)[0], t)
