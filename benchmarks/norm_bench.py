@@ -7,7 +7,7 @@ runs everything (about five minutes on two CPU cores) and writes
 
 * **layers**: group norm (8 groups) and batch norm on the ResNet-20 CIFAR
   activations (N=128: 32×32×16, 16×16×32, 8×8×64) in NHWC and NCHW, and
-  layer norm on a transformer shape (8×512×768); float32 and bfloat16 inputs
+  layer and RMS norm on a transformer shape (8×512×768); float32 and bfloat16 inputs
   (float32 parameters, as in a mixed-precision model); forward alone and
   forward + backward (the VJP with respect to input, scale and bias, for a
   given cotangent; the output is returned too, as the next layer needs it).
@@ -296,7 +296,7 @@ def layer_cases() -> list[Case]:
     for layout in ("NHWC", "NCHW"):
       for dtype in DTYPES:
         cases += [Case(norm, s, layout, dtype) for s in RESNET20_SHAPES]
-  cases += [Case("ln", TRANSFORMER_SHAPE, "NTD", d) for d in DTYPES]
+  cases += [Case(norm, TRANSFORMER_SHAPE, "NTD", d) for norm in ("ln", "rms") for d in DTYPES]
   return cases
 
 
@@ -460,7 +460,7 @@ def main():
   parser.add_argument("--reps", type=int, default=10)
   parser.add_argument("--model-batch", type=int, default=128)
   parser.add_argument("--skip-model", action="store_true")
-  parser.add_argument("--norms", nargs="+", default=["gn", "bn", "ln"])
+  parser.add_argument("--norms", nargs="+", default=["gn", "bn", "ln", "rms"])
   args = parser.parse_args()
 
   start = time.time()

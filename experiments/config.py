@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
+import jaxnorm
+
 SCHEDULES = ("cosine", "step")
 EXECUTIONS = ("auto", "vmap", "microbatch")
 
@@ -39,6 +41,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_devices = 8
   c.per_device_batch = 16
   c.sync_batch_stats = False  # True: statistics over the global batch (SyncBN)
+  # The statistics-batch protocol: > 0 splits each device's batch into ghost
+  # batches of this many examples, over which batch norm ('bn', 'bn+ws')
+  # computes its statistics, while the optimization (global batch, learning
+  # rate, steps) stays that of the full batch. Norms without batch
+  # statistics do not depend on it. 0: statistics over the device's batch.
+  c.statistics_batch = 0
   # How simulated devices run: 'vmap' batches them into one call per
   # physical device (best on GPU/TPU); 'microbatch' loops over them and
   # averages gradients (fast on XLA:CPU; per-device statistics only);
@@ -122,8 +130,64 @@ def validate(config, num_physical_devices: int) -> None:
         "another, so it cannot synchronise statistics across them; use "
         "execution='vmap' (or 'auto') with sync_batch_stats=True."
     )
+  validate_statistics_batch(config)
   if config.train_examples and config.train_examples < global_batch(config):
     raise ValueError(
         f"config: train_examples={config.train_examples} is smaller than one "
         f"global batch ({global_batch(config)})."
     )
+
+
+# Norms whose statistics the statistics-batch protocol can split (their
+# module takes ``virtual_batch_size``).
+GHOST_BATCH_NORMS = ("bn", "bn+ws")
+
+
+def validate_statistics_batch(config) -> None:
+  """Raises ValueError unless ``statistics_batch`` fits the norm and batch."""
+  k = config.statistics_batch
+  if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+    raise ValueError(f"config: statistics_batch={k!r}; expected 0 (off) or a positive integer.")
+  if not k or not uses_batch_statistics(config):
+    return
+  if config.norm not in GHOST_BATCH_NORMS:
+    raise ValueError(
+        f"config: statistics_batch={k} needs a norm whose statistics can be split "
+        f"into ghost batches, one of {GHOST_BATCH_NORMS}; norm={config.norm!r} "
+        "(for 'ghost_bn' set norm='bn' and statistics_batch instead of virtual_batch_size)."
+    )
+  if config.sync_batch_stats:
+    raise ValueError(
+        f"config: statistics_batch={k} with sync_batch_stats=True; synchronised "
+        "statistics span the global batch, ghost batches split each device's: choose one."
+    )
+  if config.per_device_batch % k:
+    raise ValueError(
+        f"config: statistics_batch={k} does not divide per_device_batch="
+        f"{config.per_device_batch}; use a divisor of it."
+    )
+
+
+def uses_batch_statistics(config) -> bool:
+  """Whether the config's norm layers normalize with batch statistics."""
+  return jaxnorm.create_norm(config.norm, **dict(config.norm_kwargs)).has_batch_stats
+
+
+def statistics_examples(config) -> int:
+  """Examples per batch-statistics group: the ghost batch, else the device's batch."""
+  return config.statistics_batch or config.per_device_batch
+
+
+def training_config(config):
+  """The config with what cannot change training normalized away.
+
+  Norms without batch statistics do not depend on ``statistics_batch``, so
+  points of the statistics-batch protocol that differ only there train
+  identically (``tests/test_train.py`` checks it bitwise) and a sweep runs
+  them once.
+  """
+  config = config.copy_and_resolve_references()
+  if config.statistics_batch and not uses_batch_statistics(config):
+    with config.unlocked():
+      config.statistics_batch = 0
+  return config

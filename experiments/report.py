@@ -56,11 +56,25 @@ def load_points(workdir: Path) -> list[dict]:
   return points
 
 
+def _column(config: dict) -> int:
+  """A point's column: the examples per batch-statistics group (the ghost
+  batch of the statistics-batch protocol, else the images per device)."""
+  return config.get("statistics_batch") or config["per_device_batch"]
+
+
+def _statistics_protocol(points) -> bool:
+  return any(p["config"].get("statistics_batch") for p in points)
+
+
+def _column_name(points) -> str:
+  return "examples per BN statistics batch" if _statistics_protocol(points) else "images per device"
+
+
 def _cells(points):
-  """{row label: {images per device: [final error per seed]}}"""
+  """{row label: {column: [final error per seed]}}"""
   cells = defaultdict(lambda: defaultdict(list))
   for p in points:
-    cells[norm_label(p["config"])][p["config"]["per_device_batch"]].append(100 * p["final_test_error"])
+    cells[norm_label(p["config"])][_column(p["config"])].append(100 * p["final_test_error"])
   return cells
 
 
@@ -72,7 +86,7 @@ def _format(errors: list[float]) -> str:
 
 def write_summary_csv(points, path: Path) -> None:
   fields = [
-      "label", "norm", "norm_kwargs", "per_device_batch", "num_devices", "seed", "epochs",
+      "label", "norm", "norm_kwargs", "per_device_batch", "statistics_batch", "num_devices", "seed", "epochs",
       "final_test_error", "last_test_errors", "train_wall_seconds", "images_per_sec", "git_commit",
       "dataset_sha256",
   ]
@@ -84,7 +98,8 @@ def write_summary_csv(points, path: Path) -> None:
       later = [m["images_per_sec"] for m in p["history"][1:]] or [p["history"][0]["images_per_sec"]]
       writer.writerow({
           "label": p["label"], "norm": c["norm"], "norm_kwargs": json.dumps(c["norm_kwargs"]),
-          "per_device_batch": c["per_device_batch"], "num_devices": c["num_devices"], "seed": c["seed"],
+          "per_device_batch": c["per_device_batch"], "statistics_batch": c.get("statistics_batch", 0),
+          "num_devices": c["num_devices"], "seed": c["seed"],
           "epochs": p["epochs_completed"], "final_test_error": p["final_test_error"],
           "last_test_errors": json.dumps(p["last_test_errors"]),
           "train_wall_seconds": round(p["train_wall_seconds"], 1),
@@ -99,7 +114,8 @@ def markdown_table(points, title: str = "") -> str:
   lines = []
   if title:
     lines += [title, ""]
-  lines.append("| test error (%) | " + " | ".join(f"{s} img/device" for s in sizes) + " |")
+  unit = "per BN batch" if _statistics_protocol(points) else "img/device"
+  lines.append("| test error (%) | " + " | ".join(f"{s} {unit}" for s in sizes) + " |")
   lines.append("|---|" + "---|" * len(sizes))
   for row, by_size in cells.items():
     lines.append(f"| {row} | " + " | ".join(_format(by_size[s]) if s in by_size else "–" for s in sizes) + " |")
@@ -112,6 +128,17 @@ def markdown_table(points, title: str = "") -> str:
       f"(peak {c['base_lr']}·batch/{c['lr_reference_batch']}), seeds {seeds}. Each cell: median test "
       f"error of the last {c['report_last_evals']} epoch evaluations"
       + ("; mean ± std over seeds." if len(seeds) > 1 else "."),
+  ]
+  if _statistics_protocol(points):
+    lines += [
+        "",
+        f"Statistics-batch protocol: every point trains with the same global batch of "
+        f"{c['num_devices'] * c['per_device_batch']} images, learning rate and steps; only the "
+        "number of examples over which BN computes its statistics (ghost batches) varies. "
+        "Norms without batch statistics do not depend on it: they train once per seed, and "
+        "that run fills every column.",
+    ]
+  lines += [
       "",
       "Wu & He (2018), ImageNet ResNet-50, top-1 error (%) by images per GPU, for comparison:",
       "",
@@ -140,7 +167,7 @@ def plot_error_vs_batch(points, path: Path, title: str) -> None:
   ax.invert_xaxis()  # as in the paper: large batches on the left
   all_sizes = sorted({s for row in cells.values() for s in row})
   ax.set_xticks(all_sizes, [str(s) for s in all_sizes])
-  ax.set_xlabel("images per device")
+  ax.set_xlabel(_column_name(points))
   ax.set_ylabel("test error (%)")
   ax.set_title(title, fontsize=9)
   ax.grid(alpha=0.3)
@@ -159,15 +186,18 @@ def plot_curves(points, path: Path, title: str) -> None:
   rows = sorted({norm_label(p["config"]) for p in points})
   fig, axes = plt.subplots(len(rows), 2, figsize=(10, 3.2 * len(rows)), squeeze=False)
   cmap = plt.get_cmap("viridis")
-  sizes = sorted({p["config"]["per_device_batch"] for p in points}, reverse=True)
+  sizes = sorted({_column(p["config"]) for p in points}, reverse=True)
+  unit = "per BN batch" if _statistics_protocol(points) else "/device"
   for r, row in enumerate(rows):
-    for p in sorted(points, key=lambda p: -p["config"]["per_device_batch"]):
-      if norm_label(p["config"]) != row:
-        continue
+    for p in sorted(points, key=lambda p: -_column(p["config"])):
+      if norm_label(p["config"]) != row or p.get("trained_as"):
+        continue  # a copy of another point's run is drawn once, as that point
       epochs = [m["epoch"] for m in p["history"]]
-      b = p["config"]["per_device_batch"]
+      b = _column(p["config"])
       color = cmap(sizes.index(b) / max(len(sizes) - 1, 1))
-      label = f"{b}/device, seed {p['config']['seed']}"
+      label = f"{b} {unit}, seed {p['config']['seed']}"
+      if any(q.get("trained_as") == p["label"] for q in points):
+        label = f"every column, seed {p['config']['seed']}"  # its training ignores the column
       axes[r, 0].plot(epochs, [m["train_loss"] for m in p["history"]], color=color, label=label)
       axes[r, 1].plot(epochs, [100 * m["test_error"] for m in p["history"]], color=color, label=label)
     axes[r, 0].set_title(f"{row}: training loss", fontsize=9)

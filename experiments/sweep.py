@@ -12,7 +12,11 @@ A sweep config has
   merged). The grid is their Cartesian product.
 
 Each point trains in ``DIR/points/<label>`` through
-:func:`experiments.train.train_and_evaluate`. A point whose ``result.json``
+:func:`experiments.train.train_and_evaluate`. Points whose training is the
+same (:func:`experiments.config.training_config`: in the statistics-batch
+protocol, every point of a norm without batch statistics) train once; the
+others get a copy of its ``result.json`` (with their own config and
+``trained_as`` naming the point that trained) and ``metrics.jsonl``. A point whose ``result.json``
 records all its epochs is skipped; an interrupted point resumes from its
 last checkpoint. ``DIR/sweep.json`` lists the points (written atomically),
 and the report (``experiments.report``) runs at the end.
@@ -24,11 +28,15 @@ import copy
 import itertools
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 import ml_collections
+from tqdm import tqdm
 
+from experiments import config as config_lib
+from experiments import data as data_lib
 from experiments import report as report_lib
 from experiments import train
 
@@ -70,6 +78,18 @@ def is_complete(point_dir: Path, config) -> bool:
   return same_config and result.get("epochs_completed") == config.epochs
 
 
+def _copy_point(source: Path, point_dir: Path, config, source_label: str) -> None:
+  """A point whose training equals ``source``'s: its metrics and result."""
+  point_dir.mkdir(parents=True, exist_ok=True)
+  shutil.copyfile(source / "metrics.jsonl", point_dir / "metrics.jsonl")
+  result = json.loads((source / "result.json").read_text())
+  result["config"] = json.loads(json.dumps(config.to_dict(), default=str))
+  result["trained_as"] = source_label
+  tmp = point_dir / "result.json.tmp"
+  tmp.write_text(json.dumps(result, indent=2, default=str))
+  os.replace(tmp, point_dir / "result.json")  # last: its presence marks the point done
+
+
 def run_sweep(sweep, workdir: str | os.PathLike) -> list[dict]:
   """Runs (or resumes) every point, then writes the report."""
   workdir = Path(workdir).absolute()
@@ -89,16 +109,36 @@ def run_sweep(sweep, workdir: str | os.PathLike) -> list[dict]:
   tmp.write_text(json.dumps(manifest, indent=2, default=str))
   os.replace(tmp, workdir / "sweep.json")
 
+  # Which point trains each distinct training config; the rest copy it.
+  trained_as: dict[str, str] = {}
+  source = {}
+  for label, _, config in points:
+    key = json.dumps(config_lib.training_config(config).to_dict(), sort_keys=True, default=str)
+    source[label] = trained_as.setdefault(key, label)
+
   results = []
   start = time.time()
-  for i, (label, _, config) in enumerate(points):
-    point_dir = workdir / "points" / label
-    if is_complete(point_dir, config):
-      print(f"[{i + 1}/{len(points)}] {label}: done, skipped")
-    else:
-      print(f"[{i + 1}/{len(points)}] {label}: training", flush=True)
-      train.train_and_evaluate(config, point_dir)
-    results.append(json.loads((point_dir / "result.json").read_text()))
+  training = [(label, config) for label, _, config in points
+              if source[label] == label and not is_complete(workdir / "points" / label, config)]
+  # The data, before any bar or training: a missing copy fails now, saying what to do.
+  for data_dir, download in sorted({(c.data_dir, c.download) for _, c in training}):
+    data_lib.load_cifar10(data_dir or None, download=download)
+  # One bar for the whole sweep, in epochs of the points still to train.
+  bar = tqdm(total=sum(config.epochs for _, config in training), desc="sweep", unit="epoch",
+             disable=not (training and training[0][1].progress), position=0)
+  with bar:
+    for i, (label, _, config) in enumerate(points):
+      point_dir = workdir / "points" / label
+      if is_complete(point_dir, config):
+        bar.write(f"[{i + 1}/{len(points)}] {label}: done, skipped")
+      elif source[label] != label:
+        bar.write(f"[{i + 1}/{len(points)}] {label}: trains as {source[label]}, copied")
+        _copy_point(workdir / "points" / source[label], point_dir, config, source[label])
+      else:
+        bar.write(f"[{i + 1}/{len(points)}] {label}: training")
+        bar.set_postfix_str(label)
+        train.train_and_evaluate(config, point_dir, on_epochs=bar.update)
+      results.append(json.loads((point_dir / "result.json").read_text()))
   print(f"sweep finished in {time.time() - start:.0f} s")
   report_lib.write_report(workdir)
   return results
@@ -109,7 +149,7 @@ def main(argv) -> None:
   from absl import logging
 
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  run_sweep(_CONFIG.value, _WORKDIR.value)
+  train.exit_on_user_error(run_sweep, _CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

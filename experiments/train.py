@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import flax
@@ -69,6 +71,9 @@ def build_model(config) -> CifarResNet:
   spec = jaxnorm.create_norm(config.norm, **norm_kwargs)  # validates the name
   if config.sync_batch_stats and spec.has_batch_stats:
     norm_kwargs["axis_name"] = parallel.DATA_AXIS
+  if config.statistics_batch and spec.has_batch_stats:
+    config_lib.validate_statistics_batch(config)
+    norm_kwargs["virtual_batch_size"] = config.statistics_batch
   return CifarResNet(
       depth=config.depth,
       width=config.width,
@@ -191,8 +196,17 @@ def summarize(history: list[dict], last: int) -> dict:
   return out
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-  """Trains, evaluates every epoch, checkpoints, and returns the result."""
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    on_epochs: Callable[[int], object] | None = None,
+) -> dict:
+  """Trains, evaluates every epoch, checkpoints, and returns the result.
+
+  ``on_epochs(n)`` (optional) hears of epochs done: once with the epochs a
+  resumed run finds complete, then ``1`` after every epoch (a sweep's
+  progress bar).
+  """
   start_time = time.time()
   maybe_initialize_distributed()
   workdir = Path(workdir).absolute()
@@ -236,6 +250,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       restored = manager.restore(latest, args=ocp.args.StandardRestore(target))
       state, root_key = restored["state"], jax.random.wrap_key_data(restored["rng"])
       start_epoch = latest
+  if on_epochs is not None and start_epoch:
+    on_epochs(start_epoch)
   metrics_path = workdir / "metrics.jsonl"
   history = _read_metrics(metrics_path, start_epoch)
   if is_main:
@@ -288,6 +304,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       record["diagnostics"] = probe.measure(state)
     record["wall_seconds"] = (history[-1]["wall_seconds"] if history else 0.0) + time.time() - epoch_start
     history.append(record)
+    if on_epochs is not None:
+      on_epochs(1)
     if is_main:
       with metrics_path.open("a") as f:
         f.write(json.dumps(record) + "\n")
@@ -325,7 +343,18 @@ def main(argv) -> None:
   from absl import logging
 
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  exit_on_user_error(train_and_evaluate, _CONFIG.value, _WORKDIR.value)
+
+
+def exit_on_user_error(fn: Callable, *args):
+  """``fn(*args)``; a bad config or missing data (the ValueError and
+  FileNotFoundError this pipeline raises for them, each saying what to do)
+  ends the command with its message and status 2 instead of a traceback."""
+  try:
+    return fn(*args)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import copy
 import json
+from pathlib import Path
 
 import ml_collections
 import numpy as np
@@ -78,7 +79,7 @@ def test_sweep_runs_skips_finished_points_and_resumes(tmp_path, monkeypatch):
   # Everything finished: a rerun trains nothing.
   real = train.train_and_evaluate
   calls = []
-  monkeypatch.setattr(train, "train_and_evaluate", lambda c, d: calls.append(d) or real(c, d))
+  monkeypatch.setattr(train, "train_and_evaluate", lambda c, d, **k: calls.append(d) or real(c, d, **k))
   sweep.run_sweep(s, out)
   assert calls == []
   # A point without its result (interrupted) is run again; others are not.
@@ -141,3 +142,101 @@ def test_report_table_uses_median_of_last_evals_and_seed_statistics(tmp_path):
 def test_report_without_points_says_what_to_do(tmp_path):
   with pytest.raises(FileNotFoundError, match="run the sweep first"):
     report.write_report(tmp_path)
+
+
+def statistics_sweep(root):
+  """The statistics-batch protocol on a tiny grid: one global batch of 8."""
+  s = tiny_sweep(root)
+  s.unlock()
+  s.base.num_devices, s.base.per_device_batch = 1, 8
+  s.axes = [
+      [("bn", {"norm": "bn"}), ("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 2}})],
+      [("k8", {"statistics_batch": 8}), ("k4", {"statistics_batch": 4}), ("k2", {"statistics_batch": 2})],
+  ]
+  s.lock()
+  return s
+
+
+def test_statistics_protocol_trains_each_norm_without_batch_statistics_once(tmp_path, monkeypatch):
+  trained = []
+
+  def fake_train(config, point_dir, on_epochs):  # writes what a finished run writes
+    trained.append(point_dir.name)
+    on_epochs(config.epochs)
+    point_dir.mkdir(parents=True)
+    (point_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_error": 0.5}) + "\n")
+    result = {"config": json.loads(json.dumps(config.to_dict(), default=str)), "epochs_completed": 1}
+    (point_dir / "result.json").write_text(json.dumps(result))
+
+  write_tiny_cifar(tmp_path, RECORDS)  # the sweep checks the data before training
+  monkeypatch.setattr(train, "train_and_evaluate", fake_train)
+  monkeypatch.setattr(sweep.report_lib, "write_report", lambda workdir: None)
+  results = sweep.run_sweep(statistics_sweep(tmp_path), tmp_path / "sweep")
+  # BN's statistics depend on the ghost batch: three runs; GN's do not: one.
+  assert trained == ["bn__k8", "bn__k4", "bn__k2", "gn__k8"]
+  assert [r["config"]["statistics_batch"] for r in results] == [8, 4, 2, 8, 4, 2]
+  assert [r.get("trained_as") for r in results] == [None] * 4 + ["gn__k8"] * 2
+  copied = tmp_path / "sweep" / "points" / "gn__k2"
+  assert (copied / "metrics.jsonl").read_text() == (copied.parent / "gn__k8" / "metrics.jsonl").read_text()
+  # A rerun finds every point done, copies included.
+  trained.clear()
+  sweep.run_sweep(statistics_sweep(tmp_path), tmp_path / "sweep")
+  assert trained == []
+
+
+def test_report_columns_follow_the_statistics_batch(tmp_path):
+  for label, norm, k, errors, kwargs in [
+      ("bn__k8", "bn", 8, [0.30], None), ("bn__k2", "bn", 2, [0.50], None),
+      ("gn__k8", "gn", 8, [0.40], {"num_groups": 2}), ("gn__k2", "gn", 2, [0.40], {"num_groups": 2}),
+  ]:
+    fake_point(tmp_path, label, norm, 8, 0, errors, kwargs)
+    result_path = tmp_path / "points" / label / "result.json"
+    result = json.loads(result_path.read_text())
+    result["config"]["statistics_batch"] = k
+    if label == "gn__k2":
+      result["trained_as"] = "gn__k8"
+    result_path.write_text(json.dumps(result))
+  table = report.write_report(tmp_path)
+  assert "| test error (%) | 8 per BN batch | 2 per BN batch |" in table
+  assert "| BN | 30.00 | 50.00 |" in table
+  assert "Statistics-batch protocol" in table
+  assert "examples per BN statistics batch" == report._column_name(report.load_points(tmp_path))
+
+
+def test_command_without_data_prints_the_fix_without_a_traceback(tmp_path):
+  import subprocess
+  import sys
+
+  command = [
+      sys.executable, "-m", "experiments.sweep", "--config", "configs/sweep_statistics_quick.py",
+      "--workdir", str(tmp_path / "sweep"), f"--config.base.data_dir={tmp_path / 'nothing'}",
+      "--config.base.download=False",
+  ]
+  run = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parent.parent)
+  assert run.returncode == 2
+  assert "Traceback" not in run.stderr
+  assert "CIFAR-10 not found" in run.stderr and "JAXNORM_DATA" in run.stderr
+  assert not (tmp_path / "sweep" / "points").exists()  # nothing trained
+
+
+@pytest.mark.parametrize("name", ["sweep_statistics_quick", "sweep_quick"])
+def test_committed_sweep_configs_are_valid_at_every_point(name):
+  """Every point of the README's main job (and the per-device sweep) passes
+  the checks a run does before compute, on one device, without training."""
+  import importlib.util
+
+  path = Path(__file__).resolve().parent.parent / "configs" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  s = module.get_config()
+  s.lock()
+  points = sweep.expand(s)
+  assert len(points) == 10
+  for label, _, config in points:
+    config_lib.validate(config, 1)
+    train.check_model(train.build_model(config))
+    if name == "sweep_statistics_quick":
+      assert config_lib.global_batch(config) == 128  # the optimization is the same everywhere
+      assert config_lib.statistics_examples(config) == int(label.split("__k")[1])

@@ -196,6 +196,10 @@ def test_weight_decay_switch_skips_one_dimensional_parameters():
         (dict(schedule="linear"), ValueError, r"schedule='linear'"),
         (dict(execution="microbatch", sync_batch_stats=True), ValueError, r"cannot synchronise statistics"),
         (dict(data_dir="/nonexistent/cifar"), FileNotFoundError, r"cifar-10-batches-bin.*JAXNORM_DATA"),
+        (dict(statistics_batch=3), ValueError, r"statistics_batch=3 does not divide per_device_batch=8"),
+        (dict(statistics_batch=-1), ValueError, r"statistics_batch=-1; expected 0 \(off\) or a positive"),
+        (dict(norm="brn", statistics_batch=2), ValueError, r"statistics_batch=2 needs a norm .*norm='brn'"),
+        (dict(statistics_batch=2, sync_batch_stats=True), ValueError, r"sync_batch_stats=True.*choose one"),
     ],
 )
 def test_bad_configs_fail_before_compute(overrides, error, match, data_dir, tmp_path, monkeypatch):
@@ -224,3 +228,48 @@ def test_eight_devices_subprocess(data_dir):
   assert errors["per_device_8_vs_ghost_1"] < 1e-4, errors
   assert errors["synced_8_vs_global_1"] < 1e-4, errors
   assert errors["per_device_vs_synced"] > 1e-5, errors  # the comparison can fail
+
+
+
+# The statistics-batch protocol (config.statistics_batch): one global batch,
+# BN statistics over ghost batches inside it.
+
+
+def test_group_norm_training_does_not_depend_on_the_statistics_partition(data_dir):
+  """Bitwise: why a sweep trains GN once for every statistics batch."""
+  def state(norm, k, **kw):
+    return run_steps(tiny_config(data_dir, norm=norm, num_devices=1, statistics_batch=k, **kw), "vmap")
+
+  gn8, gn2 = state("gn", 8, norm_kwargs={"num_groups": 2}), state("gn", 2, norm_kwargs={"num_groups": 2})
+  for a, b in zip(jax.tree.leaves((gn8.params, gn8.opt_state)), jax.tree.leaves((gn2.params, gn2.opt_state))):
+    np.testing.assert_array_equal(a, b)
+  # The same comparison tells BN's partitions apart.
+  bn8, bn2 = state("bn", 8), state("bn", 2)
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(bn8.params), jax.tree.leaves(bn2.params)))
+
+
+def test_statistics_batch_normalizes_over_exactly_the_intended_examples():
+  """Every BN layer of the model, against ghost batch norm by hand in float64."""
+  import flax.linen as nn
+
+  config = tiny_config("unused", num_devices=1, per_device_batch=8, statistics_batch=2)
+  model = train.build_model(config)
+  x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x[:1], train=False)
+  calls = []
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if isinstance(context.module, jaxnorm.BatchNorm):
+      calls.append((np.float64(args[0]), np.float64(out), context.module.variables["params"]))
+    return out
+
+  with nn.intercept_methods(record):
+    model.apply(variables, x, train=True, mutable=["batch_stats"])
+  assert len(calls) == 7  # the stem and two per block of ResNet-8
+  for inputs, outputs, params in calls:
+    groups = inputs.reshape(4, 2, *inputs.shape[1:])  # consecutive pairs of examples
+    mean = groups.mean(axis=(1, 2, 3), keepdims=True)
+    var = groups.var(axis=(1, 2, 3), keepdims=True)
+    expected = (groups - mean) / np.sqrt(var + 1e-5) * np.float64(params["scale"]) + np.float64(params["bias"])
+    np.testing.assert_allclose(outputs, expected.reshape(inputs.shape), rtol=1e-4, atol=1e-4)
