@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -169,7 +170,7 @@ def plot_error_vs_batch(points, path: Path, title: str) -> None:
   ax.set_xticks(all_sizes, [str(s) for s in all_sizes])
   ax.set_xlabel(_column_name(points))
   ax.set_ylabel("test error (%)")
-  ax.set_title(title, fontsize=9)
+  ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
@@ -221,7 +222,7 @@ def write_report(workdir: str | os.PathLike) -> str:
   write_summary_csv(points, workdir / "summary.csv")
   table = markdown_table(points, title=f"### {name}")
   (workdir / "table.md").write_text(table)
-  plot_error_vs_batch(points, workdir / "error_vs_batch.png", f"{name}: test error vs images per device")
+  plot_error_vs_batch(points, workdir / "error_vs_batch.png", f"{name}: test error vs {_column_name(points)}")
   plot_curves(points, workdir / "curves.png", name)
   with_diagnostics = [p for p in points if any("diagnostics" in m for m in p["history"])]
   if with_diagnostics:
