@@ -243,9 +243,7 @@ def test_group_norm_training_does_not_depend_on_the_statistics_partition(data_di
   gn8, gn2 = state("gn", 8, norm_kwargs={"num_groups": 2}), state("gn", 2, norm_kwargs={"num_groups": 2})
   for a, b in zip(jax.tree.leaves((gn8.params, gn8.opt_state)), jax.tree.leaves((gn2.params, gn2.opt_state))):
     np.testing.assert_array_equal(a, b)
-  # The same comparison tells BN's partitions apart.
-  bn8, bn2 = state("bn", 8), state("bn", 2)
-  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(bn8.params), jax.tree.leaves(bn2.params)))
+  # BN's layers do see the partition: the next test.
 
 
 def test_statistics_batch_normalizes_over_exactly_the_intended_examples():
