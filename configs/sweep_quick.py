@@ -1,4 +1,6 @@
-"""The README's main job: a REDUCED batch-size sweep that fits a 2-core CPU.
+"""The per-device protocol, REDUCED: a batch-size sweep that fits a 2-core CPU.
+
+(The README's main job is ``configs/sweep_statistics_quick.py``.)
 
 BN against GN (8 groups) at {32, 16, 8, 4, 2} images per device on 8
 simulated devices with per-device statistics (the GN paper's protocol,
