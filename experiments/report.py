@@ -71,6 +71,10 @@ def _column_name(points) -> str:
   return "examples per BN statistics batch" if _statistics_protocol(points) else "images per device"
 
 
+def _column_unit(points) -> str:
+  return "per BN batch" if _statistics_protocol(points) else "img/device"
+
+
 def _cells(points):
   """{row label: {column: [final error per seed]}}"""
   cells = defaultdict(lambda: defaultdict(list))
@@ -115,8 +119,7 @@ def markdown_table(points, title: str = "") -> str:
   lines = []
   if title:
     lines += [title, ""]
-  unit = "per BN batch" if _statistics_protocol(points) else "img/device"
-  lines.append("| test error (%) | " + " | ".join(f"{s} {unit}" for s in sizes) + " |")
+  lines.append("| test error (%) | " + " | ".join(f"{s} {_column_unit(points)}" for s in sizes) + " |")
   lines.append("|---|" + "---|" * len(sizes))
   for row, by_size in cells.items():
     lines.append(f"| {row} | " + " | ".join(_format(by_size[s]) if s in by_size else "–" for s in sizes) + " |")
@@ -188,7 +191,6 @@ def plot_curves(points, path: Path, title: str) -> None:
   fig, axes = plt.subplots(len(rows), 2, figsize=(10, 3.2 * len(rows)), squeeze=False)
   cmap = plt.get_cmap("viridis")
   sizes = sorted({_column(p["config"]) for p in points}, reverse=True)
-  unit = "per BN batch" if _statistics_protocol(points) else "/device"
   for r, row in enumerate(rows):
     for p in sorted(points, key=lambda p: -_column(p["config"])):
       if norm_label(p["config"]) != row or p.get("trained_as"):
@@ -196,7 +198,7 @@ def plot_curves(points, path: Path, title: str) -> None:
       epochs = [m["epoch"] for m in p["history"]]
       b = _column(p["config"])
       color = cmap(sizes.index(b) / max(len(sizes) - 1, 1))
-      label = f"{b} {unit}, seed {p['config']['seed']}"
+      label = f"{b} {_column_unit(points)}, seed {p['config']['seed']}"
       if any(q.get("trained_as") == p["label"] for q in points):
         label = f"every column, seed {p['config']['seed']}"  # its training ignores the column
       axes[r, 0].plot(epochs, [m["train_loss"] for m in p["history"]], color=color, label=label)
