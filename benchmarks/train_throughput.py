@@ -1,7 +1,8 @@
 """Training-step throughput (images/s) of the CIFAR ResNets, as train.py runs them.
 
     python benchmarks/train_throughput.py --depth 20 --norms bn gn \
-        --per-device-batch 16 --num-devices 8 [--execution auto] [--steps 20]
+        --per-device-batch 16 --num-devices 8 [--execution auto] [--steps 20] \
+        [--xla-cpu experiments|default]
 
 Random uint8 images, the real step function (augmentation included), timed
 after two warm-up steps; prints one line per configuration and, with
@@ -21,7 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments import config as config_lib  # noqa: E402
-from experiments import parallel, provenance, train  # noqa: E402
+from experiments import parallel, provenance, train, xla_cpu  # noqa: E402
 
 
 def measure(config, steps: int) -> dict:
@@ -60,8 +61,16 @@ def main():
   parser.add_argument("--num-devices", type=int, default=8)
   parser.add_argument("--execution", default="auto")
   parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument(
+      "--xla-cpu",
+      choices=["experiments", "default"],
+      default="experiments",
+      help="'experiments': XLA:CPU flags as the experiment CLIs set them (experiments/xla_cpu.py); 'default': XLA's own",
+  )
   parser.add_argument("--json", default="")
   args = parser.parse_args()
+  if args.xla_cpu == "experiments":
+    xla_cpu.configure()
   rows = []
   for norm in args.norms:
     for b in args.per_device_batch:
@@ -70,7 +79,8 @@ def main():
       if norm in ("gn", "gn+ws", "evonorm_s0"):
         c.norm_kwargs.num_groups = 8
       c.num_devices, c.per_device_batch, c.execution = args.num_devices, b, args.execution
-      row = {"depth": args.depth, "width": args.width, "norm": norm, "per_device_batch": b, **measure(c, args.steps)}
+      row = {"depth": args.depth, "width": args.width, "norm": norm, "per_device_batch": b, "xla_cpu": args.xla_cpu}
+      row.update(measure(c, args.steps))
       rows.append(row)
       print(json.dumps(row), flush=True)
   if args.json:

@@ -46,6 +46,7 @@ from experiments import augment as augment_lib
 from experiments import data as data_lib
 from experiments import diagnostics
 from experiments import provenance
+from experiments import xla_cpu
 from experiments.models import CifarResNet
 from experiments.models import cifar_plain_net
 from experiments.models import resnet_blocks_per_stage
@@ -421,6 +422,7 @@ def write_report(result: dict, workdir: Path) -> None:
 
 
 def main(argv) -> None:
+  xla_cpu.configure()
   del argv
   result = run(_CONFIG.value, _WORKDIR.value)
   print((Path(_WORKDIR.value) / "table.md").read_text())

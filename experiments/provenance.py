@@ -69,6 +69,7 @@ def hardware() -> dict:
       "python": platform.python_version(),
       "jax": jax.__version__,
       "flax": flax.__version__,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
 
 

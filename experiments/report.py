@@ -8,6 +8,7 @@ Reads ``DIR/points/*/result.json`` and ``metrics.jsonl`` and writes
 * ``table.md``: the paper's Table 2 layout — a row per normalizer, a column
   per images-per-device, each cell the test error (median of the last
   evaluations; mean ± std over seeds when there are several);
+  with the convergence check's table below it when the sweep has one;
 * ``error_vs_batch.png``: the paper's Figure 1 layout (log2 x-axis);
 * ``curves.png``: training loss and test error per epoch for every point;
 * ``diagnostics/<point>.png``: for points trained with ``diagnostics=True``,
@@ -44,15 +45,17 @@ def norm_label(config: dict) -> str:
   return f"{name} ({', '.join(f'{k}={v}' for k, v in sorted(kwargs.items()))})"
 
 
-def load_points(workdir: Path) -> list[dict]:
+def load_points(workdir: Path, subdir: str = "points") -> list[dict]:
+  """The finished runs under ``workdir/subdir`` (grid points, or the
+  convergence check's runs), each with its history and label."""
   points = []
-  for result_path in sorted((workdir / "points").glob("*/result.json")):
+  for result_path in sorted((workdir / subdir).glob("*/result.json")):
     result = json.loads(result_path.read_text())
     metrics_path = result_path.with_name("metrics.jsonl")
     result["history"] = [json.loads(l) for l in metrics_path.read_text().splitlines() if l.strip()]
     result["label"] = result_path.parent.name
     points.append(result)
-  if not points:
+  if not points and subdir == "points":
     raise FileNotFoundError(f"report: no finished points under {workdir / 'points'}; run the sweep first.")
   return points
 
@@ -154,6 +157,26 @@ def markdown_table(points, title: str = "") -> str:
   return "\n".join(lines) + "\n"
 
 
+def convergence_table(points, longer) -> str:
+  """The convergence check: each re-trained point's error at its grid epochs
+  and at the longer run's, and the change (the grid point's own seed only)."""
+  by_label = {p["label"]: p for p in points}
+  lines = [
+      "Convergence check: the same point trained once more with more epochs.",
+      "",
+      "| point | epochs | test error (%) | epochs | test error (%) | change (points) |",
+      "|---|---|---|---|---|---|",
+  ]
+  for run in longer:
+    base = by_label[run["label"]]
+    short, long_ = 100 * base["final_test_error"], 100 * run["final_test_error"]
+    lines.append(
+        f"| {run['label']} ({norm_label(run['config'])}) | {base['epochs_completed']} | {short:.2f} | "
+        f"{run['epochs_completed']} | {long_:.2f} | {long_ - short:+.2f} |"
+    )
+  return "\n".join(lines) + "\n"
+
+
 def plot_error_vs_batch(points, path: Path, title: str) -> None:
   import matplotlib
 
@@ -223,6 +246,9 @@ def write_report(workdir: str | os.PathLike) -> str:
   name = json.loads(manifest_path.read_text())["name"] if manifest_path.exists() else workdir.name
   write_summary_csv(points, workdir / "summary.csv")
   table = markdown_table(points, title=f"### {name}")
+  longer = load_points(workdir, "convergence")
+  if longer:
+    table += "\n" + convergence_table(points, longer)
   (workdir / "table.md").write_text(table)
   plot_error_vs_batch(points, workdir / "error_vs_batch.png", f"{name}: test error vs {_column_name(points)}")
   plot_curves(points, workdir / "curves.png", name)

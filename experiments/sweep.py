@@ -9,7 +9,11 @@ A sweep config has
 * ``base``: a training config (see ``experiments/config.py``);
 * ``axes``: a list of axes. Each axis is a list of ``(label, overrides)``
   pairs, where ``overrides`` maps config keys to values (``norm_kwargs`` is
-  merged). The grid is their Cartesian product.
+  merged). The grid is their Cartesian product;
+* optionally ``convergence_check``: ``points`` (grid labels) and
+  ``epochs_factor``. Those points train once more, after the grid, with that
+  many times the epochs, in ``DIR/convergence/<label>``; the report sets the
+  change in test error beside the table (how far from converged it is).
 
 Each point trains in ``DIR/points/<label>`` through
 :func:`experiments.train.train_and_evaluate`. Points whose training is the
@@ -39,6 +43,7 @@ from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import report as report_lib
 from experiments import train
+from experiments import xla_cpu
 
 
 def expand(sweep) -> list[tuple[str, dict, ml_collections.ConfigDict]]:
@@ -69,6 +74,34 @@ def expand(sweep) -> list[tuple[str, dict, ml_collections.ConfigDict]]:
   return points
 
 
+def convergence_points(sweep, points) -> list[tuple[str, ml_collections.ConfigDict]]:
+  """(label, config) of the optional convergence check: chosen grid points
+  trained once more with ``epochs_factor`` times the epochs (the warm-up and
+  everything else unchanged). ``sweep.convergence_check`` holds ``points``
+  (grid labels) and ``epochs_factor``; the report sets each beside its point.
+  """
+  check = sweep.get("convergence_check")
+  if not check:
+    return []
+  by_label = {label: config for label, _, config in points}
+  factor = check.epochs_factor
+  if not (isinstance(factor, int) and factor >= 2):
+    raise ValueError(f"sweep: convergence_check.epochs_factor must be an integer >= 2, got {factor!r}.")
+  longer = []
+  for label in check.points:
+    if label not in by_label:
+      raise ValueError(
+          f"sweep: convergence_check.points names {label!r}, which is not a grid point; valid labels are "
+          f"{sorted(by_label)}."
+      )
+    config = copy.deepcopy(by_label[label])
+    config.unlock()
+    config.epochs = by_label[label].epochs * factor
+    config.lock()
+    longer.append((label, config))
+  return longer
+
+
 def is_complete(point_dir: Path, config) -> bool:
   path = point_dir / "result.json"
   if not path.exists():
@@ -94,6 +127,7 @@ def run_sweep(sweep, workdir: str | os.PathLike) -> list[dict]:
   """Runs (or resumes) every point, then writes the report."""
   workdir = Path(workdir).absolute()
   points = expand(sweep)
+  longer = convergence_points(sweep, points)
   # Validate every point before training any.
   for label, _, config in points:
     try:
@@ -104,6 +138,7 @@ def run_sweep(sweep, workdir: str | os.PathLike) -> list[dict]:
   manifest = {
       "name": sweep.name,
       "points": [{"label": label, "overrides": overrides} for label, overrides, _ in points],
+      "convergence_check": [{"label": label, "epochs": config.epochs} for label, config in longer],
   }
   tmp = workdir / "sweep.json.tmp"
   tmp.write_text(json.dumps(manifest, indent=2, default=str))
@@ -118,8 +153,11 @@ def run_sweep(sweep, workdir: str | os.PathLike) -> list[dict]:
 
   results = []
   start = time.time()
-  training = [(label, config) for label, _, config in points
-              if source[label] == label and not is_complete(workdir / "points" / label, config)]
+  # Every training job in order: (label, directory, config, source label).
+  jobs = [(label, workdir / "points" / label, config, source[label]) for label, _, config in points]
+  jobs += [(label, workdir / "convergence" / label, config, label) for label, config in longer]
+  training = [(label, config) for label, point_dir, config, src in jobs
+              if src == label and not is_complete(point_dir, config)]
   # The data, before any bar or training: a missing copy fails now, saying what to do.
   for data_dir, download in sorted({(c.data_dir, c.download) for _, c in training}):
     data_lib.load_cifar10(data_dir or None, download=download)
@@ -127,15 +165,15 @@ def run_sweep(sweep, workdir: str | os.PathLike) -> list[dict]:
   bar = tqdm(total=sum(config.epochs for _, config in training), desc="sweep", unit="epoch",
              disable=not (training and training[0][1].progress), position=0)
   with bar:
-    for i, (label, _, config) in enumerate(points):
-      point_dir = workdir / "points" / label
+    for i, (label, point_dir, config, src) in enumerate(jobs):
+      name = f"[{i + 1}/{len(jobs)}] {point_dir.parent.name}/{label}"
       if is_complete(point_dir, config):
-        bar.write(f"[{i + 1}/{len(points)}] {label}: done, skipped")
-      elif source[label] != label:
-        bar.write(f"[{i + 1}/{len(points)}] {label}: trains as {source[label]}, copied")
-        _copy_point(workdir / "points" / source[label], point_dir, config, source[label])
+        bar.write(f"{name}: done, skipped")
+      elif src != label:
+        bar.write(f"{name}: trains as {src}, copied")
+        _copy_point(workdir / "points" / src, point_dir, config, src)
       else:
-        bar.write(f"[{i + 1}/{len(points)}] {label}: training")
+        bar.write(f"{name}: training ({config.epochs} epochs)")
         bar.set_postfix_str(label)
         train.train_and_evaluate(config, point_dir, on_epochs=bar.update)
       results.append(json.loads((point_dir / "result.json").read_text()))
@@ -145,6 +183,7 @@ def run_sweep(sweep, workdir: str | os.PathLike) -> list[dict]:
 
 
 def main(argv) -> None:
+  xla_cpu.configure()
   del argv
   from absl import logging
 

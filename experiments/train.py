@@ -45,6 +45,7 @@ from experiments import data as data_lib
 from experiments import diagnostics as diagnostics_lib
 from experiments import parallel
 from experiments import provenance
+from experiments import xla_cpu
 from experiments.models import CifarResNet
 
 
@@ -339,6 +340,7 @@ def train_and_evaluate(
 
 
 def main(argv) -> None:
+  xla_cpu.configure()
   del argv
   from absl import logging
 
