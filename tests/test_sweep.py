@@ -184,6 +184,60 @@ def test_statistics_protocol_trains_each_norm_without_batch_statistics_once(tmp_
   assert trained == []
 
 
+def _fake_train_recording(trained):
+  def fake_train(config, point_dir, on_epochs):  # writes what a finished run writes
+    trained.append((point_dir.parent.name, point_dir.name, config.epochs))
+    on_epochs(config.epochs)
+    point_dir.mkdir(parents=True)
+    errors = [0.5] * (config.epochs - 1) + [0.4 if config.epochs > 1 else 0.5]
+    history = [{"epoch": i + 1, "test_error": e, "train_loss": 1.0, "images_per_sec": 1.0} for i, e in enumerate(errors)]
+    (point_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
+    result = {
+        **train.summarize(history, 1), "config": json.loads(json.dumps(config.to_dict(), default=str)),
+        "epochs_completed": config.epochs, "train_wall_seconds": 1.0, "train_examples": 16,
+        "git_commit": "abc", "dataset": {"sha256": "f00"},
+    }
+    (point_dir / "result.json").write_text(json.dumps(result))
+
+  return fake_train
+
+
+def test_convergence_check_trains_chosen_points_longer_after_the_grid(tmp_path, monkeypatch):
+  trained = []
+  write_tiny_cifar(tmp_path, RECORDS)
+  monkeypatch.setattr(train, "train_and_evaluate", _fake_train_recording(trained))
+  s = statistics_sweep(tmp_path)
+  s.unlock()
+  s.convergence_check = ml_collections.ConfigDict({"points": ["bn__k8", "gn__k2"], "epochs_factor": 3})
+  s.lock()
+  sweep.run_sweep(s, tmp_path / "sweep")
+  assert trained == [
+      ("points", "bn__k8", 1), ("points", "bn__k4", 1), ("points", "bn__k2", 1), ("points", "gn__k8", 1),
+      ("convergence", "bn__k8", 3), ("convergence", "gn__k2", 3),
+  ]
+  manifest = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+  assert manifest["convergence_check"] == [{"label": "bn__k8", "epochs": 3}, {"label": "gn__k2", "epochs": 3}]
+  table = (tmp_path / "sweep" / "table.md").read_text()
+  # grid: 1 epoch, error 50 %; longer: 3 epochs, last error 40 % -> -10 points
+  assert "| bn__k8 (BN) | 1 | 50.00 | 3 | 40.00 | -10.00 |" in table
+  assert "| gn__k2 (GN (num_groups=2)) | 1 | 50.00 | 3 | 40.00 | -10.00 |" in table
+  trained.clear()
+  sweep.run_sweep(s, tmp_path / "sweep")  # a rerun finds everything done
+  assert trained == []
+
+
+@pytest.mark.parametrize("check, message", [
+    ({"points": ["bn__k9"], "epochs_factor": 2}, r"names 'bn__k9', which is not a grid point; valid labels"),
+    ({"points": ["bn__k8"], "epochs_factor": 1}, r"epochs_factor must be an integer >= 2, got 1"),
+])
+def test_convergence_check_errors_name_the_setting(tmp_path, check, message):
+  s = statistics_sweep(tmp_path)
+  s.unlock()
+  s.convergence_check = ml_collections.ConfigDict(check)
+  with pytest.raises(ValueError, match=message):
+    sweep.convergence_points(s, sweep.expand(s))
+
+
 def test_report_columns_follow_the_statistics_batch(tmp_path):
   for label, norm, k, errors, kwargs in [
       ("bn__k8", "bn", 8, [0.30], None), ("bn__k2", "bn", 2, [0.50], None),
@@ -220,7 +274,7 @@ def test_command_without_data_prints_the_fix_without_a_traceback(tmp_path):
   assert not (tmp_path / "sweep" / "points").exists()  # nothing trained
 
 
-@pytest.mark.parametrize("name", ["sweep_statistics_quick", "sweep_quick"])
+@pytest.mark.parametrize("name", ["sweep_statistics_quick", "sweep_quick", "sweep_statistics_converged"])
 def test_committed_sweep_configs_are_valid_at_every_point(name):
   """Every point of the README's main job (and the per-device sweep) passes
   the checks a run does before compute, on one device, without training."""
@@ -233,10 +287,12 @@ def test_committed_sweep_configs_are_valid_at_every_point(name):
   s = module.get_config()
   s.lock()
   points = sweep.expand(s)
-  assert len(points) == 10
+  assert len(points) == (20 if name == "sweep_statistics_converged" else 10)
   for label, _, config in points:
     config_lib.validate(config, 1)
     train.check_model(train.build_model(config))
-    if name == "sweep_statistics_quick":
+    if name.startswith("sweep_statistics"):
       assert config_lib.global_batch(config) == 128  # the optimization is the same everywhere
       assert config_lib.statistics_examples(config) == int(label.split("__k")[1])
+  for label, config in sweep.convergence_points(s, points):
+    assert config.epochs == 2 * dict((p[0], p[2]) for p in points)[label].epochs
