@@ -6,6 +6,8 @@ what their experiment needs; every key is documented here.
 
 from __future__ import annotations
 
+import ast
+
 import ml_collections
 
 import jaxnorm
@@ -191,3 +193,55 @@ def training_config(config):
     with config.unlocked():
       config.statistics_batch = 0
   return config
+
+
+def split_norm_kwargs_flags(argv: list[str], path: str) -> tuple[list[str], dict]:
+  """Takes ``--<path>.<key>=<value>`` (or ``--<path>.<key> <value>``) out of
+  a command line: ``(the rest of argv, {key: value})``.
+
+  The normalizer's keyword arguments differ by normalizer, so the default
+  config cannot declare them all, and ``ml_collections`` only overrides keys
+  a config has. The command lines take these flags out before parsing and
+  apply them with :func:`apply_norm_kwargs`, so
+  ``--config.norm=gn --config.norm_kwargs.num_groups=4`` works on any config.
+  Values are Python literals (``4``, ``1e-5``, ``true``, ``none``) or else
+  strings; :func:`jaxnorm.create_norm` then checks the names.
+  """
+  prefix = f"--{path}."
+  rest, found = [], {}
+  args = iter(argv)
+  for arg in args:
+    if not arg.startswith(prefix):
+      rest.append(arg)
+      continue
+    key, sep, value = arg[len(prefix):].partition("=")
+    if not sep:
+      value = next(args, None)
+      if value is None:
+        raise ValueError(f"{arg} needs a value, e.g. {arg}=4.")
+    if not key.isidentifier():
+      raise ValueError(f"{arg}: {key!r} is not a keyword-argument name.")
+    found[key] = _parse_flag_value(value)
+  return rest, found
+
+
+def _parse_flag_value(text: str):
+  lowered = text.strip().lower()
+  if lowered in ("true", "false"):
+    return lowered == "true"
+  if lowered in ("none", "null"):
+    return None
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def apply_norm_kwargs(config, overrides: dict) -> None:
+  """Sets ``config.norm_kwargs[key] = value`` for each override (the config
+  may be locked, as the command line loads it)."""
+  if not overrides:
+    return
+  with config.unlocked():
+    for key, value in overrides.items():
+      config.norm_kwargs[key] = value

@@ -33,6 +33,7 @@ import itertools
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -188,6 +189,7 @@ def main(argv) -> None:
   from absl import logging
 
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  config_lib.apply_norm_kwargs(_CONFIG.value.base, _NORM_KWARGS)
   train.exit_on_user_error(run_sweep, _CONFIG.value, _WORKDIR.value)
 
 
@@ -195,6 +197,7 @@ if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
 
+  sys.argv, _NORM_KWARGS = config_lib.split_norm_kwargs_flags(sys.argv, "config.base.norm_kwargs")
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file.", lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the sweep's points and report.")
   flags.mark_flags_as_required(["config", "workdir"])

@@ -27,6 +27,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,6 +50,12 @@ from experiments import xla_cpu
 from experiments.models import CifarResNet
 
 
+class RunFailure(RuntimeError):
+  """A run that cannot go on (non-finite loss, no readable checkpoint); the
+  message says where and what to do. The command lines end on it with status
+  1 and the message, without a traceback."""
+
+
 def maybe_initialize_distributed() -> None:
   """Multi-host: initialize when the environment names a coordinator.
 
@@ -69,7 +76,10 @@ def maybe_initialize_distributed() -> None:
 def build_model(config) -> CifarResNet:
   """The ResNet, with SyncBN wiring when statistics are synchronised."""
   norm_kwargs = dict(config.norm_kwargs)
-  spec = jaxnorm.create_norm(config.norm, **norm_kwargs)  # validates the name
+  try:
+    spec = jaxnorm.create_norm(config.norm, **norm_kwargs)  # validates the name and the kwargs
+  except TypeError as e:
+    raise ValueError(f"config.norm_kwargs: {e}") from e
   if config.sync_batch_stats and spec.has_batch_stats:
     norm_kwargs["axis_name"] = parallel.DATA_AXIS
   if config.statistics_batch and spec.has_batch_stats:
@@ -186,6 +196,59 @@ def _write_json_atomic(path: Path, obj) -> None:
   os.replace(tmp, path)
 
 
+def _checkpoint_tree(state, root_key, mesh) -> dict:
+  """What a checkpoint holds. Every leaf is a global array replicated over
+  the mesh: with several processes, orbax saves only global arrays (a
+  host-local key would fail the first save)."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  key_data = np.asarray(jax.random.key_data(root_key))
+  rng = jax.make_array_from_callback(key_data.shape, replicated, lambda index: key_data[index])
+  return {"state": state, "rng": rng}
+
+
+def restore_latest_readable(manager, directory: Path, target: dict):
+  """(step, tree) of the newest checkpoint that restores, or None if there
+  is none. An unreadable one is moved to ``<directory>_unreadable/<step>``
+  with a warning naming it (its step is then trained again); if every one
+  is unreadable, :class:`RunFailure` names them."""
+  steps = sorted(manager.all_steps(), reverse=True)
+  bad = []
+  for step in steps:
+    try:
+      return step, manager.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # orbax and TensorStore raise many types for a damaged file
+      reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+      bad.append(f"{directory / str(step)} ({reason})")
+      quarantine = directory.parent / f"{directory.name}_unreadable"
+      if jax.process_index() == 0:
+        quarantine.mkdir(exist_ok=True)
+        os.replace(directory / str(step), quarantine / f"{step}-{int(time.time())}")
+      warnings.warn(
+          f"checkpoint {directory / str(step)} is unreadable ({reason}); moved it to {quarantine} and "
+          "falling back to the previous checkpoint.",
+          stacklevel=2,
+      )
+      manager.reload()
+  if bad:
+    raise RunFailure(
+        "no readable checkpoint: " + "; ".join(bad) + f". Delete {directory} to train from the start."
+    )
+  return None
+
+
+def _stop_if_not_finite(step_metrics, epoch: int, steps_per_epoch: int, workdir: Path) -> None:
+  """Stops before a non-finite loss reaches the metrics or a checkpoint."""
+  losses = np.array([m["loss"] for m in step_metrics], dtype=np.float64)
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if bad.size:
+    step = epoch * steps_per_epoch + int(bad[0]) + 1
+    raise RunFailure(
+        f"training diverged: the loss is {losses[bad[0]]} at step {step} (epoch {epoch + 1}). Nothing "
+        f"of this epoch was saved; {workdir} keeps the checkpoints and metrics up to epoch {epoch}. "
+        "Lower the learning rate (base_lr) or lengthen the warm-up (warmup_epochs)."
+    )
+
+
 def summarize(history: list[dict], last: int) -> dict:
   """Final test error: the median over the last `last` evaluations."""
   errors = [m["test_error"] for m in history[-last:]]
@@ -245,12 +308,11 @@ def train_and_evaluate(
     manager = ocp.CheckpointManager(
         workdir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2)
     )
-    latest = manager.latest_step()
-    if latest is not None:
-      target = {"state": state, "rng": jax.random.key_data(root_key)}
-      restored = manager.restore(latest, args=ocp.args.StandardRestore(target))
-      state, root_key = restored["state"], jax.random.wrap_key_data(restored["rng"])
-      start_epoch = latest
+    restored = restore_latest_readable(manager, workdir / "checkpoints", _checkpoint_tree(state, root_key, mesh))
+    if restored is not None:
+      start_epoch, tree = restored
+      # The key back as a host value (the replicated global array's local copy).
+      state, root_key = tree["state"], jax.random.wrap_key_data(np.asarray(tree["rng"].addressable_data(0)))
   if on_epochs is not None and start_epoch:
     on_epochs(start_epoch)
   metrics_path = workdir / "metrics.jsonl"
@@ -282,6 +344,7 @@ def train_and_evaluate(
       step_metrics.append(m)
     step_metrics = jax.device_get(step_metrics)
     train_seconds = time.time() - epoch_start
+    _stop_if_not_finite(step_metrics, epoch, steps_per_epoch, workdir)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     test = evaluate(eval_step, variables, dataset.test_images, dataset.test_labels, config, mesh)
     record = {
@@ -309,13 +372,13 @@ def train_and_evaluate(
       on_epochs(1)
     if is_main:
       with metrics_path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(record, allow_nan=False) + "\n")  # strict JSON
       bar.write(
           f"epoch {epoch + 1}: train loss {record['train_loss']:.3f}, "
           f"test error {100 * record['test_error']:.2f}%, {record['images_per_sec']:.0f} img/s"
       )
     if manager is not None:
-      manager.save(epoch + 1, args=ocp.args.StandardSave({"state": state, "rng": jax.random.key_data(root_key)}))
+      manager.save(epoch + 1, args=ocp.args.StandardSave(_checkpoint_tree(state, root_key, mesh)))
       manager.wait_until_finished()
 
   result = {
@@ -345,6 +408,7 @@ def main(argv) -> None:
   from absl import logging
 
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  config_lib.apply_norm_kwargs(_CONFIG.value, _NORM_KWARGS)
   exit_on_user_error(train_and_evaluate, _CONFIG.value, _WORKDIR.value)
 
 
@@ -357,12 +421,16 @@ def exit_on_user_error(fn: Callable, *args):
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2) from None
+  except RunFailure as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
 
+  sys.argv, _NORM_KWARGS = config_lib.split_norm_kwargs_flags(sys.argv, "config.norm_kwargs")
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, checkpoints and results.")
   flags.mark_flags_as_required(["config", "workdir"])

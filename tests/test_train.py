@@ -1,6 +1,7 @@
 """Training: every normalizer runs, resume is bitwise, protocols agree, bad configs fail early."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -271,3 +272,100 @@ def test_statistics_batch_normalizes_over_exactly_the_intended_examples():
     var = groups.var(axis=(1, 2, 3), keepdims=True)
     expected = (groups - mean) / np.sqrt(var + 1e-5) * np.float64(params["scale"]) + np.float64(params["bias"])
     np.testing.assert_allclose(outputs, expected.reshape(inputs.shape), rtol=1e-4, atol=1e-4)
+
+
+# Faults: each ends with a message that says where and what to do.
+
+
+def _corrupt(step_dir: Path) -> None:
+  """Overwrites every file of a checkpoint with bytes no reader accepts."""
+  files = [p for p in step_dir.rglob("*") if p.is_file()]
+  assert files
+  for p in files:
+    p.write_bytes(b"\x00garbage" * 7)
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(data_dir, tmp_path):
+  config = tiny_config(data_dir, norm="bn", epochs=3, checkpoint=True, train_examples=64)
+  full = train.train_and_evaluate(config, tmp_path)
+  checkpoints = tmp_path / "checkpoints"
+  assert sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) == [2, 3]
+  _corrupt(checkpoints / "3")
+  with pytest.warns(UserWarning, match=rf"checkpoint {checkpoints / '3'} is unreadable"):
+    again = train.train_and_evaluate(config, tmp_path)
+  # Epoch 3 was trained again from checkpoint 2: the same result, bitwise.
+  assert again["epochs_completed"] == 3
+  assert again["last_test_errors"] == full["last_test_errors"]
+  assert [p.name.split("-")[0] for p in (tmp_path / "checkpoints_unreadable").iterdir()] == ["3"]
+  assert (checkpoints / "3").is_dir()  # saved anew
+
+
+def test_no_readable_checkpoint_fails_naming_them(data_dir, tmp_path, capsys):
+  config = tiny_config(data_dir, norm="bn", epochs=2, checkpoint=True, train_examples=64)
+  train.train_and_evaluate(config, tmp_path)
+  for step in ("1", "2"):
+    _corrupt(tmp_path / "checkpoints" / step)
+  with pytest.warns(UserWarning), pytest.raises(SystemExit) as exit_info:
+    train.exit_on_user_error(train.train_and_evaluate, config, tmp_path)
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err
+  assert err.startswith("error: no readable checkpoint: ")
+  assert str(tmp_path / "checkpoints" / "2") in err and str(tmp_path / "checkpoints" / "1") in err
+  assert "Traceback" not in err and "Delete" in err
+
+
+def test_non_finite_loss_stops_before_saving_anything_of_that_epoch(data_dir, tmp_path, monkeypatch):
+  config = tiny_config(data_dir, norm="bn", epochs=3, checkpoint=True, train_examples=64)  # 2 steps/epoch
+  real_make_step = train._make_step
+
+  def poisoned_make_step(*args, **kwargs):
+    step = real_make_step(*args, **kwargs)
+    calls = {"n": 0}
+
+    def wrapped(*a):
+      calls["n"] += 1
+      state, metrics = step(*a)
+      if calls["n"] == 4:  # step 4: the second of epoch 2; NaN parameters as well
+        state = jax.tree.map(lambda x: x * jnp.nan if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+        metrics = {**metrics, "loss": metrics["loss"] * jnp.nan}
+      return state, metrics
+
+    return wrapped
+
+  monkeypatch.setattr(train, "_make_step", poisoned_make_step)
+  with pytest.raises(train.RunFailure, match=r"the loss is nan at step 4 \(epoch 2\).*up to epoch 1"):
+    train.train_and_evaluate(config, tmp_path)
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(l, parse_constant=lambda c: pytest.fail(f"bare {c}"))["epoch"] for l in lines] == [1]
+  assert not (tmp_path / "result.json").exists()
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
+
+
+def test_normalizer_settings_from_the_command_line():
+  argv = ["prog", "--config=c.py", "--config.norm=gn", "--config.norm_kwargs.num_groups=4",
+          "--config.norm_kwargs.epsilon", "1e-3", "--config.norm_kwargs.use_bias=false", "--workdir=w"]
+  rest, found = config_lib.split_norm_kwargs_flags(argv, "config.norm_kwargs")
+  assert rest == ["prog", "--config=c.py", "--config.norm=gn", "--workdir=w"]
+  assert found == {"num_groups": 4, "epsilon": 1e-3, "use_bias": False}
+  c = config_lib.default_config()
+  c.lock()
+  config_lib.apply_norm_kwargs(c, found)
+  assert dict(c.norm_kwargs) == found
+  with pytest.raises(ValueError, match=r"--config.norm_kwargs.num_groups needs a value"):
+    config_lib.split_norm_kwargs_flags(["--config.norm_kwargs.num_groups"], "config.norm_kwargs")
+
+
+@pytest.mark.parametrize("kwarg, message", [
+    ("num_grops=4", r"unknown keyword arguments \['num_grops'\]; the accepted ones are"),
+    ("num_groups=3", r"num_groups=3 does not divide 16 channels"),  # it reached the model
+])
+def test_command_line_norm_kwargs_reach_the_model_or_fail_cleanly(kwarg, message, tmp_path):
+  root = Path(__file__).resolve().parent.parent
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.train", "--config", str(root / "configs" / "cifar10_resnet20_bn.py"),
+       "--config.norm=gn", f"--config.norm_kwargs.{kwarg}", f"--workdir={tmp_path}"],
+      cwd=root, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300,
+  )
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert re.search(message, proc.stderr), proc.stderr[-2000:]
