@@ -369,3 +369,52 @@ def test_command_line_norm_kwargs_reach_the_model_or_fail_cleanly(kwarg, message
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert re.search(message, proc.stderr), proc.stderr[-2000:]
+
+
+def _run_processes(data_dir, workdir, num_processes, port, *extra):
+  script = Path(__file__).with_name("multiprocess_train_checks.py")
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_FLAGS"))}
+  procs = [
+      subprocess.Popen(
+          [sys.executable, str(script), str(data_dir), str(workdir), str(i), str(num_processes), str(port), *extra],
+          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      )
+      for i in range(num_processes)
+  ]
+  outs = [p.communicate(timeout=600) for p in procs]
+  return [p.returncode for p in procs], outs
+
+
+def _result(outs):
+  line = [l for l in outs[0][0].splitlines() if l.startswith("RESULT ")]
+  assert line, outs[0][1][-3000:]
+  return json.loads(line[0][len("RESULT "):])
+
+
+@pytest.mark.slow
+def test_two_processes_train_checkpoint_and_resume_like_one(data_dir, tmp_path):
+  """2 processes × 2 devices (jax.distributed) against 1 process × 4 devices:
+  the same training, and a run killed after its first checkpoint resumes."""
+  import socket
+
+  def free_port():
+    with socket.socket() as s:
+      s.bind(("localhost", 0))
+      return s.getsockname()[1]
+
+  codes, outs = _run_processes(data_dir, tmp_path / "one", 1, free_port())
+  assert codes == [0], outs[0][1][-3000:]
+  one = _result(outs)
+  assert (one["process_count"], one["device_count"]) == (1, 4)
+
+  codes, outs = _run_processes(data_dir, tmp_path / "two", 2, free_port(), "--die-after-epoch", "1")
+  assert codes == [17, 17], [o[1][-3000:] for o in outs]
+  assert (tmp_path / "two" / "checkpoints" / "1").is_dir() and not (tmp_path / "two" / "result.json").exists()
+  codes, outs = _run_processes(data_dir, tmp_path / "two", 2, free_port())
+  assert codes == [0, 0], [o[1][-3000:] for o in outs]
+  two = _result(outs)
+  assert (two["process_count"], two["device_count"]) == (2, 4)
+  assert two["epochs_completed"] == 2
+  # The same batches and statistics groups; only the order of the cross-process sums may differ.
+  np.testing.assert_allclose(two["train_loss"], one["train_loss"], rtol=1e-5)
+  np.testing.assert_allclose(two["test_error"], one["test_error"], atol=1 / 64 + 1e-9)
