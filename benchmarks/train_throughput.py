@@ -1,12 +1,14 @@
 """Training-step throughput (images/s) of the CIFAR ResNets, as train.py runs them.
 
     python benchmarks/train_throughput.py --depth 20 --norms bn gn \
-        --per-device-batch 16 --num-devices 8 [--execution auto] [--steps 20] \
+        --per-device-batch 16 --num-devices 8 [--execution auto scan ...] [--steps 20] \
         [--xla-cpu experiments|default]
 
-Random uint8 images, the real step function (augmentation included), timed
-after two warm-up steps; prints one line per configuration and, with
---json, writes the figures there. Measure on an idle machine.
+Random uint8 images, one epoch of --steps steps as train.py runs it
+(``train._Engine``: host batches copied each step, or the scan engine's one
+call per epoch, augmentation included), timed after a warm-up epoch; prints
+one line per configuration and, with --json, writes the figures there.
+Measure on an idle machine.
 """
 
 import argparse
@@ -14,6 +16,7 @@ import json
 import os
 import sys
 import time
+import types
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -26,6 +29,9 @@ from experiments import parallel, provenance, train, xla_cpu  # noqa: E402
 
 
 def measure(config, steps: int) -> dict:
+  """Images/s of one epoch of `steps` steps, as train.py runs it (host
+  batches copied per step, or the scan engine's one call), after a warm-up
+  epoch that compiles."""
   model = train.build_model(config)
   mesh = parallel.make_mesh()
   mode = train.execution_mode(config, mesh.size)
@@ -34,22 +40,20 @@ def measure(config, steps: int) -> dict:
   state = parallel.TrainState(
       jnp.zeros((), jnp.int32), variables["params"], variables.get("batch_stats", {}), tx.init(variables["params"])
   )
-  step = train._make_step(model, tx, mesh, config, mode)
   n = config_lib.global_batch(config)
   rng = np.random.default_rng(0)
-  batch = parallel.put_global_batch(
-      {"images": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), "labels": rng.integers(0, 10, n).astype(np.int32)},
-      mesh,
-  )
-  for i in range(2):
-    state, m = step(state, batch["images"], batch["labels"], jax.random.key(i))
+  images = rng.integers(0, 256, (steps * n, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, steps * n).astype(np.int32)
+  test = types.SimpleNamespace(test_images=images[:n], test_labels=labels[:n])
+  engine = train._Engine(model, tx, mesh, config, mode, images, labels, test)
+  root_key = jax.random.key(0)
+  state, _ = engine.train_epoch(state, root_key, 0)  # compiles
   jax.block_until_ready(state)
   start = time.perf_counter()
-  for i in range(steps):
-    state, m = step(state, batch["images"], batch["labels"], jax.random.key(i))
-  jax.block_until_ready((state, m))
+  state, metrics = engine.train_epoch(state, root_key, 1)
+  jax.block_until_ready(state)
   seconds = time.perf_counter() - start
-  return {"images_per_sec": n * steps / seconds, "execution": mode, "global_batch": n}
+  return {"images_per_sec": n * steps / seconds, "steps_per_sec": steps / seconds, "execution": mode, "global_batch": n}
 
 
 def main():
@@ -59,7 +63,7 @@ def main():
   parser.add_argument("--norms", nargs="+", default=["bn", "gn"])
   parser.add_argument("--per-device-batch", type=int, nargs="+", default=[16])
   parser.add_argument("--num-devices", type=int, default=8)
-  parser.add_argument("--execution", default="auto")
+  parser.add_argument("--execution", nargs="+", default=["auto"], help="one or more of auto, vmap, microbatch, scan")
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument(
       "--xla-cpu",
@@ -74,15 +78,16 @@ def main():
   rows = []
   for norm in args.norms:
     for b in args.per_device_batch:
-      c = config_lib.default_config()
-      c.depth, c.width, c.norm = args.depth, args.width, norm
-      if norm in ("gn", "gn+ws", "evonorm_s0"):
-        c.norm_kwargs.num_groups = 8
-      c.num_devices, c.per_device_batch, c.execution = args.num_devices, b, args.execution
-      row = {"depth": args.depth, "width": args.width, "norm": norm, "per_device_batch": b, "xla_cpu": args.xla_cpu}
-      row.update(measure(c, args.steps))
-      rows.append(row)
-      print(json.dumps(row), flush=True)
+      for execution in args.execution:
+        c = config_lib.default_config()
+        c.depth, c.width, c.norm = args.depth, args.width, norm
+        if norm in ("gn", "gn+ws", "evonorm_s0"):
+          c.norm_kwargs.num_groups = 8
+        c.num_devices, c.per_device_batch, c.execution = args.num_devices, b, execution
+        row = {"depth": args.depth, "width": args.width, "norm": norm, "per_device_batch": b, "xla_cpu": args.xla_cpu}
+        row.update(measure(c, args.steps))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"hardware": provenance.hardware(), "git_commit": provenance.git_commit(), "rows": rows}, f, indent=2)

@@ -13,7 +13,7 @@ import ml_collections
 import jaxnorm
 
 SCHEDULES = ("cosine", "step")
-EXECUTIONS = ("auto", "vmap", "microbatch")
+EXECUTIONS = ("auto", "vmap", "microbatch", "scan")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -50,9 +50,11 @@ def default_config() -> ml_collections.ConfigDict:
   # statistics do not depend on it. 0: statistics over the device's batch.
   c.statistics_batch = 0
   # How simulated devices run: 'vmap' batches them into one call per
-  # physical device (best on GPU/TPU); 'microbatch' loops over them and
-  # averages gradients (fast on XLA:CPU; per-device statistics only);
-  # 'auto' picks microbatch on CPU with per-device statistics, else vmap.
+  # physical device and step; 'microbatch' loops over them and averages
+  # gradients (fast on XLA:CPU; per-device statistics only); 'scan' runs
+  # the vmap step in lax.scan, an epoch per call, with the data, its order,
+  # the augmentation and the evaluation on the device. 'auto' picks scan on
+  # GPU/TPU, microbatch on CPU with per-device statistics, else vmap.
   c.execution = "auto"
 
   # Optimization: SGD with momentum, linear LR scaling, warm-up, decay.

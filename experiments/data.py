@@ -18,7 +18,9 @@ the official MD5 and moved into place atomically.
 
 Batches are built with numpy on the host (``train_batches``,
 ``eval_batches``) and put on device with ``shard_batch``; augmentation runs
-on device (see ``experiments.augment``).
+on device (see ``experiments.augment``). The scan engine
+(``execution='scan'``) keeps the whole set on the device instead and draws
+the same epoch order there (``device_epoch_permutation``).
 """
 from __future__ import annotations
 
@@ -317,9 +319,21 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size
 
 
+def device_epoch_permutation(root_key: jax.Array, n: int, epoch) -> jax.Array:
+    """The example order of one epoch, drawn with JAX from the run's key.
+
+    Traceable (``epoch`` may be a traced integer), so the scan engine draws
+    it on the device; :func:`epoch_permutation` draws the same order on the
+    host. ``root_key`` is ``jax.random.key(seed)``; the order uses its
+    ``fold_in(·, 2)`` branch (0 initializes the model, 1 drives the steps).
+    """
+    return jax.random.permutation(jax.random.fold_in(jax.random.fold_in(root_key, 2), epoch), n)
+
+
 def epoch_permutation(n: int, *, seed: int, epoch: int) -> np.ndarray:
-    """The example order of one epoch, a deterministic function of (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
+    """The example order of one epoch, a deterministic function of (seed, epoch),
+    equal to the one the scan engine draws on the device."""
+    return np.asarray(device_epoch_permutation(jax.random.key(seed), n, epoch))
 
 
 def train_batches(

@@ -14,6 +14,10 @@
   jitted gradient call per simulated device, gradients and running
   statistics averaged. This is exactly what data parallelism computes, and
   on XLA:CPU many small calls are several times faster than one large one.
+* **scan**: the vmap step inside ``lax.scan``, a whole epoch per compiled
+  call, with the training set, its order, the augmentation and the
+  evaluation on the device (:func:`make_scan_epoch`,
+  :func:`make_scan_eval`): no host round trip per step.
 
 Both give the same update (up to float summation order); a test checks it.
 Gradients, running statistics and metrics are averaged over devices, as in
@@ -34,6 +38,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments import augment as augment_lib
+from experiments import data as data_lib
 
 DATA_AXIS = "data"
 
@@ -104,8 +109,10 @@ def _apply_gradients(tx, state: TrainState, grads, batch_stats) -> TrainState:
   return TrainState(state.step + 1, params, batch_stats, opt_state)
 
 
-def make_vmap_step(model, tx, mesh: Mesh, *, simulated: int, augment: bool) -> Callable:
-  """One jitted step: augment, per-device gradients, average, update."""
+def make_step_body(model, tx, mesh: Mesh, *, simulated: int, augment: bool) -> Callable:
+  """``(state, images, labels, key) -> (state, metrics)``, not jitted:
+  augment, per-device gradients, average, update. The vmap step jits it; the
+  scan engine runs it inside ``lax.scan``."""
 
   def device_step(state, images, labels):
     loss_fn = _simulated_loss(model, state.batch_stats, images, labels, simulated)
@@ -125,11 +132,52 @@ def make_vmap_step(model, tx, mesh: Mesh, *, simulated: int, augment: bool) -> C
       check_vma=False,
   )
 
-  @functools.partial(jax.jit, donate_argnums=0)
   def step(state, images, labels, key):
     return sharded(state, preprocess(key, images, augment), labels)
 
   return step
+
+
+def make_vmap_step(model, tx, mesh: Mesh, *, simulated: int, augment: bool) -> Callable:
+  """One jitted step: augment, per-device gradients, average, update."""
+  return jax.jit(make_step_body(model, tx, mesh, simulated=simulated, augment=augment), donate_argnums=0)
+
+
+def put_replicated(tree, mesh: Mesh):
+  """Host arrays (identical on every process) as global arrays replicated
+  over the mesh: the scan engine's device-resident data."""
+  sharding = NamedSharding(mesh, P())
+  return jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, sharding, lambda index: a[index]), tree)
+
+
+def make_scan_epoch(model, tx, mesh: Mesh, *, simulated: int, augment: bool, batch: int, steps: int) -> Callable:
+  """The scan engine's training call: one epoch of ``steps`` steps in one
+  compiled program, ``(state, images, labels, root_key, epoch) -> (state,
+  metrics stacked over steps)``.
+
+  ``images``/``labels`` are the whole training set on the device
+  (:func:`put_replicated`). The epoch's order
+  (:func:`experiments.data.device_epoch_permutation`), each step's batch,
+  its augmentation key and the step itself all run on the device, so there
+  is no host round trip per step. Every step is the vmap step's
+  (:func:`make_step_body`), with the same order and keys as the per-step
+  loop, so both train the same model.
+  """
+  body = make_step_body(model, tx, mesh, simulated=simulated, augment=augment)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def run_epoch(state, images, labels, root_key, epoch):
+    order = data_lib.device_epoch_permutation(root_key, images.shape[0], epoch)
+    step_key = jax.random.fold_in(root_key, 1)
+
+    def one_step(state, i):
+      index = lax.dynamic_slice_in_dim(order, i * batch, batch)
+      key = jax.random.fold_in(step_key, epoch * steps + i)
+      return body(state, jnp.take(images, index, axis=0), jnp.take(labels, index, axis=0), key)
+
+    return lax.scan(one_step, state, jnp.arange(steps))
+
+  return run_epoch
 
 
 def make_microbatch_step(model, tx, *, simulated: int, augment: bool) -> Callable:
@@ -165,7 +213,36 @@ def make_microbatch_step(model, tx, *, simulated: int, augment: bool) -> Callabl
 
 
 def make_eval_step(model, mesh: Mesh, *, simulated: int = 0) -> Callable:
-  """Sums of loss and correct predictions over the masked-in examples.
+  """Sums of loss and correct predictions over the masked-in examples, one
+  batch per call (jitted :func:`make_eval_body`)."""
+  return jax.jit(make_eval_body(model, mesh, simulated=simulated))
+
+
+def make_scan_eval(model, mesh: Mesh, *, batch: int, simulated: int = 0) -> Callable:
+  """The scan engine's evaluation: ``(variables, images, labels, mask) ->
+  sums`` over every batch of a device-resident, padded evaluation set (a
+  multiple of ``batch`` examples, ``mask`` False on the padding), in one
+  compiled program. The sums are the per-batch ones added in order, as the
+  per-step evaluation adds them on the host."""
+  body = make_eval_body(model, mesh, simulated=simulated)
+
+  @jax.jit
+  def run(variables, images, labels, mask):
+    def one_batch(total, i):
+      take = lambda a: lax.dynamic_slice_in_dim(a, i * batch, batch)
+      sums = body(variables, take(images), take(labels), take(mask))
+      return jax.tree.map(jnp.add, total, sums), None
+
+    zeros = {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32),
+             "count": jnp.zeros((), jnp.int32)}
+    return lax.scan(one_batch, zeros, jnp.arange(images.shape[0] // batch))[0]
+
+  return run
+
+
+def make_eval_body(model, mesh: Mesh, *, simulated: int = 0) -> Callable:
+  """Sums of loss and correct predictions over the masked-in examples of
+  one batch, not jitted.
 
   ``simulated == 0`` evaluates with the running statistics. ``simulated >
   0`` evaluates in training mode (batch statistics, updates discarded) with
@@ -192,11 +269,9 @@ def make_eval_step(model, mesh: Mesh, *, simulated: int = 0) -> Callable:
     }
     return lax.psum(sums, DATA_AXIS)
 
-  return jax.jit(
-      jax.shard_map(
-          device_eval,
-          mesh=mesh,
-          in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS)),
-          out_specs=P(),
-      )
+  return jax.shard_map(
+      device_eval,
+      mesh=mesh,
+      in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS)),
+      out_specs=P(),
   )

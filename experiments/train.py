@@ -110,8 +110,9 @@ def check_model(model: CifarResNet) -> None:
 def execution_mode(config, physical_devices: int) -> str:
   if config.execution != "auto":
     return config.execution
-  on_cpu = jax.default_backend() == "cpu"
-  if on_cpu and not config.sync_batch_stats and physical_devices == 1:
+  if jax.default_backend() != "cpu":
+    return "scan"
+  if not config.sync_batch_stats and physical_devices == 1:
     return "microbatch"
   return "vmap"
 
@@ -174,13 +175,78 @@ class _Probe:
     return summary
 
 
-def evaluate(eval_step, variables, images, labels, config, mesh) -> dict:
-  sums = {"loss": 0.0, "correct": 0, "count": 0}
-  for batch in data_lib.eval_batches(images, labels, config.eval_batch_size):
-    batch = parallel.put_global_batch(batch, mesh)
-    out = jax.device_get(eval_step(variables, batch["images"], batch["labels"], batch["mask"]))
-    sums = {k: sums[k] + out[k] for k in sums}
-  return {"loss": float(sums["loss"] / sums["count"]), "error": float(1 - sums["correct"] / sums["count"])}
+class _Engine:
+  """How a run executes its epochs and evaluations.
+
+  ``vmap`` and ``microbatch``: one compiled step per batch, batches built on
+  the host and copied over. ``scan``: the training and test sets live on
+  the device and each epoch (and each evaluation) is one compiled call
+  (:func:`experiments.parallel.make_scan_epoch`). All three use the same
+  example order and step keys, so they train the same model.
+  """
+
+  def __init__(self, model, tx, mesh, config, mode, train_images, train_labels, dataset):
+    self.mesh, self.config, self.mode = mesh, config, mode
+    self.batch = config_lib.global_batch(config)
+    self.steps = data_lib.steps_per_epoch(len(train_images), self.batch)
+    self.train_images, self.train_labels = train_images, train_labels
+    self.simulated = 1 if config.sync_batch_stats else config.num_devices // mesh.size
+    eval_kwargs = {"simulated": self.simulated}
+    if mode == "scan":
+      self.run_epoch = parallel.make_scan_epoch(
+          model, tx, mesh, simulated=self.simulated, augment=config.augment, batch=self.batch, steps=self.steps
+      )
+      self.device_train = parallel.put_replicated({"images": train_images, "labels": train_labels}, mesh)
+      padded = list(data_lib.eval_batches(dataset.test_images, dataset.test_labels, config.eval_batch_size))
+      self.device_test = parallel.put_replicated(
+          {k: np.concatenate([b[k] for b in padded]) for k in ("images", "labels", "mask")}, mesh
+      )
+      self.eval_fns = {
+          False: parallel.make_scan_eval(model, mesh, batch=config.eval_batch_size),
+          True: parallel.make_scan_eval(model, mesh, batch=config.eval_batch_size, **eval_kwargs),
+      }
+    else:
+      self.step = _make_step(model, tx, mesh, config, mode)
+      self.eval_fns = {
+          False: parallel.make_eval_step(model, mesh),
+          True: parallel.make_eval_step(model, mesh, **eval_kwargs),
+      }
+    self.test_images, self.test_labels = dataset.test_images, dataset.test_labels
+
+  def train_epoch(self, state, root_key, epoch: int, on_steps=lambda n: None):
+    """(state, [per-step metrics as host scalars]) after one epoch."""
+    if self.mode == "scan":
+      t = self.device_train
+      state, stacked = self.run_epoch(state, t["images"], t["labels"], root_key, epoch)
+      stacked = jax.device_get(stacked)
+      on_steps(self.steps)
+      return state, [{k: v[i] for k, v in stacked.items()} for i in range(self.steps)]
+    step_metrics = []
+    step_key = jax.random.fold_in(root_key, 1)
+    for host_batch in data_lib.train_batches(
+        self.train_images, self.train_labels, self.batch, seed=self.config.seed, epoch=epoch
+    ):
+      device_batch = parallel.put_global_batch(host_batch, self.mesh)
+      key = jax.random.fold_in(step_key, epoch * self.steps + len(step_metrics))
+      state, m = self.step(state, device_batch["images"], device_batch["labels"], key)
+      step_metrics.append(m)
+      on_steps(1)
+    return state, jax.device_get(step_metrics)
+
+  def evaluate(self, variables, batch_statistics: bool = False) -> dict:
+    """Test loss and error, with the running statistics (or, with
+    ``batch_statistics``, in training mode over simulated devices)."""
+    fn = self.eval_fns[batch_statistics]
+    if self.mode == "scan":
+      t = self.device_test
+      sums = jax.device_get(fn(variables, t["images"], t["labels"], t["mask"]))
+    else:
+      sums = {"loss": 0.0, "correct": 0, "count": 0}
+      for batch in data_lib.eval_batches(self.test_images, self.test_labels, self.config.eval_batch_size):
+        batch = parallel.put_global_batch(batch, self.mesh)
+        out = jax.device_get(fn(variables, batch["images"], batch["labels"], batch["mask"]))
+        sums = {k: sums[k] + out[k] for k in sums}
+    return {"loss": float(sums["loss"] / sums["count"]), "error": float(1 - sums["correct"] / sums["count"])}
 
 
 def _read_metrics(path: Path, up_to_epoch: int) -> list[dict]:
@@ -320,12 +386,7 @@ def train_and_evaluate(
   if is_main:
     metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
 
-  step_fn = _make_step(model, tx, mesh, config, mode)
-  eval_step = parallel.make_eval_step(model, mesh)
-  batch_stats_eval = None
-  if config.eval_with_batch_stats:
-    simulated = 1 if config.sync_batch_stats else config.num_devices // mesh.size
-    batch_stats_eval = parallel.make_eval_step(model, mesh, simulated=simulated)
+  engine = _Engine(model, tx, mesh, config, mode, train_images, train_labels, dataset)
 
   probe = None
   if config.diagnostics:
@@ -334,19 +395,13 @@ def train_and_evaluate(
 
   for epoch in range(start_epoch, config.epochs):
     epoch_start = time.time()
-    step_metrics = []
-    batches = data_lib.train_batches(train_images, train_labels, batch, seed=config.seed, epoch=epoch)
-    bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (config.progress and is_main))
-    for host_batch in bar:
-      device_batch = parallel.put_global_batch(host_batch, mesh)
-      key = jax.random.fold_in(jax.random.fold_in(root_key, 1), int(epoch * steps_per_epoch + len(step_metrics)))
-      state, m = step_fn(state, device_batch["images"], device_batch["labels"], key)
-      step_metrics.append(m)
-    step_metrics = jax.device_get(step_metrics)
+    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (config.progress and is_main))
+    state, step_metrics = engine.train_epoch(state, root_key, epoch, on_steps=bar.update)
+    bar.close()
     train_seconds = time.time() - epoch_start
     _stop_if_not_finite(step_metrics, epoch, steps_per_epoch, workdir)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    test = evaluate(eval_step, variables, dataset.test_images, dataset.test_labels, config, mesh)
+    test = engine.evaluate(variables)
     record = {
         "epoch": epoch + 1,
         "step": int(state.step),
@@ -358,10 +413,8 @@ def train_and_evaluate(
         "images_per_sec": steps_per_epoch * batch / train_seconds,
         "epoch_seconds": time.time() - epoch_start,
     }
-    if batch_stats_eval is not None:
-      record["test_error_batch_stats"] = evaluate(
-          batch_stats_eval, variables, dataset.test_images, dataset.test_labels, config, mesh
-      )["error"]
+    if config.eval_with_batch_stats:
+      record["test_error_batch_stats"] = engine.evaluate(variables, batch_statistics=True)["error"]
     if probe is not None:
       if epoch == 0:
         record["diagnostics_init"] = diagnostics_init

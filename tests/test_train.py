@@ -14,6 +14,7 @@ import pytest
 
 import jaxnorm
 from experiments import config as config_lib
+from experiments import data as data_lib
 from experiments import parallel
 from experiments import train
 from tiny_cifar import load_tiny_records, write_tiny_cifar
@@ -149,6 +150,30 @@ def test_microbatch_loop_equals_vmapped_simulated_devices(norm, data_dir):
     np.testing.assert_allclose(u, v, rtol=2e-4, atol=2e-5)
 
 
+def test_scan_engine_trains_and_evaluates_as_the_per_step_loop(data_dir, tmp_path):
+  """An epoch per compiled call, data and order on the device: the same
+  per-epoch metrics as the per-step loop (float32; XLA may fuse the scanned
+  step differently, so not bitwise)."""
+  def metrics(mode):
+    config = tiny_config(data_dir, norm="bn", epochs=2, train_examples=64, execution=mode, eval_with_batch_stats=True)
+    train.train_and_evaluate(config, tmp_path / mode)
+    return [json.loads(l) for l in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
+
+  per_step, scanned = metrics("vmap"), metrics("scan")
+  for a, b in zip(per_step, scanned, strict=True):
+    for key in ("train_loss", "train_accuracy", "test_loss"):
+      np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=key)
+    for key in ("test_error", "test_error_batch_stats"):
+      assert abs(b[key] - a[key]) <= 1 / 64 + 1e-9, key  # at most one of 64 test images flips
+
+
+def test_host_and_device_epoch_orders_agree():
+  order = data_lib.epoch_permutation(50, seed=3, epoch=2)
+  on_device = jax.jit(lambda key, epoch: data_lib.device_epoch_permutation(key, 50, epoch))(jax.random.key(3), 2)
+  np.testing.assert_array_equal(order, np.asarray(on_device))
+  assert sorted(order.tolist()) == list(range(50))
+
+
 def test_per_device_statistics_differ_from_synced_statistics(data_dir):
   """The protocol switch matters: ghost batches of 8 are not the global batch."""
   per_device = run_steps(tiny_config(data_dir, norm="bn"), "vmap", steps=1)
@@ -229,6 +254,10 @@ def test_eight_devices_subprocess(data_dir):
   assert errors["per_device_8_vs_ghost_1"] < 1e-4, errors
   assert errors["synced_8_vs_global_1"] < 1e-4, errors
   assert errors["per_device_vs_synced"] > 1e-5, errors  # the comparison can fail
+  assert errors["scan_per_device_8_vs_ghost_1"] < 1e-4, errors
+  assert errors["scan_synced_8_vs_global_1"] < 1e-4, errors
+  assert errors["scan_gn_8_vs_1"] < 1e-4, errors
+  assert errors["scan_per_device_vs_synced"] > 1e-5, errors
 
 
 

@@ -48,6 +48,29 @@ def run_steps(config, mode, devices=None, steps=2):
   return jax.device_get(state)
 
 
+def run_scan_epoch(config, devices, steps=2):
+  """Train state after one scan-engine epoch of `steps` steps on a fixed
+  random training set (the order and keys drawn on the device)."""
+  model = train.build_model(config)
+  mesh = parallel.make_mesh(devices)
+  tx = train.make_optimizer(config, train.make_schedule(config, steps))
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  state = parallel.TrainState(
+      jnp.zeros((), jnp.int32), variables["params"], variables.get("batch_stats", {}), tx.init(variables["params"])
+  )
+  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  n = config_lib.global_batch(config)
+  rng = np.random.default_rng(1)
+  data = parallel.put_replicated({
+      "images": rng.integers(0, 256, (steps * n, 32, 32, 3), dtype=np.uint8),
+      "labels": rng.integers(0, 10, steps * n).astype(np.int32),
+  }, mesh)
+  simulated = 1 if config.sync_batch_stats else config.num_devices // mesh.size
+  run_epoch = parallel.make_scan_epoch(model, tx, mesh, simulated=simulated, augment=True, batch=n, steps=steps)
+  state, _ = run_epoch(state, data["images"], data["labels"], jax.random.key(0), 0)
+  return jax.device_get(state)
+
+
 def max_diff(a, b):
   leaves = zip(jax.tree.leaves((a.params, a.batch_stats)), jax.tree.leaves((b.params, b.batch_stats)))
   return max(float(np.max(np.abs(u - v))) for u, v in leaves)
@@ -58,7 +81,10 @@ def small_config(**overrides):
   c.depth, c.width, c.num_devices, c.per_device_batch = 8, 8, 8, 4
   c.warmup_epochs = 0.0
   for k, v in overrides.items():
-    c[k] = v
+    if k == "norm_kwargs":
+      c.norm_kwargs.update(v)
+    else:
+      c[k] = v
   return c
 
 
@@ -70,10 +96,23 @@ def main():
   synced_8 = run_steps(small_config(sync_batch_stats=True), "vmap", eight)
   # One device, one BN over the whole global batch: plain global statistics.
   global_1 = run_steps(small_config(num_devices=1, per_device_batch=32), "vmap", eight[:1])
+  # The scan engine: the same comparisons, an epoch per compiled call.
+  scan = {
+      "per_device_8": run_scan_epoch(small_config(), eight),
+      "ghost_1": run_scan_epoch(small_config(), eight[:1]),
+      "synced_8": run_scan_epoch(small_config(sync_batch_stats=True), eight),
+      "global_1": run_scan_epoch(small_config(num_devices=1, per_device_batch=32), eight[:1]),
+      "gn_8": run_scan_epoch(small_config(norm="gn", norm_kwargs={"num_groups": 2}), eight),
+      "gn_1": run_scan_epoch(small_config(norm="gn", norm_kwargs={"num_groups": 2}), eight[:1]),
+  }
   return {
       "per_device_8_vs_ghost_1": max_diff(per_device_8, ghost_1),
       "synced_8_vs_global_1": max_diff(synced_8, global_1),
       "per_device_vs_synced": max_diff(per_device_8, synced_8),
+      "scan_per_device_8_vs_ghost_1": max_diff(scan["per_device_8"], scan["ghost_1"]),
+      "scan_synced_8_vs_global_1": max_diff(scan["synced_8"], scan["global_1"]),
+      "scan_gn_8_vs_1": max_diff(scan["gn_8"], scan["gn_1"]),
+      "scan_per_device_vs_synced": max_diff(scan["per_device_8"], scan["synced_8"]),
   }
 
 
