@@ -12,7 +12,9 @@ Three layers, each built only on the one below:
   (:class:`BatchNorm`, :class:`LayerNorm`, :class:`GroupNorm`,
   :class:`InstanceNorm`, :class:`RMSNorm`), plus :class:`BatchRenorm`,
   :class:`StandardizedConv`, :class:`FilterResponseNorm`,
-  :class:`EvoNormB0` and :class:`EvoNormS0`.
+  :class:`EvoNormB0` and :class:`EvoNormS0`;
+* :mod:`jaxnorm.nnx`: flax.nnx drop-ins (``BatchNorm``, ``LayerNorm``,
+  ``GroupNorm``, ``InstanceNorm``, ``RMSNorm``) on the same functions.
 
 Around them: :func:`precise_batch_stats` (population statistics after
 training), :func:`fold_batch_norm` (inference folding) and
@@ -56,6 +58,7 @@ from jaxnorm._precise_bn import BATCH_MOMENTS as BATCH_MOMENTS
 from jaxnorm._precise_bn import precise_batch_stats as precise_batch_stats
 from jaxnorm._weight_standardization import StandardizedConv as StandardizedConv
 from jaxnorm._weight_standardization import standardize_weight as standardize_weight
+from jaxnorm import nnx as nnx  # the flax.nnx modules (after the core they build on)
 
 __version__ = "0.1.0"
 
@@ -90,6 +93,7 @@ __all__ = (
     "instance_norm",
     "layer_norm",
     "moments",
+    "nnx",
     "normalize",
     "precise_batch_stats",
     "rms_norm",

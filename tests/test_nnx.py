@@ -1,0 +1,229 @@
+"""jaxnorm.nnx against flax.nnx (drop-in parity) and against jaxnorm's linen modules (bitwise)."""
+
+import inspect
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jaxnorm
+import jaxnorm.nnx as jnnx
+
+SHARED = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm"]
+EXTRA = {"GroupNorm": {"num_groups": 4}}
+
+
+def _inits(name):
+  """Random initializers, so that the rngs key order is checked too."""
+  kw = {"scale_init": nnx.initializers.normal(1.0)}
+  if name != "RMSNorm":
+    kw["bias_init"] = nnx.initializers.normal(1.0)
+  return kw
+
+
+def _pair(name, **kw):
+  """(ours, flax's) from the same rngs; flax asked for the stable variance
+  (jaxnorm's default) so that both compute the same thing."""
+  kw = {**EXTRA.get(name, {}), **_inits(name), **kw}
+  ours = getattr(jnnx, name)(8, rngs=nnx.Rngs(0), **kw)
+  theirs = getattr(nnx, name)(8, rngs=nnx.Rngs(0), use_fast_variance=False, **kw)
+  return ours, theirs
+
+
+def _x(shape=(4, 5, 5, 8), seed=0, offset=3.0):
+  return jax.random.normal(jax.random.key(seed), shape) * 2.0 + offset
+
+
+@pytest.mark.parametrize("name", SHARED)
+def test_constructor_matches_flax_nnx(name):
+  """Same parameters, same order, same defaults — apart from the documented
+  differences (stable variance; jaxnorm's extra fields come last)."""
+  ours = inspect.signature(getattr(jnnx, name).__init__).parameters
+  theirs = inspect.signature(getattr(nnx, name).__init__).parameters
+  assert list(ours)[: len(theirs)] == list(theirs)
+  for p, q in zip(ours.values(), theirs.values()):
+    assert p.kind == q.kind, p.name
+    if p.name in ("use_fast_variance", "promote_dtype", "bias_init", "scale_init"):
+      continue  # documented: stable variance; initializers equal but not the same objects
+    assert p.default == q.default or (p.default is q.default), p.name
+  if "use_fast_variance" in ours:
+    assert ours["use_fast_variance"].default is False
+
+
+@pytest.mark.parametrize("name", SHARED)
+def test_same_variables_from_the_same_rngs(name):
+  ours, theirs = _pair(name)
+  so, st = nnx.state(ours), nnx.state(theirs)
+  assert jax.tree.structure(so) == jax.tree.structure(st)
+  for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(so), jax.tree_util.tree_leaves_with_path(st)):
+    np.testing.assert_array_equal(a, b, err_msg=str(path))
+  for kind in (nnx.Param, nnx.BatchStat):
+    assert jax.tree.structure(nnx.state(ours, kind)) == jax.tree.structure(nnx.state(theirs, kind))
+
+
+@pytest.mark.parametrize("name", SHARED)
+@pytest.mark.parametrize("masked", [False, True])
+def test_outputs_match_flax_nnx(name, masked):
+  ours, theirs = _pair(name)
+  x = _x()
+  mask = None
+  if masked:
+    mask = jax.random.bernoulli(jax.random.key(1), 0.7, x.shape)
+  np.testing.assert_allclose(ours(x, mask=mask), theirs(x, mask=mask), rtol=2e-5, atol=2e-5)
+
+
+def test_batch_norm_running_statistics_over_steps_and_modes():
+  ours, theirs = _pair("BatchNorm", momentum=0.9)
+  for step in range(4):
+    x = _x(seed=step, offset=step)
+    np.testing.assert_allclose(ours(x), theirs(x), rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(ours.mean[...], theirs.mean[...], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ours.var[...], theirs.var[...], rtol=1e-5, atol=1e-6)
+  # eval mode: the running averages, nothing updated
+  ours.eval(), theirs.eval()
+  before = np.asarray(ours.mean[...])
+  x = _x(seed=9)
+  np.testing.assert_allclose(ours(x), theirs(x), rtol=2e-5, atol=2e-5)
+  np.testing.assert_array_equal(ours.mean[...], before)
+  ours.train()
+  assert ours.use_running_average is False
+  np.testing.assert_allclose(ours(x, use_running_average=True), theirs(x, use_running_average=True), rtol=2e-5, atol=2e-5)
+  # Against the paper's formula in float64 numpy: EMA of the biased batch variance.
+  bn = jnnx.BatchNorm(3, momentum=0.8, rngs=nnx.Rngs(0))
+  xs = np.random.default_rng(0).normal(2.0, 3.0, (6, 3))
+  bn(jnp.asarray(xs, jnp.float32))
+  np.testing.assert_allclose(bn.mean[...], 0.2 * xs.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(bn.var[...], 0.8 + 0.2 * xs.var(0), rtol=1e-5)
+
+
+def test_nnx_view_when_available():
+  if not hasattr(nnx, "view"):
+    pytest.skip("this flax has no nnx.view")
+  bn = jnnx.BatchNorm(8, rngs=nnx.Rngs(0))
+  evaluating = nnx.view(bn, use_running_average=True)
+  x = _x()
+  evaluating(x)
+  np.testing.assert_array_equal(bn.mean[...], jnp.zeros(8))  # no update through the eval view
+
+
+@pytest.mark.parametrize("name", SHARED)
+def test_jit_grad_split_merge(name):
+  ours, theirs = _pair(name)
+  x = _x()
+
+  def loss(model, x):
+    return jnp.sum(model(x) ** 2 * jnp.arange(8.0).reshape(1, 1, 1, 8))
+
+  grads_ours = nnx.jit(nnx.grad(loss))(ours, x)
+  grads_theirs = nnx.jit(nnx.grad(loss))(theirs, x)
+  for a, b in zip(jax.tree.leaves(nnx.state(grads_ours)), jax.tree.leaves(nnx.state(grads_theirs))):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4)
+  graphdef, state = nnx.split(ours)
+  again = nnx.merge(graphdef, state)
+  np.testing.assert_array_equal(again(x), ours(x))
+
+
+def test_batch_norm_axis_name_under_nnx_vmap_equals_the_whole_batch():
+  """Statistics over a vmapped axis (as over devices) equal one BN over all examples."""
+  x = _x((4, 6, 8))
+  whole = jnnx.BatchNorm(8, rngs=nnx.Rngs(0))
+  expected = whole(x.reshape(24, 8)).reshape(4, 6, 8)
+  split = jnnx.BatchNorm(8, axis_name="batch", rngs=nnx.Rngs(0))
+  state_axes = nnx.StateAxes({nnx.BatchStat: None, nnx.Param: None})
+  out = nnx.vmap(lambda m, xi: m(xi), in_axes=(state_axes, 0), axis_name="batch")(split, x)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(split.mean[...], whole.mean[...], rtol=1e-5, atol=1e-6)
+
+
+def test_scan_over_layers():
+  """nnx.scan over a stack of LayerNorms (vmapped construction)."""
+  @nnx.vmap(in_axes=0, out_axes=0)
+  def make(key):
+    return jnnx.LayerNorm(8, rngs=nnx.Rngs(key))
+
+  stack = make(jax.random.split(jax.random.key(0), 3))
+
+  @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+  def run(layer, h):
+    return layer(h) * 2.0
+
+  x = _x((2, 8))
+  out = run(stack, x)
+  ref = x
+  for _ in range(3):
+    mean, var = ref.mean(-1, keepdims=True), ref.var(-1, keepdims=True)
+    ref = (ref - mean) / jnp.sqrt(var + 1e-6) * 2.0
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+LINEN = {
+    "BatchNorm": lambda: jaxnorm.BatchNorm(use_running_average=False),
+    "LayerNorm": lambda: jaxnorm.LayerNorm(),
+    "GroupNorm": lambda: jaxnorm.GroupNorm(num_groups=4),
+    "InstanceNorm": lambda: jaxnorm.InstanceNorm(),
+    "RMSNorm": lambda: jaxnorm.RMSNorm(),
+}
+
+
+@pytest.mark.parametrize("name", SHARED)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_linen_and_nnx_agree_bitwise(name, dtype):
+  ours = getattr(jnnx, name)(8, rngs=nnx.Rngs(0), **EXTRA.get(name, {}), **_inits(name))
+  x = _x().astype(dtype)
+  linen = LINEN[name]()
+  params = {"scale": ours.scale[...]}
+  if name != "RMSNorm":
+    params["bias"] = ours.bias[...]
+  variables = {"params": params}
+  if name == "BatchNorm":
+    variables["batch_stats"] = {"mean": ours.mean[...], "var": ours.var[...]}
+    y_linen, updates = linen.apply(variables, x, mutable=["batch_stats"])
+  else:
+    y_linen = linen.apply(variables, x)
+  y_nnx = ours(x)
+  assert y_nnx.dtype == y_linen.dtype
+  np.testing.assert_array_equal(np.asarray(y_nnx, np.float32), np.asarray(y_linen, np.float32))
+  if name == "BatchNorm":
+    np.testing.assert_array_equal(ours.mean[...], updates["batch_stats"]["mean"])
+    np.testing.assert_array_equal(ours.var[...], updates["batch_stats"]["var"])
+
+
+def test_jaxnorm_extensions_carry_over():
+  x = _x((4, 8, 5, 5))  # NCHW
+  gn = jnnx.GroupNorm(8, num_groups=4, channel_axis=1, rngs=nnx.Rngs(0))
+  ref = jaxnorm.group_norm(x, gn.scale[...], gn.bias[...], num_groups=4, channel_axis=1)
+  np.testing.assert_array_equal(gn(x), ref)
+  ghost = jnnx.BatchNorm(8, virtual_batch_size=2, rngs=nnx.Rngs(0))
+  y = ghost(_x())
+  halves = [jnnx.BatchNorm(8, rngs=nnx.Rngs(0))(h) for h in jnp.split(_x(), 2)]
+  np.testing.assert_allclose(y, jnp.concatenate(halves), rtol=1e-6, atol=1e-6)
+  cumulative = jnnx.BatchNorm(8, running_stats="cumulative", rngs=nnx.Rngs(0))
+  cumulative(_x(seed=1)), cumulative(_x(seed=2))
+  assert int(cumulative.count[...]) == 2
+  # Stable variance by default: with |mean| >> std, flax.nnx's default
+  # one-pass variance cancels catastrophically in float32; jaxnorm's does not.
+  big = 1000.0 + 0.1 * jax.random.normal(jax.random.key(3), (4, 64))
+  x64 = np.asarray(big, np.float64)
+  ref = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-6)
+  ours_error = np.max(np.abs(np.asarray(jnnx.LayerNorm(64, rngs=nnx.Rngs(0))(big)) - ref))
+  flax_error = np.max(np.abs(np.asarray(nnx.LayerNorm(64, rngs=nnx.Rngs(0))(big)) - ref))
+  assert ours_error < 1e-2 < flax_error, (ours_error, flax_error)
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: jnnx.GroupNorm(8, num_groups=3, rngs=nnx.Rngs(0)), r"GroupNorm: num_groups=3 does not divide 8"),
+    (lambda: jnnx.BatchNorm(0, rngs=nnx.Rngs(0)), r"BatchNorm: num_features=0; expected a positive integer"),
+    (lambda: jnnx.BatchNorm(8, running_stats="ewma", rngs=nnx.Rngs(0)), r"running_stats"),
+])
+def test_bad_arguments_name_themselves(build, match):
+  with pytest.raises(ValueError, match=match):
+    build()
+
+
+def test_missing_mode_says_how_to_set_it():
+  bn = jnnx.BatchNorm(8, use_running_average=None, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"use_running_average is None.*model.train\(\) / model.eval\(\)"):
+    bn(_x())
