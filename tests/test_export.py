@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import pytest
@@ -145,6 +146,20 @@ def module_case(module: nn.Module, shape=NHWC, *, train=True, covers=(), pallas=
     return module.apply({"params": params, **others}, x, mutable=mutable)
 
   return Case(fn, (params, x, variables), (0, 1), covers, pallas)
+
+
+def nnx_case(module, shape=NHWC, pallas=False):
+  """A jaxnorm.nnx module applied to an input of ``shape``: ``fn(params, x,
+  others)`` merges the module from its parameters and other state (the
+  running statistics) and returns the output and the updated state."""
+  graphdef, params, others = nnx.split(module, nnx.Param, ...)
+
+  def fn(params, x, others):
+    merged = nnx.merge(graphdef, params, others, copy=True)  # fresh variables in this trace
+    y = merged(x)
+    return y, nnx.state(merged, nnx.BatchStat)
+
+  return Case(fn, (params, spec(shape), others), (0, 1), ("nnx",), pallas)
 
 
 def norm_layer_case(name: str, train: bool, **kwargs):
@@ -290,6 +305,13 @@ CASES: dict[str, Case] = {
     ),
     "fold_batch_norm": _fold_case(),
     "precise_batch_stats_step": _precise_batch_stats_step(),
+    # flax.nnx modules.
+    "nnx.BatchNorm": nnx_case(jaxnorm.nnx.BatchNorm(C, rngs=nnx.Rngs(0)), pallas=True),
+    "nnx.BatchNorm_eval": nnx_case(jaxnorm.nnx.BatchNorm(C, use_running_average=True, rngs=nnx.Rngs(0))),
+    "nnx.LayerNorm": nnx_case(jaxnorm.nnx.LayerNorm(C, rngs=nnx.Rngs(0))),
+    "nnx.GroupNorm": nnx_case(jaxnorm.nnx.GroupNorm(C, num_groups=4, rngs=nnx.Rngs(0)), pallas=True),
+    "nnx.InstanceNorm": nnx_case(jaxnorm.nnx.InstanceNorm(C, rngs=nnx.Rngs(0))),
+    "nnx.RMSNorm": nnx_case(jaxnorm.nnx.RMSNorm(C, reduction_axes=(1, 2, 3), rngs=nnx.Rngs(0)), pallas=True),
     # flax modules.
     "BatchNorm": module_case(jaxnorm.BatchNorm(use_running_average=False), covers=("BatchNorm",), pallas=True),
     "BatchNorm_eval": module_case(jaxnorm.BatchNorm(use_running_average=True), train=False, covers=("BatchNorm",)),
