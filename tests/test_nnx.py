@@ -233,7 +233,7 @@ def test_missing_mode_says_how_to_set_it():
 def test_forward_mode_through_the_fast_path(name):
   """jax.jvp through a jaxnorm.nnx module under "auto" equals the composed
   reference path (float64)."""
-  with jax.enable_x64():
+  with jax.enable_x64(True):
     module = getattr(jnnx, name)(8, rngs=nnx.Rngs(0), param_dtype=jnp.float64, **EXTRA.get(name, {}))
     graphdef, state = nnx.split(module)
     x = _x().astype(jnp.float64)
