@@ -423,6 +423,7 @@ def write_report(result: dict, workdir: Path) -> None:
 
 def main(argv) -> None:
   xla_cpu.configure()
+  provenance.git_commit()  # cached: the code this process imports, even if the tree changes later
   del argv
   result = run(_CONFIG.value, _WORKDIR.value)
   print((Path(_WORKDIR.value) / "table.md").read_text())

@@ -6,6 +6,7 @@ fingerprint of the dataset copy, so a number can be traced to its run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -24,8 +25,12 @@ JPEG_COPY_NOTE = (
 )
 
 
+@functools.cache
 def git_commit() -> str:
-  """The commit of the working tree, with '+dirty' if it has changes."""
+  """The commit of the working tree, with '+dirty' if it has changes, as the
+  process first saw it. Cached: a long run that edits nothing still records
+  the code it imported at its start, even if the tree changes while it runs
+  (the command lines call it before training)."""
   root = Path(__file__).resolve().parents[1]
   try:
     sha = subprocess.run(

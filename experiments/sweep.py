@@ -43,6 +43,7 @@ from tqdm import tqdm
 from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import report as report_lib
+from experiments import provenance
 from experiments import train
 from experiments import xla_cpu
 
@@ -185,6 +186,7 @@ def run_sweep(sweep, workdir: str | os.PathLike) -> list[dict]:
 
 def main(argv) -> None:
   xla_cpu.configure()
+  provenance.git_commit()  # cached: the code this process imports, even if the tree changes later
   del argv
   from absl import logging
 

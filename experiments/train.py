@@ -338,6 +338,7 @@ def train_and_evaluate(
   progress bar).
   """
   start_time = time.time()
+  provenance.git_commit()  # the commit of the code this process imported (cached)
   maybe_initialize_distributed()
   workdir = Path(workdir).absolute()
   devices = jax.devices()
