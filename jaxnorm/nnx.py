@@ -23,6 +23,11 @@ and NNX agree bit for bit, and they keep jaxnorm's differences from flax:
   ``running_stats`` (EMA, cumulative average or frozen), and keeps its
   running statistics in float32 (``force_float32_reductions``).
 * Bad arguments raise errors that name the argument and the valid choices.
+
+jaxnorm's own normalizers exist here too — :class:`BatchRenorm`,
+:class:`EvoNormB0`, :class:`EvoNormS0`, :class:`FilterResponseNorm` —
+with the linen modules' fields after ``num_features`` and the same
+functions underneath.
 """
 
 from __future__ import annotations
@@ -38,12 +43,18 @@ from jax.nn import initializers
 
 from jaxnorm import _axes
 from jaxnorm import _batch_norm
+from jaxnorm import _batch_renorm as _batch_renorm_lib
+from jaxnorm import _evonorm as _evonorm_lib
+from jaxnorm import _filter_response as _filter_response_lib
 from jaxnorm import _functional as F
 
 Array = jax.Array
 Initializer = Any
 
-__all__ = ("BatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm")
+__all__ = (
+    "BatchNorm", "BatchRenorm", "EvoNormB0", "EvoNormS0", "FilterResponseNorm", "GroupNorm", "InstanceNorm",
+    "LayerNorm", "RMSNorm",
+)
 
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 
@@ -75,7 +86,39 @@ def _value(variable):
   return None if variable is None else variable[...]
 
 
-class BatchNorm(nnx.Module):
+def _training(module, use_running_average: bool | None, owner: str) -> bool:
+  """True for batch statistics: the call's ``use_running_average``, else the
+  module's (``model.train()``/``model.eval()`` and ``nnx.view`` set it)."""
+  if use_running_average is None:
+    use_running_average = module.use_running_average
+  if use_running_average is None:
+    raise ValueError(
+        f"{owner}: use_running_average is None both in the constructor and in the call; pass "
+        "use_running_average=True/False to either, or use model.train() / model.eval()."
+    )
+  return not use_running_average
+
+
+def _store(variable, value) -> None:
+  """A running statistic's new value (no gradient flows into it)."""
+  variable[...] = jax.lax.stop_gradient(value).astype(variable.dtype)
+
+
+def _running_stat(init, shape, force_float32_reductions: bool, param_dtype):
+  """An ``nnx.BatchStat`` in float32 (or ``param_dtype`` without
+  ``force_float32_reductions``), as the linen modules keep them."""
+  return nnx.BatchStat(init(shape, jnp.float32 if force_float32_reductions else param_dtype))
+
+
+class _ModeMixin:
+  """``set_view`` for ``nnx.view(model, use_running_average=...)``."""
+
+  def set_view(self, use_running_average: bool | None = None):
+    if use_running_average is not None:
+      self.use_running_average = use_running_average
+
+
+class BatchNorm(_ModeMixin, nnx.Module):
   r"""Batch normalization, a drop-in for ``flax.nnx.BatchNorm``.
 
   :math:`y = \gamma (x - \mu_B)/\sqrt{\sigma_B^2 + \epsilon} + \beta` with
@@ -124,9 +167,8 @@ class BatchNorm(nnx.Module):
     owner = "BatchNorm"
     _axes.check_choice(running_stats, _batch_norm.RUNNING_STATS, name="running_stats", owner=owner)
     shape = _features(num_features, owner)
-    stats_dtype = jnp.float32 if force_float32_reductions else param_dtype
-    self.mean = nnx.BatchStat(jnp.zeros(shape, stats_dtype))
-    self.var = nnx.BatchStat(jnp.ones(shape, stats_dtype))
+    self.mean = _running_stat(jnp.zeros, shape, force_float32_reductions, param_dtype)
+    self.var = _running_stat(jnp.ones, shape, force_float32_reductions, param_dtype)
     self.count = nnx.BatchStat(jnp.zeros((), jnp.int32)) if running_stats == "cumulative" else nnx.data(None)
     _feature_params(self, shape, rngs=rngs, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
                     bias_init=bias_init, param_dtype=param_dtype, scale_metadata=scale_metadata,
@@ -158,15 +200,7 @@ class BatchNorm(nnx.Module):
         statistics use.
     """
     owner = "BatchNorm"
-    if use_running_average is None:
-      use_running_average = self.use_running_average
-    if self.running_stats == "frozen":
-      use_running_average = True
-    if use_running_average is None:
-      raise ValueError(
-          f"{owner}: use_running_average is None both in the constructor and in the call; pass "
-          "use_running_average=True/False to either, or use model.train() / model.eval()."
-      )
+    use_running_average = self.running_stats == "frozen" or not _training(self, use_running_average, owner)
     _axes.check_floating(x, owner=owner)
     x, mean, var, scale, bias = self.promote_dtype(
         (x, self.mean[...], self.var[...], _value(self.scale), _value(self.bias)), dtype=self.dtype
@@ -181,16 +215,11 @@ class BatchNorm(nnx.Module):
         virtual_batch_size=self.virtual_batch_size, running_stats=self.running_stats, owner=owner,
     )
     if not use_running_average:
-      self.mean[...] = jax.lax.stop_gradient(new.mean).astype(self.mean.dtype)
-      self.var[...] = jax.lax.stop_gradient(new.var).astype(self.var.dtype)
+      _store(self.mean, new.mean)
+      _store(self.var, new.var)
       if self.count is not None:
-        self.count[...] = new.count.astype(self.count.dtype)
+        _store(self.count, new.count)
     return y
-
-  def set_view(self, use_running_average: bool | None = None):
-    """For ``nnx.view(model, use_running_average=...)``."""
-    if use_running_average is not None:
-      self.use_running_average = use_running_average
 
 
 class _PerExampleNorm(nnx.Module):
@@ -399,3 +428,239 @@ class GroupNorm(_PerExampleNorm):
     return F.group_norm(x, scale, bias, num_groups=self.num_groups, group_size=None,
                         channel_axis=self.channel_axis, reduction_axes=self.reduction_axes,
                         use_fast_variance=self.use_fast_variance, **self._engine_kwargs(mask))
+
+
+# jaxnorm's own normalizers, with the linen modules' fields (after
+# ``num_features``; ``rngs`` keyword) and the same functions underneath.
+
+
+def _extra_param(init, shape, param_dtype, rngs: nnx.Rngs) -> nnx.Param:
+  return nnx.Param(init(rngs.params(), shape, param_dtype))
+
+
+class BatchRenorm(_ModeMixin, nnx.Module):
+  r"""Batch renormalization (:class:`jaxnorm.BatchRenorm` for flax.nnx).
+
+  :math:`y = \gamma((x - \mu_B)/\sigma_B \cdot r + d) + \beta` in training,
+  :math:`y = \gamma (x - \mu)/\sigma + \beta` in evaluation; see
+  :func:`jaxnorm.batch_renorm`. The clipping limits follow
+  :func:`jaxnorm.batch_renorm_limits`, driven by the ``steps`` BatchStat
+  (training steps taken). Variables: ``scale``, ``bias`` (Param); ``mean``,
+  ``var``, ``steps`` (BatchStat).
+  """
+
+  def __init__(
+      self,
+      num_features: int,
+      *,
+      use_running_average: bool | None = False,
+      axis: int = -1,
+      momentum: float = 0.99,
+      epsilon: float = 1e-5,
+      dtype: Any = None,
+      param_dtype: Any = jnp.float32,
+      use_bias: bool = True,
+      use_scale: bool = True,
+      bias_init: Initializer = initializers.zeros,
+      scale_init: Initializer = initializers.ones,
+      axis_name: Any = None,
+      axis_index_groups: Any = None,
+      use_fast_variance: bool = False,
+      force_float32_reductions: bool = True,
+      r_max: float = 3.0,
+      d_max: float = 5.0,
+      warmup_delay: int = 0,
+      r_max_warmup_steps: int = 0,
+      d_max_warmup_steps: int = 0,
+      rngs: nnx.Rngs,
+  ):
+    owner = "BatchRenorm"
+    _batch_renorm_lib._check_schedule(r_max, d_max, warmup_delay, r_max_warmup_steps, d_max_warmup_steps,
+                                      owner=owner)
+    shape = _features(num_features, owner)
+    self.mean = _running_stat(jnp.zeros, shape, force_float32_reductions, param_dtype)
+    self.var = _running_stat(jnp.ones, shape, force_float32_reductions, param_dtype)
+    self.steps = nnx.BatchStat(jnp.zeros((), jnp.int32))
+    _feature_params(self, shape, rngs=rngs, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
+                    bias_init=bias_init, param_dtype=param_dtype, scale_metadata=_NO_METADATA,
+                    bias_metadata=_NO_METADATA)
+    self.num_features, self.use_running_average, self.axis = num_features, use_running_average, axis
+    self.momentum, self.epsilon, self.dtype, self.param_dtype = momentum, epsilon, dtype, param_dtype
+    self.use_bias, self.use_scale = use_bias, use_scale
+    self.axis_name, self.axis_index_groups = axis_name, axis_index_groups
+    self.use_fast_variance, self.force_float32_reductions = use_fast_variance, force_float32_reductions
+    self.r_max, self.d_max, self.warmup_delay = r_max, d_max, warmup_delay
+    self.r_max_warmup_steps, self.d_max_warmup_steps = r_max_warmup_steps, d_max_warmup_steps
+
+  def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+    """Normalizes ``x``; in training, updates ``mean``, ``var`` and ``steps``."""
+    owner = "BatchRenorm"
+    training = _training(self, use_running_average, owner)
+    _axes.check_floating(x, owner=owner)
+    r_max, d_max = _batch_renorm_lib.batch_renorm_limits(
+        self.steps[...], r_max=self.r_max, d_max=self.d_max, warmup_delay=self.warmup_delay,
+        r_max_warmup_steps=self.r_max_warmup_steps, d_max_warmup_steps=self.d_max_warmup_steps,
+    )
+    y, new, _ = _batch_renorm_lib._batch_renorm(
+        x, _value(self.scale), _value(self.bias), self.mean[...], self.var[...],
+        use_running_average=not training, r_max=r_max, d_max=d_max, axis=self.axis, momentum=self.momentum,
+        epsilon=self.epsilon, mask=mask, axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
+        use_fast_variance=self.use_fast_variance, dtype=self.dtype,
+        force_float32_reductions=self.force_float32_reductions, owner=owner,
+    )
+    if training:
+      _store(self.mean, new.mean)
+      _store(self.var, new.var)
+      self.steps[...] = self.steps[...] + 1
+    return y
+
+
+class EvoNormB0(_ModeMixin, nnx.Module):
+  r"""EvoNorm-B0 (:class:`jaxnorm.EvoNormB0` for flax.nnx): batch variance in
+  training, the running ``var`` (BatchStat, flax's momentum convention) in
+  evaluation; see :func:`jaxnorm.evonorm_b0`. Params ``scale``, ``bias``,
+  ``v``. Replaces the normalization and its activation."""
+
+  def __init__(
+      self,
+      num_features: int,
+      *,
+      use_running_average: bool | None = False,
+      momentum: float = 0.99,
+      epsilon: float = 1e-5,
+      dtype: Any = None,
+      param_dtype: Any = jnp.float32,
+      use_bias: bool = True,
+      use_scale: bool = True,
+      bias_init: Initializer = initializers.zeros,
+      scale_init: Initializer = initializers.ones,
+      v_init: Initializer = initializers.ones,
+      channel_axis: int = -1,
+      axis_name: Any = None,
+      axis_index_groups: Any = None,
+      use_fast_variance: bool = False,
+      force_float32_reductions: bool = True,
+      rngs: nnx.Rngs,
+  ):
+    shape = _features(num_features, "EvoNormB0")
+    self.var = _running_stat(jnp.ones, shape, force_float32_reductions, param_dtype)
+    _feature_params(self, shape, rngs=rngs, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
+                    bias_init=bias_init, param_dtype=param_dtype, scale_metadata=_NO_METADATA,
+                    bias_metadata=_NO_METADATA)
+    self.v = _extra_param(v_init, shape, param_dtype, rngs)
+    self.num_features, self.use_running_average, self.momentum = num_features, use_running_average, momentum
+    self.epsilon, self.dtype, self.param_dtype = epsilon, dtype, param_dtype
+    self.use_bias, self.use_scale, self.channel_axis = use_bias, use_scale, channel_axis
+    self.axis_name, self.axis_index_groups = axis_name, axis_index_groups
+    self.use_fast_variance, self.force_float32_reductions = use_fast_variance, force_float32_reductions
+
+  def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+    owner = "EvoNormB0"
+    training = _training(self, use_running_average, owner)
+    _axes.check_floating(x, owner=owner)
+    c, _ = _filter_response_lib._per_example_channel_axes(x, self.channel_axis, owner)
+    y, new_var, _ = _evonorm_lib._evonorm_b0(
+        x, _value(self.scale), _value(self.bias), self.v[...], self.var[...], use_running_average=not training,
+        channel_axis=c, momentum=self.momentum, epsilon=self.epsilon, mask=mask, axis_name=self.axis_name,
+        axis_index_groups=self.axis_index_groups, use_fast_variance=self.use_fast_variance, dtype=self.dtype,
+        force_float32_reductions=self.force_float32_reductions, owner=owner,
+    )
+    if training:
+      _store(self.var, new_var)
+    return y
+
+
+class EvoNormS0(nnx.Module):
+  r"""EvoNorm-S0 (:class:`jaxnorm.EvoNormS0` for flax.nnx): batch-independent,
+  group statistics as in group norm; see :func:`jaxnorm.evonorm_s0`. Params
+  ``scale``, ``bias``, ``v``."""
+
+  def __init__(
+      self,
+      num_features: int,
+      num_groups: int | None = 32,
+      group_size: int | None = None,
+      *,
+      epsilon: float = 1e-5,
+      dtype: Any = None,
+      param_dtype: Any = jnp.float32,
+      use_bias: bool = True,
+      use_scale: bool = True,
+      bias_init: Initializer = initializers.zeros,
+      scale_init: Initializer = initializers.ones,
+      v_init: Initializer = initializers.ones,
+      channel_axis: int = -1,
+      use_fast_variance: bool = False,
+      force_float32_reductions: bool = True,
+      rngs: nnx.Rngs,
+  ):
+    owner = "EvoNormS0"
+    (channels,) = _features(num_features, owner)
+    _axes.resolve_groups(channels, num_groups, group_size, owner=owner)
+    _feature_params(self, (channels,), rngs=rngs, use_scale=use_scale, use_bias=use_bias,
+                    scale_init=scale_init, bias_init=bias_init, param_dtype=param_dtype,
+                    scale_metadata=_NO_METADATA, bias_metadata=_NO_METADATA)
+    self.v = _extra_param(v_init, (channels,), param_dtype, rngs)
+    self.num_features, self.num_groups, self.group_size = num_features, num_groups, group_size
+    self.epsilon, self.dtype, self.param_dtype = epsilon, dtype, param_dtype
+    self.use_bias, self.use_scale, self.channel_axis = use_bias, use_scale, channel_axis
+    self.use_fast_variance, self.force_float32_reductions = use_fast_variance, force_float32_reductions
+
+  def __call__(self, x, *, mask: Array | None = None):
+    owner = "EvoNormS0"
+    _axes.check_floating(x, owner=owner)
+    c, _ = _filter_response_lib._per_example_channel_axes(x, self.channel_axis, owner)
+    return _evonorm_lib.evonorm_s0(
+        x, _value(self.scale), _value(self.bias), self.v[...], num_groups=self.num_groups,
+        group_size=self.group_size, channel_axis=c, epsilon=self.epsilon, mask=mask,
+        use_fast_variance=self.use_fast_variance, dtype=self.dtype,
+        force_float32_reductions=self.force_float32_reductions,
+    )
+
+
+class FilterResponseNorm(nnx.Module):
+  r"""Filter response normalization with TLU
+  (:class:`jaxnorm.FilterResponseNorm` for flax.nnx), per example; see
+  :func:`jaxnorm.filter_response_norm`. Params ``scale``, ``bias``, ``tau``
+  and, with ``learn_epsilon``, ``epsilon_param`` (a scalar; ε = ``epsilon``
+  + its absolute value; linen names it ``params/epsilon``, which NNX cannot,
+  as ``epsilon`` is the field)."""
+
+  def __init__(
+      self,
+      num_features: int,
+      *,
+      epsilon: float = 1e-6,
+      dtype: Any = None,
+      param_dtype: Any = jnp.float32,
+      use_bias: bool = True,
+      use_scale: bool = True,
+      use_tlu: bool = True,
+      bias_init: Initializer = initializers.zeros,
+      scale_init: Initializer = initializers.ones,
+      tau_init: Initializer = initializers.zeros,
+      learn_epsilon: bool = False,
+      epsilon_init: Initializer = initializers.constant(1e-4),
+      channel_axis: int = -1,
+      force_float32_reductions: bool = True,
+      rngs: nnx.Rngs,
+  ):
+    shape = _features(num_features, "FilterResponseNorm")
+    _feature_params(self, shape, rngs=rngs, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
+                    bias_init=bias_init, param_dtype=param_dtype, scale_metadata=_NO_METADATA,
+                    bias_metadata=_NO_METADATA)
+    self.tau = _extra_param(tau_init, shape, param_dtype, rngs) if use_tlu else nnx.data(None)
+    self.epsilon_param = _extra_param(epsilon_init, (), param_dtype, rngs) if learn_epsilon else nnx.data(None)
+    self.num_features, self.epsilon, self.dtype, self.param_dtype = num_features, epsilon, dtype, param_dtype
+    self.use_bias, self.use_scale, self.use_tlu, self.learn_epsilon = use_bias, use_scale, use_tlu, learn_epsilon
+    self.channel_axis, self.force_float32_reductions = channel_axis, force_float32_reductions
+
+  def __call__(self, x, *, mask: Array | None = None):
+    owner = "FilterResponseNorm"
+    _axes.check_floating(x, owner=owner)
+    c, _ = _filter_response_lib._per_example_channel_axes(x, self.channel_axis, owner)
+    return _filter_response_lib.filter_response_norm(
+        x, _value(self.scale), _value(self.bias), _value(self.tau), epsilon=self.epsilon,
+        learned_epsilon=_value(self.epsilon_param), channel_axis=c, mask=mask, dtype=self.dtype,
+        force_float32_reductions=self.force_float32_reductions,
+    )

@@ -248,3 +248,45 @@ def test_forward_mode_through_the_fast_path(name):
         out[impl] = jax.jvp(f, (x,), (t,))
     for a, b in zip(out["auto"], out["reference"]):
       np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+# jaxnorm's own normalizers: NNX and linen agree bitwise over training steps.
+OWN = {
+    "BatchRenorm": ({"momentum": 0.9, "r_max": 1.5, "d_max": 0.5}, ("mean", "var", "steps"), ()),
+    "EvoNormB0": ({"momentum": 0.9}, ("var",), ("v",)),
+    "EvoNormS0": ({"num_groups": 4}, (), ("v",)),
+    "FilterResponseNorm": ({"learn_epsilon": True}, (), ("tau", "epsilon")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OWN))
+def test_own_normalizers_match_their_linen_modules_bitwise(name):
+  kwargs, stats, extra = OWN[name]
+  ours = getattr(jnnx, name)(8, rngs=nnx.Rngs(0), **kwargs)
+  trains = bool(stats)
+  linen = getattr(jaxnorm, name)(**kwargs, **({"use_running_average": False} if trains else {}))
+  x0 = _x()
+  variables = linen.init(jax.random.key(0), x0)
+  # The same parameters in both (NNX's names: epsilon_param for linen's params/epsilon).
+  params = dict(variables["params"])
+  for key in ("scale", "bias", *extra):
+    nnx_name = "epsilon_param" if key == "epsilon" else key
+    params[key] = getattr(ours, nnx_name)[...] + (0.1 if key in ("scale", "bias", "v") else 0.0)
+    getattr(ours, nnx_name)[...] = params[key]
+  variables = {**variables, "params": params}
+  for step in range(3):
+    x = _x(seed=step, offset=step)
+    if trains:
+      y_linen, updates = linen.apply(variables, x, mutable=["batch_stats"])
+      variables = {**variables, "batch_stats": updates["batch_stats"]}
+    else:
+      y_linen = linen.apply(variables, x)
+    np.testing.assert_array_equal(ours(x), y_linen)
+  for stat in stats:
+    np.testing.assert_array_equal(getattr(ours, stat)[...], variables["batch_stats"][stat])
+    assert isinstance(getattr(ours, stat), nnx.BatchStat)
+  if trains:  # evaluation with the running statistics
+    ours.eval()
+    x = _x(seed=7)
+    evaluating = getattr(jaxnorm, name)(**kwargs, use_running_average=True)
+    np.testing.assert_array_equal(ours(x), evaluating.apply(variables, x))
