@@ -15,8 +15,8 @@ Three layers, each built only on the one below:
   :class:`EvoNormB0` and :class:`EvoNormS0`;
 * :mod:`jaxnorm.nnx`: flax.nnx drop-ins (``BatchNorm``, ``LayerNorm``,
   ``GroupNorm``, ``InstanceNorm``, ``RMSNorm``) and ``BatchRenorm``,
-  ``EvoNormB0``, ``EvoNormS0``, ``FilterResponseNorm``, on the same
-  functions.
+  ``EvoNormB0``, ``EvoNormS0``, ``FilterResponseNorm`` and
+  ``StandardizedConv`` (a drop-in for ``nnx.Conv``), on the same functions.
 
 Around them: :func:`precise_batch_stats` (population statistics after
 training), :func:`fold_batch_norm` (inference folding) and

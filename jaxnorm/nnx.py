@@ -27,7 +27,8 @@ and NNX agree bit for bit, and they keep jaxnorm's differences from flax:
 jaxnorm's own normalizers exist here too — :class:`BatchRenorm`,
 :class:`EvoNormB0`, :class:`EvoNormS0`, :class:`FilterResponseNorm` —
 with the linen modules' fields after ``num_features`` and the same
-functions underneath.
+functions underneath, and :class:`StandardizedConv` is a drop-in for
+``nnx.Conv``.
 """
 
 from __future__ import annotations
@@ -47,13 +48,14 @@ from jaxnorm import _batch_renorm as _batch_renorm_lib
 from jaxnorm import _evonorm as _evonorm_lib
 from jaxnorm import _filter_response as _filter_response_lib
 from jaxnorm import _functional as F
+from jaxnorm._weight_standardization import standardize_weight
 
 Array = jax.Array
 Initializer = Any
 
 __all__ = (
     "BatchNorm", "BatchRenorm", "EvoNormB0", "EvoNormS0", "FilterResponseNorm", "GroupNorm", "InstanceNorm",
-    "LayerNorm", "RMSNorm",
+    "LayerNorm", "RMSNorm", "StandardizedConv",
 )
 
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
@@ -664,3 +666,43 @@ class FilterResponseNorm(nnx.Module):
         learned_epsilon=_value(self.epsilon_param), channel_axis=c, mask=mask, dtype=self.dtype,
         force_float32_reductions=self.force_float32_reductions,
     )
+
+
+class StandardizedConv(nnx.Conv):
+  r"""A drop-in for ``flax.nnx.Conv`` whose kernel is standardized per output
+  channel over its fan-in before every call (:class:`jaxnorm.StandardizedConv`
+  for flax.nnx; see :func:`jaxnorm.standardize_weight`). ``nnx.Conv``'s
+  arguments keep their meaning; ``epsilon``, ``scaled`` (scaled weight
+  standardization, with a learned ``gain`` Param per output channel),
+  ``activation_gain`` and ``gain_init`` are added after them.
+
+  ``nnx.Conv`` reads its kernel, masks it and hands ``(inputs, kernel,
+  bias)`` to its ``promote_dtype`` right before the convolution. For the
+  length of each call that hook standardizes the kernel first, with this
+  module's current ``gain``: the one hook that keeps ``nnx.Conv``'s whole
+  forward pass (padding, dilation, groups, masks) unchanged.
+  """
+
+  def __init__(self, in_features: int, out_features: int, kernel_size, strides=1, *, epsilon: float = 1e-6,
+               scaled: bool = False, activation_gain: float = 1.0, gain_init: Initializer = initializers.ones,
+               rngs: nnx.Rngs, **conv_kwargs):
+    super().__init__(in_features, out_features, kernel_size, strides, rngs=rngs, **conv_kwargs)
+    self.gain = _extra_param(gain_init, (out_features,), self.param_dtype, rngs) if scaled else nnx.data(None)
+    self.epsilon, self.scaled, self.activation_gain = epsilon, scaled, activation_gain
+
+  def __call__(self, inputs, *args, **kwargs):
+    promote, gain, mask = self.promote_dtype, _value(self.gain), self.mask
+
+    def standardizing_promote(arrays, dtype=None):
+      x, kernel, bias = arrays
+      kernel = standardize_weight(kernel, gain, scaled=self.scaled, activation_gain=self.activation_gain,
+                                  epsilon=self.epsilon, mask=mask, owner="StandardizedConv")
+      if mask is not None:
+        kernel = kernel * mask  # nnx.Conv masked before the hook; keep masked taps at zero
+      return promote((x, kernel, bias), dtype=dtype)
+
+    self.promote_dtype = standardizing_promote
+    try:
+      return super().__call__(inputs, *args, **kwargs)
+    finally:
+      self.promote_dtype = promote

@@ -315,6 +315,7 @@ CASES: dict[str, Case] = {
     "nnx.EvoNormB0": nnx_case(jaxnorm.nnx.EvoNormB0(C, rngs=nnx.Rngs(0))),
     "nnx.EvoNormS0": nnx_case(jaxnorm.nnx.EvoNormS0(C, num_groups=4, rngs=nnx.Rngs(0))),
     "nnx.FilterResponseNorm": nnx_case(jaxnorm.nnx.FilterResponseNorm(C, learn_epsilon=True, rngs=nnx.Rngs(0))),
+    "nnx.StandardizedConv": nnx_case(jaxnorm.nnx.StandardizedConv(C, C, (3, 3), scaled=True, rngs=nnx.Rngs(0))),
     "nnx.RMSNorm": nnx_case(jaxnorm.nnx.RMSNorm(C, reduction_axes=(1, 2, 3), rngs=nnx.Rngs(0)), pallas=True),
     # flax modules.
     "BatchNorm": module_case(jaxnorm.BatchNorm(use_running_average=False), covers=("BatchNorm",), pallas=True),

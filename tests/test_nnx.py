@@ -290,3 +290,32 @@ def test_own_normalizers_match_their_linen_modules_bitwise(name):
     x = _x(seed=7)
     evaluating = getattr(jaxnorm, name)(**kwargs, use_running_average=True)
     np.testing.assert_array_equal(ours(x), evaluating.apply(variables, x))
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_standardized_conv_is_nnx_conv_with_a_standardized_kernel(scaled, masked):
+  mask = None
+  if masked:
+    mask = jnp.asarray(np.random.default_rng(0).random((3, 3, 4, 8)) > 0.3, jnp.float32)
+  conv = jnnx.StandardizedConv(4, 8, (3, 3), scaled=scaled, mask=mask, padding="VALID", rngs=nnx.Rngs(0))
+  assert isinstance(conv, nnx.Conv)
+  x = _x((2, 6, 6, 4))
+  if scaled:
+    conv.gain[...] = conv.gain[...] + jnp.arange(8.0)
+  # Against linen's StandardizedConv with the same parameters (bitwise).
+  linen = jaxnorm.StandardizedConv(features=8, kernel_size=(3, 3), scaled=scaled, mask=mask, padding="VALID")
+  params = {"kernel": conv.kernel[...], "bias": conv.bias[...]}
+  if scaled:
+    params["gain"] = conv.gain[...]
+  np.testing.assert_array_equal(conv(x), linen.apply({"params": params}, x))
+  # Against nnx.Conv given the standardized kernel: the paper's formula, per output channel.
+  plain = nnx.Conv(4, 8, (3, 3), mask=mask, padding="VALID", rngs=nnx.Rngs(0))
+  plain.kernel[...] = jaxnorm.standardize_weight(conv.kernel[...], conv.gain[...] if scaled else None,
+                                                 scaled=scaled, mask=mask)
+  np.testing.assert_allclose(conv(x), plain(x), rtol=1e-6, atol=1e-6)
+  # Split/merge and jit read the merged module's own parameters.
+  graphdef, state = nnx.split(conv)
+  other = nnx.merge(graphdef, state, copy=True)
+  other.bias[...] = other.bias[...] + 1.0
+  np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(other, x), conv(x) + 1.0, rtol=1e-6, atol=1e-5)
