@@ -9,14 +9,17 @@ are validated when the spec is created, not deep inside the model.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import flax
 import flax.linen as nn
+from flax import nnx
 import jax
 
 from jaxnorm import _axes
+from jaxnorm import nnx as jaxnorm_nnx
 from jaxnorm import _reduction_axes
 from jaxnorm._batch_renorm import BatchRenorm
 from jaxnorm._evonorm import EvoNormB0
@@ -36,6 +39,13 @@ _PER_EXAMPLE = {"reduction_axes": _reduction_axes.layer_norm_axes(4), "feature_a
 
 class _Identity(nn.Module):
   """The layer of ``create_norm("none")``: returns its input."""
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return x
+
+
+class _NnxIdentity(nnx.Module):
+  """The flax.nnx layer of ``create_norm("none")``: returns its input."""
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return x
@@ -98,7 +108,9 @@ class NormSpec:
     kwargs: the module keywords, defaults of the name included.
 
   A spec is immutable and hashable (if its keyword values are), so it can be
-  a field of a flax module.
+  a field of a flax module. ``spec.layer(train)`` and ``spec.conv`` build
+  flax.linen layers; ``spec.nnx_layer(num_features, rngs=...)`` and
+  ``spec.nnx_conv`` build the same ones for flax.nnx.
   """
 
   name: str
@@ -135,6 +147,42 @@ class NormSpec:
     if "use_running_average" in {f.name for f in dataclasses.fields(self.module)}:
       kwargs["use_running_average"] = not train
     return self.module(name=name, **kwargs)
+
+  def nnx_layer(self, num_features: int, *, rngs: nnx.Rngs, **overrides) -> nnx.Module:
+    """The same layer for flax.nnx (:mod:`jaxnorm.nnx`), for NHWC
+    activations of ``num_features`` channels.
+
+    It starts in training mode (batch statistics); ``model.eval()`` or
+    ``nnx.view(model, use_running_average=True)`` switch layers with batch
+    statistics to their running averages, as for flax.nnx's own.
+
+    Args:
+      num_features: the channels.
+      rngs: the ``nnx.Rngs`` the parameters are drawn from.
+      **overrides: module keywords for this layer only.
+
+    Raises:
+      TypeError: an override is not an argument of the module.
+
+    Example:
+      >>> from flax import nnx
+      >>> layer = create_norm("gn", num_groups=4).nnx_layer(16, rngs=nnx.Rngs(0))
+      >>> type(layer).__module__, layer.num_groups
+      ('jaxnorm.nnx', 4)
+    """
+    if self.is_identity:
+      return _NnxIdentity()
+    module = getattr(jaxnorm_nnx, self.module.__name__)
+    skip = {"self", "num_features", "rngs", "use_running_average"}
+    accepted = tuple(p for p in inspect.signature(module.__init__).parameters if p not in skip)
+    _axes.check_keywords(overrides, accepted, owner=f"NormSpec({self.name!r}).nnx_layer")
+    return module(num_features, rngs=rngs, **_with_groups({**self.kwargs, **overrides}))
+
+  @property
+  def nnx_conv(self) -> type[nnx.Module]:
+    """The flax.nnx convolution to pair with it: ``flax.nnx.Conv``, or
+    :class:`jaxnorm.nnx.StandardizedConv` for the ``"+ws"`` names."""
+    return jaxnorm_nnx.StandardizedConv if self.conv is StandardizedConv else nnx.Conv
 
 
 def create_norm(name: str, **kwargs) -> NormSpec:

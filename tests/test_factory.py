@@ -141,3 +141,34 @@ def test_model_building_inside_a_module():
 def test_errors(call, error, match):
   with pytest.raises(error, match=match):
     call()
+
+
+@pytest.mark.parametrize("name", jn.NORM_NAMES)
+def test_every_name_builds_the_same_nnx_layer(name):
+  """spec.nnx_layer: the jaxnorm.nnx module, equal bit for bit to the linen
+  layer with the same parameters, in training and in evaluation."""
+  from flax import nnx
+
+  spec = jn.create_norm(name, **KWARGS.get(name, {}))
+  layer = spec.nnx_layer(16, rngs=nnx.Rngs(0))
+  linen = spec.layer(train=True)
+  variables = linen.init(KEY, X)
+  if spec.is_identity:
+    np.testing.assert_array_equal(layer(X), X)
+  else:
+    assert type(layer).__module__ == "jaxnorm.nnx" and type(layer).__name__ == spec.module.__name__
+    for path, value in jax.tree_util.tree_leaves_with_path(variables["params"]):
+      key = path[-1].key
+      getattr(layer, "epsilon_param" if key == "epsilon" else key)[...] = value
+    y_linen, updates = linen.apply(variables, X, mutable=["batch_stats"])
+    np.testing.assert_array_equal(layer(X), y_linen)
+    if spec.has_batch_stats:
+      layer.eval()
+      evaluated = {**variables, "batch_stats": updates["batch_stats"]}
+      np.testing.assert_array_equal(layer(X), spec.layer(train=False).apply(evaluated, X))
+  conv = spec.nnx_conv(16, 4, (3, 3), rngs=nnx.Rngs(0))
+  assert conv(X).shape == (2, 8, 8, 4)
+  assert isinstance(conv, nnx.Conv)
+  if not spec.is_identity:
+    with pytest.raises(TypeError, match=r"nnx_layer: unknown keyword arguments \['not_a_field'\]"):
+      spec.nnx_layer(16, rngs=nnx.Rngs(0), not_a_field=1)
