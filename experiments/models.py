@@ -13,6 +13,8 @@ Following Goyal et al. (2017) and the GN paper, the last normalizer of each
 residual block starts with γ = 0, so every block starts as the identity.
 With ``norm="none"`` the convolutions get a bias instead.
 
+:class:`NnxCifarResNet` is the same network for flax.nnx.
+
 ``residual=False`` removes every shortcut: the *plain* networks of He et
 al. (2016) with the same layers (:func:`cifar_plain_net`), used to show
 what normalization does for depth without skip connections.
@@ -25,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
+from flax import nnx
 import jax
 import jax.numpy as jnp
 
@@ -180,3 +183,104 @@ def cifar_plain_net(depth: int = 20, **kwargs) -> CifarResNet:
   other fields of :class:`CifarResNet`.
   """
   return CifarResNet(depth=depth, residual=False, zero_init_last=False, **kwargs)
+
+
+# The same networks for flax.nnx: the layers of create_norm(...).nnx_layer,
+# the same attribute names as the linen parameter tree (stem_conv,
+# stage1_block1.conv1, ...), so parameters carry over one for one.
+
+
+def _nnx_conv(spec: jaxnorm.NormSpec, in_features: int, out_features: int, kernel_size, strides, rngs):
+  return spec.nnx_conv(
+      in_features, out_features, kernel_size, strides, use_bias=spec.is_identity,
+      kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"), rngs=rngs,
+  )
+
+
+class NnxBasicBlock(nnx.Module):
+  """:class:`BasicBlock` for flax.nnx."""
+
+  def __init__(self, in_features: int, features: int, strides: int, spec: jaxnorm.NormSpec, *, preact: bool,
+               shortcut: str, zero_init_last: bool, residual: bool, rngs: nnx.Rngs):
+    last = {"scale_init": nnx.initializers.zeros} if zero_init_last else {}
+    self.features, self.strides, self.preact, self.shortcut, self.residual = (
+        features, strides, preact, shortcut, residual)
+    self.needs_projection = residual and (strides != 1 or in_features != features)
+    if preact:
+      self.norm_in = spec.nnx_layer(in_features, rngs=rngs)
+    self.conv1 = _nnx_conv(spec, in_features, features, (3, 3), strides, rngs)
+    self.norm1 = spec.nnx_layer(features, rngs=rngs)
+    self.conv2 = _nnx_conv(spec, features, features, (3, 3), 1, rngs)
+    if not preact:
+      self.norm2 = spec.nnx_layer(features, rngs=rngs, **last)
+    if self.needs_projection and shortcut == "projection":
+      self.proj_conv = _nnx_conv(spec, in_features, features, (1, 1), strides, rngs)
+      if not preact:
+        self.proj_norm = spec.nnx_layer(features, rngs=rngs)
+
+  def _shortcut(self, x, normalize: bool):
+    if self.shortcut == "projection":
+      y = self.proj_conv(x)
+      return self.proj_norm(y) if normalize else y
+    y = x[:, :: self.strides, :: self.strides, :]
+    pad = self.features - x.shape[-1]
+    return jnp.pad(y, ((0, 0), (0, 0), (0, 0), (pad // 2, pad - pad // 2)))
+
+  def __call__(self, x):
+    if self.preact:
+      pre = nn.relu(self.norm_in(x))
+      residual = self._shortcut(pre, normalize=False) if self.needs_projection else x
+      y = nn.relu(self.norm1(self.conv1(pre)))
+      y = self.conv2(y)
+      return y + residual if self.residual else y
+    y = nn.relu(self.norm1(self.conv1(x)))
+    y = self.norm2(self.conv2(y))
+    if not self.residual:
+      return nn.relu(y)
+    residual = self._shortcut(x, normalize=True) if self.needs_projection else x
+    return nn.relu(y + residual)
+
+
+class NnxCifarResNet(nnx.Module):
+  """:class:`CifarResNet` for flax.nnx: the same fields and layers (NHWC
+  images, logits out). Training or evaluation mode is the model's
+  (``model.train()``/``model.eval()``), not a call argument."""
+
+  def __init__(self, depth: int = 20, width: int = 16, num_classes: int = 10,
+               norm: str | jaxnorm.NormSpec = "bn", norm_kwargs: Mapping[str, Any] | None = None,
+               preact: bool = False, shortcut: str = "pad", zero_init_last: bool = True,
+               residual: bool = True, *, rngs: nnx.Rngs):
+    blocks = resnet_blocks_per_stage(depth)
+    if not residual and zero_init_last:
+      raise ValueError(
+          "model: residual=False with zero_init_last=True would start every plain block with γ = 0, i.e. a "
+          "constant output; set zero_init_last=False for plain networks."
+      )
+    spec = norm if isinstance(norm, jaxnorm.NormSpec) else jaxnorm.create_norm(norm, **dict(norm_kwargs or {}))
+    self.preact, self.blocks = preact, []
+    self.stem_conv = _nnx_conv(spec, 3, width, (3, 3), 1, rngs)
+    if not preact:
+      self.stem_norm = spec.nnx_layer(width, rngs=rngs)
+    channels = width
+    for stage, features in enumerate(stage_widths(width)):
+      for b in range(blocks):
+        name = f"stage{stage + 1}_block{b + 1}"
+        setattr(self, name, NnxBasicBlock(
+            channels, features, 2 if (stage > 0 and b == 0) else 1, spec, preact=preact, shortcut=shortcut,
+            zero_init_last=zero_init_last, residual=residual, rngs=rngs,
+        ))
+        self.blocks.append(name)
+        channels = features
+    if preact:
+      self.final_norm = spec.nnx_layer(channels, rngs=rngs)
+    self.classifier = nnx.Linear(channels, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.stem_conv(x)
+    if not self.preact:
+      x = nn.relu(self.stem_norm(x))
+    for name in self.blocks:
+      x = getattr(self, name)(x)
+    if self.preact:
+      x = nn.relu(self.final_norm(x))
+    return self.classifier(jnp.mean(x, axis=(1, 2)))

@@ -319,3 +319,34 @@ def test_standardized_conv_is_nnx_conv_with_a_standardized_kernel(scaled, masked
   other = nnx.merge(graphdef, state, copy=True)
   other.bias[...] = other.bias[...] + 1.0
   np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(other, x), conv(x) + 1.0, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm, kwargs, extra", [
+    ("bn", {}, {}),
+    pytest.param("gn", {"num_groups": 4}, {}, marks=pytest.mark.slow),
+    pytest.param("gn+ws", {"num_groups": 4}, {"preact": True, "shortcut": "projection"}, marks=pytest.mark.slow),
+])
+def test_nnx_cifar_resnet_equals_the_linen_one(norm, kwargs, extra):
+  """experiments.models.NnxCifarResNet with the linen model's parameters:
+  the same logits bit for bit, in training (and the same running
+  statistics) and in evaluation."""
+  from experiments import models
+
+  linen = models.CifarResNet(depth=8, width=8, norm=norm, norm_kwargs=kwargs, **extra)
+  x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  variables = linen.init(jax.random.key(1), x, train=False)
+  model = models.NnxCifarResNet(depth=8, width=8, norm=norm, norm_kwargs=kwargs, **extra, rngs=nnx.Rngs(0))
+  for collection in variables:
+    for path, value in jax.tree_util.tree_leaves_with_path(variables[collection]):
+      *parents, leaf = [p.key for p in path]
+      owner = model
+      for key in parents:
+        owner = getattr(owner, key)
+      getattr(owner, leaf)[...] = value
+  y, updates = linen.apply(variables, x, train=True, mutable=["batch_stats"])
+  np.testing.assert_array_equal(model(x), y)
+  if "batch_stats" in updates:
+    variables = {**variables, "batch_stats": updates["batch_stats"]}
+    np.testing.assert_array_equal(model.stem_norm.mean[...], updates["batch_stats"]["stem_norm"]["mean"])
+  model.eval()
+  np.testing.assert_array_equal(model(x), linen.apply(variables, x, train=False))
