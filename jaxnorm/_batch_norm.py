@@ -313,3 +313,16 @@ def batch_norm(
       owner="batch_norm",
   )
   return y, new
+
+
+def stored_running_value(new: Array, stored_dtype) -> Array:
+  """A running statistic's new value in the dtype it is stored in.
+
+  The stored dtype is kept (a float32 average stays float32 whatever the
+  input dtype), except that a complex value is never cast to a real dtype:
+  BatchNorm on complex inputs keeps a complex running mean, as flax does,
+  instead of silently dropping its imaginary part.
+  """
+  if jnp.iscomplexobj(new) and not jnp.issubdtype(stored_dtype, jnp.complexfloating):
+    return new.astype(jnp.promote_types(stored_dtype, new.dtype))
+  return new.astype(stored_dtype)

@@ -21,6 +21,7 @@ from jax.nn import initializers
 from jaxnorm import _axes
 from jaxnorm._batch_norm import BatchStats
 from jaxnorm._batch_norm import check_running_shapes
+from jaxnorm._batch_norm import stored_running_value
 from jaxnorm._batch_norm import update_running
 from jaxnorm._functional import _param
 from jaxnorm._functional import _prepare
@@ -352,8 +353,8 @@ class BatchRenorm(nn.Module):
         owner=owner,
     )
     if not use_running_average and not initializing:
-      ra_mean.value = new.mean.astype(ra_mean.value.dtype)
-      ra_var.value = new.var.astype(ra_var.value.dtype)
+      ra_mean.value = stored_running_value(new.mean, ra_mean.value.dtype)
+      ra_var.value = stored_running_value(new.var, ra_var.value.dtype)
       steps.value = steps.value + 1
       report_batch_moments(self, per_batch)
     return y

@@ -181,8 +181,8 @@ class BatchNorm(nn.Module):
         owner=owner,
     )
     if not use_running_average and not initializing:
-      ra_mean.value = new_stats.mean.astype(ra_mean.value.dtype)
-      ra_var.value = new_stats.var.astype(ra_var.value.dtype)
+      ra_mean.value = _batch_norm.stored_running_value(new_stats.mean, ra_mean.value.dtype)
+      ra_var.value = _batch_norm.stored_running_value(new_stats.var, ra_var.value.dtype)
       if ra_count is not None:
         ra_count.value = new_stats.count.astype(ra_count.value.dtype)
       report_batch_moments(self, per_batch)

@@ -102,8 +102,9 @@ def _training(module, use_running_average: bool | None, owner: str) -> bool:
 
 
 def _store(variable, value) -> None:
-  """A running statistic's new value (no gradient flows into it)."""
-  variable[...] = jax.lax.stop_gradient(value).astype(variable.dtype)
+  """A running statistic's new value (no gradient flows into it), in its
+  stored dtype (complex values stay complex)."""
+  variable.set_value(jax.lax.stop_gradient(_batch_norm.stored_running_value(value, variable[...].dtype)))
 
 
 def _running_stat(init, shape, force_float32_reductions: bool, param_dtype):

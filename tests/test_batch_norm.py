@@ -186,3 +186,38 @@ def test_frozen_batch_norm_equals_eval_mode_and_never_updates():
   y_fn, s = jn.batch_norm(x, None, None, stats["mean"], stats["var"], running_stats="frozen")
   np.testing.assert_allclose(y_fn, (f64(x) - np.arange(4.0)) / np.sqrt(np.arange(1.0, 5.0) + 1e-5), rtol=1e-5)
   np.testing.assert_array_equal(s.mean, stats["mean"])
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_complex_inputs_keep_a_complex_running_mean_as_flax(masked):
+  """flax's test_batch_norm_complex: complex64 in and out, output mean 0 and
+  variance 1 per feature, running mean the EMA of the complex batch mean
+  (not its real part), running variance of E|x - μ|² — against numpy."""
+  from flax import nnx
+
+  x = jax.random.normal(jax.random.key(0), (4, 3, 2), dtype=jnp.complex64)
+  mask = None
+  if masked:
+    mask = jax.random.randint(jax.random.key(1), (4, 3, 1), 0, 2).astype(bool)
+    x = jnp.where(mask, x, jnp.nan)
+  xs = np.asarray(x, np.complex128)
+  keep = np.ones(x.shape, bool) if mask is None else np.broadcast_to(np.asarray(mask), x.shape)
+  mean = np.array([xs[..., c][keep[..., c]].mean() for c in range(2)])
+  var = np.array([np.mean(np.abs(xs[..., c][keep[..., c]] - mean[c]) ** 2) for c in range(2)])
+  bn = jn.BatchNorm(momentum=0.9, use_running_average=False, dtype=jnp.complex64)
+  y, variables = bn.init_with_output(jax.random.key(2), x, mask=mask)
+  assert y.dtype == jnp.complex64
+  y64 = np.asarray(y, np.complex128)
+  for c in range(2):
+    yc = y64[..., c][keep[..., c]]
+    np.testing.assert_allclose(yc.mean(), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.mean(np.abs(yc - yc.mean()) ** 2), 1.0, rtol=1e-4)
+  _, updates = bn.apply(variables, x, mask=mask, mutable=["batch_stats"])
+  stats = updates["batch_stats"]
+  assert jnp.iscomplexobj(stats["mean"])
+  np.testing.assert_allclose(stats["mean"], 0.1 * mean, atol=1e-6)
+  np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * var, rtol=1e-5)
+  # The NNX module keeps the same.
+  layer = jn.nnx.BatchNorm(2, momentum=0.9, dtype=jnp.complex64, rngs=nnx.Rngs(0))
+  layer(x, mask=mask)
+  np.testing.assert_array_equal(layer.mean[...], stats["mean"])
