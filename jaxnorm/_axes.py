@@ -107,9 +107,12 @@ def resolve_groups(
     owner: str = "group_norm",
 ) -> tuple[int, int]:
   """Returns (num_groups, group_size) for `channels`, validating the choice."""
+  # Each message starts with flax's sentence for the same mistake (code that
+  # matches flax's errors keeps working), then says what to do.
   if (num_groups is None) == (group_size is None):
     raise ValueError(
-        f"{owner}: give exactly one of num_groups and group_size (got "
+        f"{owner}: Either `num_groups` or `group_size` should be specified. "
+        f"Give exactly one of num_groups and group_size (got "
         f"num_groups={num_groups!r}, group_size={group_size!r}); to use "
         f"group_size, pass num_groups=None."
     )
@@ -117,14 +120,16 @@ def resolve_groups(
     check_positive_int(group_size, name="group_size", owner=owner)
     if channels % group_size:
       raise ValueError(
-          f"{owner}: group_size={group_size} does not divide {channels} "
+          f"{owner}: Number of channels ({channels}) is not multiple of the group size ({group_size}). "
+          f"group_size={group_size} does not divide {channels} "
           f"channels; choose a divisor of {channels} or set num_groups."
       )
     return channels // group_size, int(group_size)
   check_positive_int(num_groups, name="num_groups", owner=owner)
   if channels % num_groups:
     raise ValueError(
-        f"{owner}: num_groups={num_groups} does not divide {channels} "
+        f"{owner}: Number of groups ({num_groups}) does not divide the number of channels ({channels}). "
+        f"num_groups={num_groups} does not divide {channels} "
         f"channels; choose a divisor of {channels} or set group_size."
     )
   return int(num_groups), channels // num_groups

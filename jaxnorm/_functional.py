@@ -368,7 +368,10 @@ def instance_norm(
   )
   if batch_axis in feature_axes:
     raise ValueError(
-        f"{owner}: feature_axes={feature_axes} include the batch axis "
+        f"{owner}: "
+        + ("The channel axes cannot include the leading dimension as this is assumed to be the batch axis. "
+           if batch_axis == 0 else "")  # flax's sentence for its (leading) batch axis
+        + f"feature_axes={feature_axes} include the batch axis "
         f"{batch_axis}; statistics are per example, so choose feature axes "
         f"other than batch_axis={batch_axis}."
     )

@@ -19,7 +19,7 @@ KEY = jax.random.key(0)
         (lambda: jn.group_norm(X, num_groups=None, group_size=5), ValueError,
          r"group_size=5 does not divide 12 channels"),
         (lambda: jn.GroupNorm(num_groups=5).init(KEY, X), ValueError,
-         r"GroupNorm: num_groups=5 does not divide 12 channels"),
+         r"GroupNorm: Number of groups \(5\) does not divide the number of channels \(12\)\. num_groups=5 does not divide 12 channels"),
         (lambda: jn.GroupNorm(num_groups=2, channel_axis=1).init(KEY, jnp.ones((2, 3, 4))), ValueError,
          r"num_groups=2 does not divide 3 channels"),
         (lambda: jn.group_norm(X, num_groups=0), ValueError, r"num_groups=0; expected a positive integer"),
@@ -89,3 +89,27 @@ def test_unbound_axis_name_in_module_apply():
 def test_missing_use_running_average_is_reported_like_flax():
   with pytest.raises(ValueError, match="use_running_average"):
     jn.BatchNorm().init(KEY, X)
+
+
+@pytest.mark.parametrize("build, flax_sentence", [
+    (lambda m: m.InstanceNorm(feature_axes=(0, 3)),
+     "The channel axes cannot include the leading dimension as this is assumed to be the batch axis."),
+    (lambda m: m.GroupNorm(num_groups=3), "Number of groups (3) does not divide the number of channels (8)."),
+    (lambda m: m.GroupNorm(num_groups=None, group_size=3),
+     "Number of channels (8) is not multiple of the group size (3)."),
+    (lambda m: m.GroupNorm(num_groups=4, group_size=2), "Either `num_groups` or `group_size` should be specified."),
+])
+def test_messages_contain_flaxs_sentence_then_the_fix(build, flax_sentence):
+  """Where flax's own tests pin an error text, ours contains it (checked
+  against flax here), followed by jaxnorm's explanation of the fix."""
+  import flax.linen as nn
+
+  x = jnp.ones((2, 4, 4, 8))
+  with pytest.raises(ValueError) as theirs:
+    build(nn).init(jax.random.key(0), x)
+  assert flax_sentence in str(theirs.value)
+  with pytest.raises(ValueError) as ours:
+    build(jn).init(jax.random.key(0), x)
+  message = str(ours.value)
+  assert flax_sentence in message
+  assert len(message.split(flax_sentence, 1)[1].strip()) > 20  # and then the explanation
