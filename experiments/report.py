@@ -204,7 +204,9 @@ def plot_error_vs_batch(points, path: Path, title: str) -> None:
   plt.close(fig)
 
 
-def plot_curves(points, path: Path, title: str) -> None:
+def plot_curves(points, path: Path, title: str, longer=()) -> None:
+  """Training loss and test error per epoch of every trained point; the
+  convergence check's longer runs (``longer``) dashed, in red."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -226,6 +228,14 @@ def plot_curves(points, path: Path, title: str) -> None:
         label = f"every column, seed {p['config']['seed']}"  # its training ignores the column
       axes[r, 0].plot(epochs, [m["train_loss"] for m in p["history"]], color=color, label=label)
       axes[r, 1].plot(epochs, [100 * m["test_error"] for m in p["history"]], color=color, label=label)
+    for p in longer:
+      if norm_label(p["config"]) != row:
+        continue
+      epochs = [m["epoch"] for m in p["history"]]
+      label = f"{p['label']}, {p['epochs_completed']} epochs (convergence check)"
+      style = dict(color="tab:red", linestyle="--", label=label)
+      axes[r, 0].plot(epochs, [m["train_loss"] for m in p["history"]], **style)
+      axes[r, 1].plot(epochs, [100 * m["test_error"] for m in p["history"]], **style)
     axes[r, 0].set_title(f"{row}: training loss", fontsize=9)
     axes[r, 1].set_title(f"{row}: test error (%)", fontsize=9)
     for ax in axes[r]:
@@ -251,7 +261,7 @@ def write_report(workdir: str | os.PathLike) -> str:
     table += "\n" + convergence_table(points, longer)
   (workdir / "table.md").write_text(table)
   plot_error_vs_batch(points, workdir / "error_vs_batch.png", f"{name}: test error vs {_column_name(points)}")
-  plot_curves(points, workdir / "curves.png", name)
+  plot_curves(points, workdir / "curves.png", name, longer)
   with_diagnostics = [p for p in points if any("diagnostics" in m for m in p["history"])]
   if with_diagnostics:
     from experiments import diagnostics  # local: jax is only needed here

@@ -274,7 +274,7 @@ def test_command_without_data_prints_the_fix_without_a_traceback(tmp_path):
   assert not (tmp_path / "sweep" / "points").exists()  # nothing trained
 
 
-@pytest.mark.parametrize("name", ["sweep_statistics_quick", "sweep_quick", "sweep_statistics_converged"])
+@pytest.mark.parametrize("name", ["sweep_statistics_quick", "sweep_quick", "sweep_statistics_2h"])
 def test_committed_sweep_configs_are_valid_at_every_point(name):
   """Every point of the README's main job (and the per-device sweep) passes
   the checks a run does before compute, on one device, without training."""
@@ -287,7 +287,7 @@ def test_committed_sweep_configs_are_valid_at_every_point(name):
   s = module.get_config()
   s.lock()
   points = sweep.expand(s)
-  assert len(points) == (20 if name == "sweep_statistics_converged" else 10)
+  assert len(points) == (20 if name == "sweep_statistics_2h" else 10)
   for label, _, config in points:
     config_lib.validate(config, 1)
     train.check_model(train.build_model(config))
