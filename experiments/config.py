@@ -54,7 +54,8 @@ def default_config() -> ml_collections.ConfigDict:
   # gradients (fast on XLA:CPU; per-device statistics only); 'scan' runs
   # the vmap step in lax.scan, an epoch per call, with the data, its order,
   # the augmentation and the evaluation on the device. 'auto' picks scan on
-  # GPU/TPU, microbatch on CPU with per-device statistics, else vmap.
+  # GPU/TPU; on CPU, microbatch with per-device statistics at >= 32 images
+  # per device, else vmap (the fastest there, as measured).
   c.execution = "auto"
 
   # Optimization: SGD with momentum, linear LR scaling, warm-up, decay.

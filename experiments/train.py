@@ -112,7 +112,10 @@ def execution_mode(config, physical_devices: int) -> str:
     return config.execution
   if jax.default_backend() != "cpu":
     return "scan"
-  if not config.sync_batch_stats and physical_devices == 1:
+  # XLA:CPU, measured (benchmarks/results/train_throughput_cpu_2core.md): one
+  # call per simulated device wins at 32 images per device, one vmapped call
+  # below that (3.3x at 2 per device); the scan engine is far slower there.
+  if not config.sync_batch_stats and physical_devices == 1 and config.per_device_batch >= 32:
     return "microbatch"
   return "vmap"
 
