@@ -310,7 +310,7 @@ CASES: dict[str, Case] = {
     "nnx.BatchNorm_eval": nnx_case(jaxnorm.nnx.BatchNorm(C, use_running_average=True, rngs=nnx.Rngs(0))),
     "nnx.LayerNorm": nnx_case(jaxnorm.nnx.LayerNorm(C, rngs=nnx.Rngs(0))),
     "nnx.GroupNorm": nnx_case(jaxnorm.nnx.GroupNorm(C, num_groups=4, rngs=nnx.Rngs(0)), pallas=True),
-    "nnx.InstanceNorm": nnx_case(jaxnorm.nnx.InstanceNorm(C, rngs=nnx.Rngs(0))),
+    "nnx.InstanceNorm": nnx_case(jaxnorm.nnx.InstanceNorm(C, rngs=nnx.Rngs(0)), pallas=True),
     "nnx.BatchRenorm": nnx_case(jaxnorm.nnx.BatchRenorm(C, rngs=nnx.Rngs(0))),
     "nnx.EvoNormB0": nnx_case(jaxnorm.nnx.EvoNormB0(C, rngs=nnx.Rngs(0))),
     "nnx.EvoNormS0": nnx_case(jaxnorm.nnx.EvoNormS0(C, num_groups=4, rngs=nnx.Rngs(0))),
