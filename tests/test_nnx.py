@@ -321,10 +321,11 @@ def test_standardized_conv_is_nnx_conv_with_a_standardized_kernel(scaled, masked
   np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(other, x), conv(x) + 1.0, rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm, kwargs, extra", [
     ("bn", {}, {}),
-    pytest.param("gn", {"num_groups": 4}, {}, marks=pytest.mark.slow),
-    pytest.param("gn+ws", {"num_groups": 4}, {"preact": True, "shortcut": "projection"}, marks=pytest.mark.slow),
+    ("gn", {"num_groups": 4}, {}),
+    ("gn+ws", {"num_groups": 4}, {"preact": True, "shortcut": "projection"}),
 ])
 def test_nnx_cifar_resnet_equals_the_linen_one(norm, kwargs, extra):
   """experiments.models.NnxCifarResNet with the linen model's parameters:

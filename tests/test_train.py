@@ -150,6 +150,7 @@ def test_microbatch_loop_equals_vmapped_simulated_devices(norm, data_dir):
     np.testing.assert_allclose(u, v, rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_scan_engine_trains_and_evaluates_as_the_per_step_loop(data_dir, tmp_path):
   """An epoch per compiled call, data and order on the device: the same
   per-epoch metrics as the per-step loop (float32; XLA may fuse the scanned
@@ -325,6 +326,7 @@ def _corrupt(step_dir: Path) -> None:
     p.write_bytes(b"\x00garbage" * 7)
 
 
+@pytest.mark.slow
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(data_dir, tmp_path):
   config = tiny_config(data_dir, norm="bn", epochs=3, checkpoint=True, train_examples=64)
   full = train.train_and_evaluate(config, tmp_path)
