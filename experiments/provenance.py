@@ -44,7 +44,10 @@ def git_commit() -> str:
         check=True,
     ).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
-    return "unknown"
+    # A copy of the tree without .git (a device machine): the launcher may
+    # name the commit it copied.
+    given = os.environ.get("JAXNORM_GIT_COMMIT", "").strip()
+    return f"{given} (given by JAXNORM_GIT_COMMIT; no .git)" if given else "unknown"
   return sha + ("+dirty" if dirty else "")
 
 

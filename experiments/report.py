@@ -274,7 +274,9 @@ def write_report(workdir: str | os.PathLike) -> str:
 
 def main(argv) -> None:
   del argv
-  print(write_report(_WORKDIR.value))
+  from experiments.train import exit_on_user_error  # local: the report alone needs no training code
+
+  print(exit_on_user_error(write_report, _WORKDIR.value))
 
 
 if __name__ == "__main__":

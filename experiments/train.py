@@ -481,6 +481,9 @@ def exit_on_user_error(fn: Callable, *args):
   except RunFailure as e:
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(1) from None
+  except KeyboardInterrupt:
+    print("interrupted: finished epochs and points are kept; rerun the same command to resume", file=sys.stderr)
+    raise SystemExit(130) from None
 
 
 if __name__ == "__main__":
