@@ -30,7 +30,14 @@ def git_commit() -> str:
   """The commit of the working tree, with '+dirty' if it has changes, as the
   process first saw it. Cached: a long run that edits nothing still records
   the code it imported at its start, even if the tree changes while it runs
-  (the command lines call it before training)."""
+  (the command lines call it before training).
+
+  ``JAXNORM_GIT_COMMIT``, when set, wins: a launcher that copies the tree to
+  another machine names the commit it copied, since the .git found there
+  (if any) need not match the files."""
+  given = os.environ.get("JAXNORM_GIT_COMMIT", "").strip()
+  if given:
+    return f"{given} (given by JAXNORM_GIT_COMMIT)"
   root = Path(__file__).resolve().parents[1]
   try:
     sha = subprocess.run(
@@ -44,10 +51,7 @@ def git_commit() -> str:
         check=True,
     ).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
-    # A copy of the tree without .git (a device machine): the launcher may
-    # name the commit it copied.
-    given = os.environ.get("JAXNORM_GIT_COMMIT", "").strip()
-    return f"{given} (given by JAXNORM_GIT_COMMIT; no .git)" if given else "unknown"
+    return "unknown"
   return sha + ("+dirty" if dirty else "")
 
 

@@ -92,10 +92,29 @@ def _format(errors: list[float]) -> str:
   return f"{np.mean(errors):.2f} ± {np.std(errors, ddof=1):.2f}"
 
 
+def hardware_label(result: dict) -> str:
+  """'gpu: NVIDIA H100 80GB HBM3' or 'cpu: AMD EPYC … (2 cores)': where a
+  point trained, from its result file (points of one report may come from
+  several machines and sessions)."""
+  hw = result.get("hardware") or {}
+  backend = hw.get("backend", "unknown")
+  if backend == "cpu":
+    return f"cpu: {hw.get('cpu', 'unknown')} ({hw.get('cpu_cores', '?')} cores)"
+  devices = hw.get("devices") or ["unknown"]
+  kinds = sorted(set(devices))
+  count = f"{len(devices)} × " if len(devices) > 1 else ""
+  return f"{backend}: {count}{', '.join(kinds)}"
+
+
+def _distinct(values) -> str:
+  values = sorted(set(values))
+  return str(values[0]) if len(values) == 1 else " / ".join(str(v) for v in values)
+
+
 def write_summary_csv(points, path: Path) -> None:
   fields = [
       "label", "norm", "norm_kwargs", "per_device_batch", "statistics_batch", "num_devices", "seed", "epochs",
-      "final_test_error", "last_test_errors", "train_wall_seconds", "images_per_sec", "git_commit",
+      "final_test_error", "last_test_errors", "train_wall_seconds", "images_per_sec", "hardware", "git_commit",
       "dataset_sha256",
   ]
   with path.open("w", newline="") as f:
@@ -111,7 +130,8 @@ def write_summary_csv(points, path: Path) -> None:
           "epochs": p["epochs_completed"], "final_test_error": p["final_test_error"],
           "last_test_errors": json.dumps(p["last_test_errors"]),
           "train_wall_seconds": round(p["train_wall_seconds"], 1),
-          "images_per_sec": round(float(np.median(later)), 1), "git_commit": p["git_commit"],
+          "images_per_sec": round(float(np.median(later)), 1), "hardware": hardware_label(p),
+          "git_commit": p["git_commit"],
           "dataset_sha256": p["dataset"]["sha256"],
       })
 
@@ -128,13 +148,20 @@ def markdown_table(points, title: str = "") -> str:
     lines.append(f"| {row} | " + " | ".join(_format(by_size[s]) if s in by_size else "–" for s in sizes) + " |")
   seeds = sorted({p["config"]["seed"] for p in points})
   c = points[0]["config"]
+  machines = defaultdict(int)
+  for p in points:
+    machines[hardware_label(p)] += 1
   lines += [
       "",
       f"ResNet-{c['depth']} (width {c['width']}), {c['num_devices']} simulated devices, "
-      f"{c['epochs']} epochs, {points[0]['train_examples']} training images, {c['schedule']} LR "
+      f"{_distinct(p['epochs_completed'] for p in points)} epochs, "
+      f"{_distinct(p['train_examples'] for p in points)} training images, {c['schedule']} LR "
       f"(peak {c['base_lr']}·batch/{c['lr_reference_batch']}), seeds {seeds}. Each cell: median test "
       f"error of the last {c['report_last_evals']} epoch evaluations"
       + ("; mean ± std over seeds." if len(seeds) > 1 else "."),
+      "",
+      "Trained on: " + "; ".join(f"{name} ({n} point{'s' if n > 1 else ''})" for name, n in sorted(machines.items()))
+      + ".",
   ]
   if _statistics_protocol(points):
     lines += [

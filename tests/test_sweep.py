@@ -1,5 +1,6 @@
 """Sweep expansion, skip/resume behaviour, and the report's table and plots."""
 
+import csv
 import copy
 import json
 from pathlib import Path
@@ -94,7 +95,7 @@ def test_sweep_runs_skips_finished_points_and_resumes(tmp_path, monkeypatch):
   assert len(calls) == 4
 
 
-def fake_point(root, label, norm, b, seed, errors, kwargs=None):
+def fake_point(root, label, norm, b, seed, errors, kwargs=None, hardware=None):
   """A finished point with known per-epoch test errors."""
   d = root / "points" / label
   d.mkdir(parents=True)
@@ -115,6 +116,7 @@ def fake_point(root, label, norm, b, seed, errors, kwargs=None):
       "config": json.loads(json.dumps(config.to_dict())),
       "git_commit": "abc",
       "dataset": {"sha256": "f00"},
+      "hardware": hardware or {"backend": "cpu", "cpu": "Test CPU", "cpu_cores": 2, "devices": ["cpu"]},
   }
   (d / "result.json").write_text(json.dumps(result))
 
@@ -137,6 +139,23 @@ def test_report_table_uses_median_of_last_evals_and_seed_statistics(tmp_path):
   assert "34.7" in table  # the paper's BN at 2 images per GPU, for comparison
   csv_lines = (tmp_path / "summary.csv").read_text().splitlines()
   assert len(csv_lines) == 5 and csv_lines[0].startswith("label,norm")
+
+
+def test_report_merges_points_from_several_machines_and_names_each(tmp_path):
+  """Points trained in different leases or sessions sit in one points/ folder;
+  the table holds them all and says where each trained."""
+  h100 = {"backend": "gpu", "devices": ["NVIDIA H100 80GB HBM3"], "cpu": "Xeon", "cpu_cores": 16}
+  fake_point(tmp_path, "bn_b32_s0", "bn", 32, 0, [0.9, 0.31, 0.29], hardware=h100)
+  fake_point(tmp_path, "bn_b2_s0", "bn", 2, 0, [0.9, 0.50, 0.60], hardware=h100)
+  fake_point(tmp_path, "bn_b8_s0", "bn", 8, 0, [0.9, 0.40, 0.40, 0.40])
+  table = report.write_report(tmp_path)
+  assert "Trained on: cpu: Test CPU (2 cores) (1 point); gpu: NVIDIA H100 80GB HBM3 (2 points)." in table
+  assert "3 / 4 epochs" in table  # points of different lengths are not described as one
+  rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+  assert {r["label"]: r["hardware"] for r in rows} == {
+      "bn_b2_s0": "gpu: NVIDIA H100 80GB HBM3", "bn_b32_s0": "gpu: NVIDIA H100 80GB HBM3",
+      "bn_b8_s0": "cpu: Test CPU (2 cores)",
+  }
 
 
 def test_report_without_points_says_what_to_do(tmp_path):
