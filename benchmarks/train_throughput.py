@@ -1,7 +1,7 @@
 """Training-step throughput (images/s) of the CIFAR ResNets, as train.py runs them.
 
     python benchmarks/train_throughput.py --depth 20 --norms bn gn \
-        --per-device-batch 16 --num-devices 8 [--execution auto scan ...] [--steps 20] \
+        --per-device-batch 16 --num-devices 8 [--execution auto scan ...] [--steps 20] [--runs 1 2] \
         [--xla-cpu experiments|default]
 
 Random uint8 images, one epoch of --steps steps as train.py runs it
@@ -12,6 +12,7 @@ Measure on an idle machine.
 """
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -28,32 +29,39 @@ from experiments import config as config_lib  # noqa: E402
 from experiments import parallel, provenance, train, xla_cpu  # noqa: E402
 
 
-def measure(config, steps: int) -> dict:
+def measure(config, steps: int, runs: int = 1) -> dict:
   """Images/s of one epoch of `steps` steps, as train.py runs it (host
   batches copied per step, or the scan engine's one call), after a warm-up
-  epoch that compiles."""
+  epoch that compiles. With ``runs`` > 1 that many seeds train in one
+  program (``train.train_group``); images/s counts every run's images."""
   model = train.build_model(config)
   mesh = parallel.make_mesh()
   mode = train.execution_mode(config, mesh.size)
   tx = train.make_optimizer(config, 0.01)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-  state = parallel.TrainState(
-      jnp.zeros((), jnp.int32), variables["params"], variables.get("batch_stats", {}), tx.init(variables["params"])
-  )
+
+  def initial(seed):
+    variables = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)), train=False)
+    return parallel.TrainState(
+        jnp.zeros((), jnp.int32), variables["params"], variables.get("batch_stats", {}), tx.init(variables["params"])
+    )
+
   n = config_lib.global_batch(config)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (steps * n, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, steps * n).astype(np.int32)
   test = types.SimpleNamespace(test_images=images[:n], test_labels=labels[:n])
-  engine = train._Engine(model, tx, mesh, config, mode, images, labels, test)
-  root_key = jax.random.key(0)
+  seeds = list(range(runs))
+  engine = train._Engine(model, tx, mesh, config, mode, images, labels, test, seeds=seeds)
+  state = train._stack([initial(s) for s in seeds]) if engine.runs else initial(0)
+  root_key = engine.root_key()
   state, _ = engine.train_epoch(state, root_key, 0)  # compiles
   jax.block_until_ready(state)
   start = time.perf_counter()
   state, metrics = engine.train_epoch(state, root_key, 1)
   jax.block_until_ready(state)
   seconds = time.perf_counter() - start
-  return {"images_per_sec": n * steps / seconds, "steps_per_sec": steps / seconds, "execution": mode, "global_batch": n}
+  return {"images_per_sec": runs * n * steps / seconds, "steps_per_sec": steps / seconds, "execution": mode,
+          "global_batch": n, "runs": runs}
 
 
 def main():
@@ -65,6 +73,7 @@ def main():
   parser.add_argument("--num-devices", type=int, default=8)
   parser.add_argument("--execution", nargs="+", default=["auto"], help="one or more of auto, vmap, microbatch, scan")
   parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--runs", type=int, nargs="+", default=[1], help="seeds trained in one program (1: alone)")
   parser.add_argument(
       "--xla-cpu",
       choices=["experiments", "default"],
@@ -78,14 +87,14 @@ def main():
   rows = []
   for norm in args.norms:
     for b in args.per_device_batch:
-      for execution in args.execution:
+      for execution, runs in itertools.product(args.execution, args.runs):
         c = config_lib.default_config()
         c.depth, c.width, c.norm = args.depth, args.width, norm
         if norm in ("gn", "gn+ws", "evonorm_s0"):
           c.norm_kwargs.num_groups = 8
         c.num_devices, c.per_device_batch, c.execution = args.num_devices, b, execution
         row = {"depth": args.depth, "width": args.width, "norm": norm, "per_device_batch": b, "xla_cpu": args.xla_cpu}
-        row.update(measure(c, args.steps))
+        row.update(measure(c, args.steps, runs))
         rows.append(row)
         print(json.dumps(row), flush=True)
   if args.json:

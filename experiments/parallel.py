@@ -22,6 +22,13 @@
 Both give the same update (up to float summation order); a test checks it.
 Gradients, running statistics and metrics are averaged over devices, as in
 ordinary data parallelism.
+
+**Several runs in one program.** With ``runs=R`` every step, epoch and
+evaluation maker returns the same computation vmapped over a leading run
+axis of length R: the state, the batches (per run: each run has its own
+data order) and the keys carry it, the training set and the test set do
+not. Independent seeds of one configuration thus train together, each as
+it would alone.
 """
 
 from __future__ import annotations
@@ -55,18 +62,30 @@ def make_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
-def put_global_batch(batch, mesh: Mesh):
-  """Places a host batch (identical on every process) sharded over 'data'."""
-  sharding = NamedSharding(mesh, P(DATA_AXIS))
+def put_global_batch(batch, mesh: Mesh, *, runs: bool = False):
+  """Places a host batch (identical on every process) sharded over 'data'
+  (its examples axis: 0, or 1 behind a leading run axis with ``runs``)."""
+  axis = 1 if runs else 0
+  sharding = NamedSharding(mesh, P(None, DATA_AXIS) if runs else P(DATA_AXIS))
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
   index, count = jax.process_index(), jax.process_count()
 
   def local(a):
-    n = a.shape[0] // count
-    return jax.make_array_from_process_local_data(sharding, a[index * n : (index + 1) * n])
+    n = a.shape[axis] // count
+    return jax.make_array_from_process_local_data(sharding, _slice_along(a, index * n, (index + 1) * n, axis))
 
   return jax.tree.map(local, batch)
+
+
+def _slice_along(a: np.ndarray, start: int, stop: int, axis: int) -> np.ndarray:
+  """``a[start:stop]`` along ``axis`` (a host array)."""
+  return a[(slice(None),) * axis + (slice(start, stop),)]
+
+
+def over_runs(fn: Callable, runs: int, in_axes) -> Callable:
+  """``fn`` vmapped over a leading run axis when ``runs`` > 0, else ``fn``."""
+  return jax.vmap(fn, in_axes=in_axes) if runs else fn
 
 
 def preprocess(key, images, augment: bool):
@@ -138,9 +157,11 @@ def make_step_body(model, tx, mesh: Mesh, *, simulated: int, augment: bool) -> C
   return step
 
 
-def make_vmap_step(model, tx, mesh: Mesh, *, simulated: int, augment: bool) -> Callable:
-  """One jitted step: augment, per-device gradients, average, update."""
-  return jax.jit(make_step_body(model, tx, mesh, simulated=simulated, augment=augment), donate_argnums=0)
+def make_vmap_step(model, tx, mesh: Mesh, *, simulated: int, augment: bool, runs: int = 0) -> Callable:
+  """One jitted step: augment, per-device gradients, average, update (of
+  each of ``runs`` runs, with their own batches and keys)."""
+  body = make_step_body(model, tx, mesh, simulated=simulated, augment=augment)
+  return jax.jit(over_runs(body, runs, in_axes=0), donate_argnums=0)
 
 
 def put_replicated(tree, mesh: Mesh):
@@ -150,7 +171,9 @@ def put_replicated(tree, mesh: Mesh):
   return jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, sharding, lambda index: a[index]), tree)
 
 
-def make_scan_epoch(model, tx, mesh: Mesh, *, simulated: int, augment: bool, batch: int, steps: int) -> Callable:
+def make_scan_epoch(
+    model, tx, mesh: Mesh, *, simulated: int, augment: bool, batch: int, steps: int, runs: int = 0
+) -> Callable:
   """The scan engine's training call: one epoch of ``steps`` steps in one
   compiled program, ``(state, images, labels, root_key, epoch) -> (state,
   metrics stacked over steps)``.
@@ -161,11 +184,12 @@ def make_scan_epoch(model, tx, mesh: Mesh, *, simulated: int, augment: bool, bat
   its augmentation key and the step itself all run on the device, so there
   is no host round trip per step. Every step is the vmap step's
   (:func:`make_step_body`), with the same order and keys as the per-step
-  loop, so both train the same model.
+  loop, so both train the same model. With ``runs``, ``state`` and
+  ``root_key`` carry a leading run axis: each run draws its own order and
+  keys from its own root key.
   """
   body = make_step_body(model, tx, mesh, simulated=simulated, augment=augment)
 
-  @functools.partial(jax.jit, donate_argnums=0)
   def run_epoch(state, images, labels, root_key, epoch):
     order = data_lib.device_epoch_permutation(root_key, images.shape[0], epoch)
     step_key = jax.random.fold_in(root_key, 1)
@@ -177,19 +201,18 @@ def make_scan_epoch(model, tx, mesh: Mesh, *, simulated: int, augment: bool, bat
 
     return lax.scan(one_step, state, jnp.arange(steps))
 
-  return run_epoch
+  return jax.jit(over_runs(run_epoch, runs, in_axes=(0, None, None, 0, None)), donate_argnums=0)
 
 
-def make_microbatch_step(model, tx, *, simulated: int, augment: bool) -> Callable:
-  """A step that loops over simulated devices with one jitted call each."""
+def make_microbatch_step(model, tx, *, simulated: int, augment: bool, runs: int = 0) -> Callable:
+  """A step that loops over simulated devices with one jitted call each
+  (each call vmapped over ``runs`` runs, when given)."""
 
-  @jax.jit
   def prepare(images, labels, key):
     x = preprocess(key, images, augment)
     split = lambda a: a.reshape((simulated, a.shape[0] // simulated) + a.shape[1:])
     return split(x), split(labels)
 
-  @jax.jit
   def accumulate(total, params, batch_stats, images, labels):
     (_, aux), grads = jax.value_and_grad(
         lambda p: _loss(model, p, batch_stats, images, labels), has_aux=True
@@ -197,28 +220,33 @@ def make_microbatch_step(model, tx, *, simulated: int, augment: bool) -> Callabl
     new = (grads,) + aux
     return new if total is None else jax.tree.map(jnp.add, total, new)
 
-  @functools.partial(jax.jit, donate_argnums=0)
   def finish(state, total):
     grads, stats, metrics = jax.tree.map(lambda a: a / simulated, total)
     return _apply_gradients(tx, state, grads, stats), metrics
+
+  prepare = jax.jit(over_runs(prepare, runs, in_axes=0))
+  accumulate = jax.jit(over_runs(accumulate, runs, in_axes=0))
+  finish = jax.jit(over_runs(finish, runs, in_axes=0), donate_argnums=0)
+  device = (lambda a, d: a[:, d]) if runs else (lambda a, d: a[d])
 
   def step(state, images, labels, key):
     xs, ys = prepare(images, labels, key)
     total = None
     for d in range(simulated):
-      total = accumulate(total, state.params, state.batch_stats, xs[d], ys[d])
+      total = accumulate(total, state.params, state.batch_stats, device(xs, d), device(ys, d))
     return finish(state, total)
 
   return step
 
 
-def make_eval_step(model, mesh: Mesh, *, simulated: int = 0) -> Callable:
+def make_eval_step(model, mesh: Mesh, *, simulated: int = 0, runs: int = 0) -> Callable:
   """Sums of loss and correct predictions over the masked-in examples, one
-  batch per call (jitted :func:`make_eval_body`)."""
-  return jax.jit(make_eval_body(model, mesh, simulated=simulated))
+  batch per call (jitted :func:`make_eval_body`); with ``runs``, the
+  variables carry a run axis and so do the sums."""
+  return jax.jit(over_runs(make_eval_body(model, mesh, simulated=simulated), runs, in_axes=(0, None, None, None)))
 
 
-def make_scan_eval(model, mesh: Mesh, *, batch: int, simulated: int = 0) -> Callable:
+def make_scan_eval(model, mesh: Mesh, *, batch: int, simulated: int = 0, runs: int = 0) -> Callable:
   """The scan engine's evaluation: ``(variables, images, labels, mask) ->
   sums`` over every batch of a device-resident, padded evaluation set (a
   multiple of ``batch`` examples, ``mask`` False on the padding), in one
@@ -226,7 +254,6 @@ def make_scan_eval(model, mesh: Mesh, *, batch: int, simulated: int = 0) -> Call
   per-step evaluation adds them on the host."""
   body = make_eval_body(model, mesh, simulated=simulated)
 
-  @jax.jit
   def run(variables, images, labels, mask):
     def one_batch(total, i):
       take = lambda a: lax.dynamic_slice_in_dim(a, i * batch, batch)
@@ -237,7 +264,7 @@ def make_scan_eval(model, mesh: Mesh, *, batch: int, simulated: int = 0) -> Call
              "count": jnp.zeros((), jnp.int32)}
     return lax.scan(one_batch, zeros, jnp.arange(images.shape[0] // batch))[0]
 
-  return run
+  return jax.jit(over_runs(run, runs, in_axes=(0, None, None, None)))
 
 
 def make_eval_body(model, mesh: Mesh, *, simulated: int = 0) -> Callable:

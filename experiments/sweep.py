@@ -24,6 +24,12 @@ others get a copy of its ``result.json`` (with their own config and
 records all its epochs is skipped; an interrupted point resumes from its
 last checkpoint. ``DIR/sweep.json`` lists the points (written atomically),
 and the report (``experiments.report``) runs at the end.
+
+``pack_seeds`` (optional: True, False or 'auto', the default: True on GPU
+and TPU, False on CPU) trains the points that differ only in their seed
+together, one program vmapped over the seeds
+(:func:`experiments.train.train_group`); each still writes its own files,
+as if trained alone.
 """
 
 from __future__ import annotations
@@ -125,6 +131,25 @@ def _copy_point(source: Path, point_dir: Path, config, source_label: str) -> Non
   os.replace(tmp, point_dir / "result.json")  # last: its presence marks the point done
 
 
+def packs_seeds(sweep) -> bool:
+  """Whether the sweep trains a point's seeds together (``pack_seeds``)."""
+  choice = sweep.get("pack_seeds", "auto")
+  if choice == "auto":
+    import jax  # local: the sweep's expansion needs no JAX
+
+    return jax.default_backend() != "cpu"
+  if not isinstance(choice, bool):
+    raise ValueError(f"sweep config: pack_seeds={choice!r}; choose True, False or 'auto'.")
+  return choice
+
+
+def _seed_group_key(point_dir: Path, config) -> str:
+  """Jobs with equal keys differ only in their seed (and train as a group)."""
+  training = config_lib.training_config(config).to_dict()
+  training.pop("seed")
+  return json.dumps([str(point_dir.parent), training], sort_keys=True, default=str)
+
+
 def run_sweep(sweep, workdir: str | os.PathLike) -> list[dict]:
   """Runs (or resumes) every point, then writes the report."""
   workdir = Path(workdir).absolute()
@@ -160,6 +185,12 @@ def run_sweep(sweep, workdir: str | os.PathLike) -> list[dict]:
   jobs += [(label, workdir / "convergence" / label, config, label) for label, config in longer]
   training = [(label, config) for label, point_dir, config, src in jobs
               if src == label and not is_complete(point_dir, config)]
+  # With pack_seeds, each point to train lists the points of its group.
+  groups: dict[str, list] = {}
+  if packs_seeds(sweep):
+    for label, point_dir, config, src in jobs:
+      if src == label and not config.diagnostics:
+        groups.setdefault(_seed_group_key(point_dir, config), []).append((label, point_dir, config))
   # The data, before any bar or training: a missing copy fails now, saying what to do.
   for data_dir, download in sorted({(c.data_dir, c.download) for _, c in training}):
     data_lib.load_cifar10(data_dir or None, download=download)
@@ -175,9 +206,17 @@ def run_sweep(sweep, workdir: str | os.PathLike) -> list[dict]:
         bar.write(f"{name}: trains as {src}, copied")
         _copy_point(workdir / "points" / src, point_dir, config, src)
       else:
-        bar.write(f"{name}: training ({config.epochs} epochs)")
+        group = groups.get(_seed_group_key(point_dir, config), [(label, point_dir, config)])
+        group = [(l, d, c) for l, d, c in group if not is_complete(d, c)]
         bar.set_postfix_str(label)
-        train.train_and_evaluate(config, point_dir, on_epochs=bar.update)
+        if len(group) > 1:
+          bar.write(f"{name}: training ({config.epochs} epochs) with {', '.join(l for l, _, _ in group[1:])}, "
+                    f"seeds {[c.seed for _, _, c in group]} in one program")
+          train.train_group([c for _, _, c in group], [d for _, d, _ in group],
+                            on_epochs=lambda n, runs=len(group): bar.update(n * runs))
+        else:
+          bar.write(f"{name}: training ({config.epochs} epochs)")
+          train.train_and_evaluate(config, point_dir, on_epochs=bar.update)
       results.append(json.loads((point_dir / "result.json").read_text()))
   print(f"sweep finished in {time.time() - start:.0f} s")
   report_lib.write_report(workdir)

@@ -23,6 +23,7 @@ divisibility, the data directory) is checked before training starts.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -148,13 +149,13 @@ def make_optimizer(config, schedule) -> optax.GradientTransformation:
   )
 
 
-def _make_step(model, tx, mesh, config, mode: str):
-  simulated = config.num_devices // mesh.size
-  if config.sync_batch_stats:
-    simulated = 1  # SyncBN: one statistics group per physical device, psum'd
+def make_step(model, tx, mesh, config, mode: str, runs: int = 0):
+  """The per-step training call of execution ``mode`` ('vmap' or
+  'microbatch'), over ``runs`` runs when given."""
+  simulated = 1 if config.sync_batch_stats else config.num_devices // mesh.size
   if mode == "microbatch":
-    return parallel.make_microbatch_step(model, tx, simulated=simulated, augment=config.augment)
-  return parallel.make_vmap_step(model, tx, mesh, simulated=simulated, augment=config.augment)
+    return parallel.make_microbatch_step(model, tx, simulated=simulated, augment=config.augment, runs=runs)
+  return parallel.make_vmap_step(model, tx, mesh, simulated=simulated, augment=config.augment, runs=runs)
 
 
 class _Probe:
@@ -178,78 +179,119 @@ class _Probe:
     return summary
 
 
+def _stack(trees):
+  """Trees of equal structure -> one tree with a leading run axis."""
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _unstack(tree, run: int):
+  """Run ``run``'s slice of a tree with a leading run axis."""
+  return jax.tree.map(lambda a: a[run], tree)
+
+
+def _stack_keys(keys):
+  return jax.random.wrap_key_data(jnp.stack([jax.random.key_data(k) for k in keys]))
+
+
 class _Engine:
-  """How a run executes its epochs and evaluations.
+  """How a run, or a group of runs, executes its epochs and evaluations.
 
   ``vmap`` and ``microbatch``: one compiled step per batch, batches built on
   the host and copied over. ``scan``: the training and test sets live on
   the device and each epoch (and each evaluation) is one compiled call
   (:func:`experiments.parallel.make_scan_epoch`). All three use the same
   example order and step keys, so they train the same model.
+
+  With several ``seeds`` the runs train together in one program, vmapped
+  over a leading run axis of the state and the root keys (each run keeps
+  its own data order, augmentation and step keys); one seed runs alone,
+  without that axis.
   """
 
-  def __init__(self, model, tx, mesh, config, mode, train_images, train_labels, dataset):
+  def __init__(self, model, tx, mesh, config, mode, train_images, train_labels, dataset, seeds=None):
     self.mesh, self.config, self.mode = mesh, config, mode
+    self.seeds = list(seeds) if seeds is not None else [config.seed]
+    self.runs = len(self.seeds) if len(self.seeds) > 1 else 0
     self.batch = config_lib.global_batch(config)
     self.steps = data_lib.steps_per_epoch(len(train_images), self.batch)
     self.train_images, self.train_labels = train_images, train_labels
     self.simulated = 1 if config.sync_batch_stats else config.num_devices // mesh.size
-    eval_kwargs = {"simulated": self.simulated}
+    runs, simulated = self.runs, self.simulated
     if mode == "scan":
       self.run_epoch = parallel.make_scan_epoch(
-          model, tx, mesh, simulated=self.simulated, augment=config.augment, batch=self.batch, steps=self.steps
+          model, tx, mesh, simulated=simulated, augment=config.augment, batch=self.batch, steps=self.steps,
+          runs=runs,
       )
       self.device_train = parallel.put_replicated({"images": train_images, "labels": train_labels}, mesh)
       padded = list(data_lib.eval_batches(dataset.test_images, dataset.test_labels, config.eval_batch_size))
       self.device_test = parallel.put_replicated(
           {k: np.concatenate([b[k] for b in padded]) for k in ("images", "labels", "mask")}, mesh
       )
-      self.eval_fns = {
-          False: parallel.make_scan_eval(model, mesh, batch=config.eval_batch_size),
-          True: parallel.make_scan_eval(model, mesh, batch=config.eval_batch_size, **eval_kwargs),
-      }
+      make_eval = functools.partial(parallel.make_scan_eval, model, mesh, batch=config.eval_batch_size, runs=runs)
     else:
-      self.step = _make_step(model, tx, mesh, config, mode)
-      self.eval_fns = {
-          False: parallel.make_eval_step(model, mesh),
-          True: parallel.make_eval_step(model, mesh, **eval_kwargs),
-      }
+      self.step = make_step(model, tx, mesh, config, mode, runs)
+      make_eval = functools.partial(parallel.make_eval_step, model, mesh, runs=runs)
+    self.eval_fns = {False: make_eval(), True: make_eval(simulated=simulated)}
     self.test_images, self.test_labels = dataset.test_images, dataset.test_labels
 
+  def root_key(self):
+    """The root key of each run (stacked over runs in a group)."""
+    keys = [jax.random.key(seed) for seed in self.seeds]
+    return _stack_keys(keys) if self.runs else keys[0]
+
+  def _per_run(self, tree) -> list:
+    return [_unstack(tree, r) for r in range(self.runs)] if self.runs else [tree]
+
+  def _step_key(self, root_key, index: int):
+    key_of = lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), index)
+    return jax.vmap(key_of)(root_key) if self.runs else key_of(root_key)
+
   def train_epoch(self, state, root_key, epoch: int, on_steps=lambda n: None):
-    """(state, [per-step metrics as host scalars]) after one epoch."""
+    """(state, per run: [per-step metrics as host scalars]) after one epoch."""
     if self.mode == "scan":
       t = self.device_train
       state, stacked = self.run_epoch(state, t["images"], t["labels"], root_key, epoch)
-      stacked = jax.device_get(stacked)
       on_steps(self.steps)
-      return state, [{k: v[i] for k, v in stacked.items()} for i in range(self.steps)]
+      return state, [
+          [{k: v[i] for k, v in run.items()} for i in range(self.steps)]
+          for run in self._per_run(jax.device_get(stacked))
+      ]
     step_metrics = []
-    step_key = jax.random.fold_in(root_key, 1)
-    for host_batch in data_lib.train_batches(
-        self.train_images, self.train_labels, self.batch, seed=self.config.seed, epoch=epoch
-    ):
-      device_batch = parallel.put_global_batch(host_batch, self.mesh)
-      key = jax.random.fold_in(step_key, epoch * self.steps + len(step_metrics))
+    orders = [
+        data_lib.train_batches(self.train_images, self.train_labels, self.batch, seed=seed, epoch=epoch)
+        for seed in self.seeds
+    ]
+    for host_batches in zip(*orders):
+      host_batch = _stack_host(host_batches) if self.runs else host_batches[0]
+      device_batch = parallel.put_global_batch(host_batch, self.mesh, runs=bool(self.runs))
+      key = self._step_key(root_key, epoch * self.steps + len(step_metrics))
       state, m = self.step(state, device_batch["images"], device_batch["labels"], key)
       step_metrics.append(m)
       on_steps(1)
-    return state, jax.device_get(step_metrics)
+    per_step = [self._per_run(m) for m in jax.device_get(step_metrics)]
+    return state, [[step[r] for step in per_step] for r in range(len(self.seeds))]
 
-  def evaluate(self, variables, batch_statistics: bool = False) -> dict:
-    """Test loss and error, with the running statistics (or, with
+  def evaluate(self, variables, batch_statistics: bool = False) -> list[dict]:
+    """Per run: test loss and error, with the running statistics (or, with
     ``batch_statistics``, in training mode over simulated devices)."""
     fn = self.eval_fns[batch_statistics]
     if self.mode == "scan":
       t = self.device_test
       sums = jax.device_get(fn(variables, t["images"], t["labels"], t["mask"]))
     else:
-      sums = {"loss": 0.0, "correct": 0, "count": 0}
+      sums = None
       for batch in data_lib.eval_batches(self.test_images, self.test_labels, self.config.eval_batch_size):
         batch = parallel.put_global_batch(batch, self.mesh)
         out = jax.device_get(fn(variables, batch["images"], batch["labels"], batch["mask"]))
-        sums = {k: sums[k] + out[k] for k in sums}
-    return {"loss": float(sums["loss"] / sums["count"]), "error": float(1 - sums["correct"] / sums["count"])}
+        sums = out if sums is None else jax.tree.map(np.add, sums, out)
+    return [
+        {"loss": float(s["loss"] / s["count"]), "error": float(1 - s["correct"] / s["count"])}
+        for s in self._per_run(sums)
+    ]
+
+
+def _stack_host(batches):
+  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
 
 def _read_metrics(path: Path, up_to_epoch: int) -> list[dict]:
@@ -340,10 +382,77 @@ def train_and_evaluate(
   resumed run finds complete, then ``1`` after every epoch (a sweep's
   progress bar).
   """
+  return train_group([config], [workdir], on_epochs)[0]
+
+
+def check_group(configs) -> None:
+  """Runs train together only if they differ in nothing but the seed."""
+  if not configs:
+    raise ValueError("train_group: no runs given.")
+  seeds = [c.seed for c in configs]
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"train_group: the seeds {seeds} repeat; each run of a group needs its own seed.")
+  first = config_lib.training_config(configs[0]).to_dict()
+  first.pop("seed")
+  for c in configs[1:]:
+    other = config_lib.training_config(c).to_dict()
+    other.pop("seed")
+    if other != first:
+      differ = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
+      raise ValueError(
+          f"train_group: runs of one group may differ only in the seed; seed {c.seed} also differs in "
+          f"{differ}. Train them in separate groups."
+      )
+  if configs[0].diagnostics and len(configs) > 1:
+    raise ValueError("train_group: config.diagnostics probes one run; train runs with diagnostics alone.")
+
+
+def _restore_group(managers, workdirs, states, root_keys, mesh):
+  """(start epoch, states, root keys) of a group: every run resumes from the
+  last epoch all of them have checkpointed (a run killed between the saves
+  of its group is at most one epoch ahead, and keeps two checkpoints)."""
+  restored = [
+      restore_latest_readable(m, w / "checkpoints", _checkpoint_tree(s, k, mesh))
+      for m, w, s, k in zip(managers, workdirs, states, root_keys)
+  ]
+  if any(r is None for r in restored):
+    return 0, states, root_keys
+  common = min(step for step, _ in restored)
+  trees = []
+  for manager, state, key, (step, tree) in zip(managers, states, root_keys, restored):
+    if step != common:
+      if common not in manager.all_steps():
+        return 0, states, root_keys
+      tree = manager.restore(common, args=ocp.args.StandardRestore(_checkpoint_tree(state, key, mesh)))
+    trees.append(tree)
+  # Each key back as a host value (the replicated global array's local copy).
+  keys = [jax.random.wrap_key_data(np.asarray(t["rng"].addressable_data(0))) for t in trees]
+  return common, [t["state"] for t in trees], keys
+
+
+def train_group(
+    configs: list[ml_collections.ConfigDict],
+    workdirs: list[str | os.PathLike],
+    on_epochs: Callable[[int], object] | None = None,
+) -> list[dict]:
+  """Trains runs that differ only in their seed in one program.
+
+  The runs are vmapped over a leading run axis: parameters, optimizer
+  state, batch statistics, data order and augmentation keys are all per
+  run. Each run writes its own ``metrics.jsonl``, checkpoints and
+  ``result.json`` in its own workdir, in the format of a run trained alone;
+  a rerun resumes the group from the last epoch every run has saved. One
+  config trains alone, without the run axis. ``on_epochs`` counts group
+  epochs. Returns the results in the order of ``configs``.
+  """
   start_time = time.time()
   provenance.git_commit()  # the commit of the code this process imported (cached)
   maybe_initialize_distributed()
-  workdir = Path(workdir).absolute()
+  check_group(configs)
+  if len(workdirs) != len(configs) or len({Path(w).absolute() for w in workdirs}) != len(workdirs):
+    raise ValueError(f"train_group: give one distinct workdir per run ({len(configs)} runs, workdirs {workdirs}).")
+  config = configs[0]
+  workdirs = [Path(w).absolute() for w in workdirs]
   devices = jax.devices()
   config_lib.validate(config, len(devices))
   model = build_model(config)
@@ -354,7 +463,8 @@ def train_and_evaluate(
   if config.train_examples:
     train_images, train_labels = train_images[: config.train_examples], train_labels[: config.train_examples]
   is_main = jax.process_index() == 0
-  workdir.mkdir(parents=True, exist_ok=True)
+  for w in workdirs:
+    w.mkdir(parents=True, exist_ok=True)
 
   mesh = parallel.make_mesh(devices)
   mode = execution_mode(config, len(devices))
@@ -362,35 +472,38 @@ def train_and_evaluate(
   steps_per_epoch = data_lib.steps_per_epoch(len(train_images), batch)
   schedule = make_schedule(config, steps_per_epoch)
   tx = make_optimizer(config, schedule)
-  root_key = jax.random.key(config.seed)
-  variables = model.init(jax.random.fold_in(root_key, 0), jnp.zeros((1, 32, 32, 3)), train=False)
-  state = parallel.TrainState(
-      jnp.zeros((), jnp.int32),
-      variables["params"],
-      variables.get("batch_stats", {}),
-      tx.init(variables["params"]),
-  )
-  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
-  manager = None
+  def initial_state(root_key):
+    variables = model.init(jax.random.fold_in(root_key, 0), jnp.zeros((1, 32, 32, 3)), train=False)
+    state = parallel.TrainState(
+        jnp.zeros((), jnp.int32), variables["params"], variables.get("batch_stats", {}), tx.init(variables["params"])
+    )
+    return jax.device_put(state, replicated)
+
+  root_keys = [jax.random.key(c.seed) for c in configs]
+  states = [initial_state(k) for k in root_keys]
+  managers = []
   start_epoch = 0
   if config.checkpoint:
-    manager = ocp.CheckpointManager(
-        workdir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2)
-    )
-    restored = restore_latest_readable(manager, workdir / "checkpoints", _checkpoint_tree(state, root_key, mesh))
-    if restored is not None:
-      start_epoch, tree = restored
-      # The key back as a host value (the replicated global array's local copy).
-      state, root_key = tree["state"], jax.random.wrap_key_data(np.asarray(tree["rng"].addressable_data(0)))
+    managers = [
+        ocp.CheckpointManager(w / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2))
+        for w in workdirs
+    ]
+    start_epoch, states, root_keys = _restore_group(managers, workdirs, states, root_keys, mesh)
   if on_epochs is not None and start_epoch:
     on_epochs(start_epoch)
-  metrics_path = workdir / "metrics.jsonl"
-  history = _read_metrics(metrics_path, start_epoch)
+  metrics_paths = [w / "metrics.jsonl" for w in workdirs]
+  histories = [_read_metrics(p, start_epoch) for p in metrics_paths]
   if is_main:
-    metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
+    for path, history in zip(metrics_paths, histories):
+      path.write_text("".join(json.dumps(m) + "\n" for m in history))
 
-  engine = _Engine(model, tx, mesh, config, mode, train_images, train_labels, dataset)
+  engine = _Engine(model, tx, mesh, config, mode, train_images, train_labels, dataset, seeds=[c.seed for c in configs])
+  grouped = bool(engine.runs)
+  state = _stack(states) if grouped else states[0]
+  root_key = _stack_keys(root_keys) if grouped else root_keys[0]
+  run_state = (lambda r: _unstack(state, r)) if grouped else (lambda r: state)
 
   probe = None
   if config.diagnostics:
@@ -403,60 +516,71 @@ def train_and_evaluate(
     state, step_metrics = engine.train_epoch(state, root_key, epoch, on_steps=bar.update)
     bar.close()
     train_seconds = time.time() - epoch_start
-    _stop_if_not_finite(step_metrics, epoch, steps_per_epoch, workdir)
+    for run_metrics, workdir in zip(step_metrics, workdirs):
+      _stop_if_not_finite(run_metrics, epoch, steps_per_epoch, workdir)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    test = engine.evaluate(variables)
-    record = {
-        "epoch": epoch + 1,
-        "step": int(state.step),
-        "train_loss": float(np.mean([m["loss"] for m in step_metrics])),
-        "train_accuracy": float(np.mean([m["accuracy"] for m in step_metrics])),
-        "test_loss": test["loss"],
-        "test_error": test["error"],
-        "learning_rate": float(schedule(int(state.step) - 1)),
-        "images_per_sec": steps_per_epoch * batch / train_seconds,
-        "epoch_seconds": time.time() - epoch_start,
-    }
-    if config.eval_with_batch_stats:
-      record["test_error_batch_stats"] = engine.evaluate(variables, batch_statistics=True)["error"]
-    if probe is not None:
-      if epoch == 0:
-        record["diagnostics_init"] = diagnostics_init
-      record["diagnostics"] = probe.measure(state)
-    record["wall_seconds"] = (history[-1]["wall_seconds"] if history else 0.0) + time.time() - epoch_start
-    history.append(record)
+    tests = engine.evaluate(variables)
+    tests_batch_stats = engine.evaluate(variables, batch_statistics=True) if config.eval_with_batch_stats else None
+    step = int(np.max(jax.device_get(state.step)))
+    for r, (history, run_metrics, test) in enumerate(zip(histories, step_metrics, tests)):
+      record = {
+          "epoch": epoch + 1,
+          "step": step,
+          "train_loss": float(np.mean([m["loss"] for m in run_metrics])),
+          "train_accuracy": float(np.mean([m["accuracy"] for m in run_metrics])),
+          "test_loss": test["loss"],
+          "test_error": test["error"],
+          "learning_rate": float(schedule(step - 1)),
+          "images_per_sec": steps_per_epoch * batch / train_seconds,  # this run's images
+          "epoch_seconds": time.time() - epoch_start,
+      }
+      if tests_batch_stats is not None:
+        record["test_error_batch_stats"] = tests_batch_stats[r]["error"]
+      if probe is not None:
+        if epoch == 0:
+          record["diagnostics_init"] = diagnostics_init
+        record["diagnostics"] = probe.measure(state)
+      record["wall_seconds"] = (history[-1]["wall_seconds"] if history else 0.0) + time.time() - epoch_start
+      history.append(record)
+      if is_main:
+        with metrics_paths[r].open("a") as f:
+          f.write(json.dumps(record, allow_nan=False) + "\n")  # strict JSON
+        seed = f" (seed {configs[r].seed})" if grouped else ""
+        bar.write(
+            f"epoch {epoch + 1}{seed}: train loss {record['train_loss']:.3f}, "
+            f"test error {100 * record['test_error']:.2f}%, {record['images_per_sec']:.0f} img/s"
+        )
     if on_epochs is not None:
       on_epochs(1)
-    if is_main:
-      with metrics_path.open("a") as f:
-        f.write(json.dumps(record, allow_nan=False) + "\n")  # strict JSON
-      bar.write(
-          f"epoch {epoch + 1}: train loss {record['train_loss']:.3f}, "
-          f"test error {100 * record['test_error']:.2f}%, {record['images_per_sec']:.0f} img/s"
-      )
-    if manager is not None:
-      manager.save(epoch + 1, args=ocp.args.StandardSave(_checkpoint_tree(state, root_key, mesh)))
+    for r, manager in enumerate(managers):
+      manager.save(epoch + 1, args=ocp.args.StandardSave(_checkpoint_tree(run_state(r), root_keys[r], mesh)))
+    for manager in managers:
       manager.wait_until_finished()
 
-  result = {
-      **summarize(history, config.report_last_evals),
-      "epochs_completed": len(history),
-      "train_wall_seconds": history[-1]["wall_seconds"] if history else 0.0,
-      "this_invocation_seconds": time.time() - start_time,
-      "execution": mode,
-      "global_batch": batch,
-      "peak_learning_rate": config_lib.peak_learning_rate(config),
-      "train_examples": len(train_images),
-      "config": config.to_dict(),
-      "git_commit": provenance.git_commit(),
-      "hardware": provenance.hardware(),
-      "dataset": {**provenance.dataset_fingerprint(data_dir / data_lib.BATCHES_DIR), "note": config.dataset_note},
-  }
-  if is_main:
-    _write_json_atomic(workdir / "result.json", result)
-  if manager is not None:
+  results = []
+  for c, workdir, history in zip(configs, workdirs, histories):
+    result = {
+        **summarize(history, c.report_last_evals),
+        "epochs_completed": len(history),
+        "train_wall_seconds": history[-1]["wall_seconds"] if history else 0.0,
+        "this_invocation_seconds": time.time() - start_time,
+        "execution": mode,
+        "global_batch": batch,
+        "peak_learning_rate": config_lib.peak_learning_rate(c),
+        "train_examples": len(train_images),
+        "config": c.to_dict(),
+        "git_commit": provenance.git_commit(),
+        "hardware": provenance.hardware(),
+        "dataset": {**provenance.dataset_fingerprint(data_dir / data_lib.BATCHES_DIR), "note": c.dataset_note},
+    }
+    if grouped:
+      result["trained_with_seeds"] = [other.seed for other in configs]
+    if is_main:
+      _write_json_atomic(workdir / "result.json", result)
+    results.append(result)
+  for manager in managers:
     manager.close()
-  return result
+  return results
 
 
 def main(argv) -> None:

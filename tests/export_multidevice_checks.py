@@ -3,7 +3,7 @@
 Run by tests/test_export.py in a subprocess with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``. Builds the jitted
 step exactly as ``experiments/train.py`` does (``train.build_model``,
-``make_optimizer``, ``_make_step`` with ``execution='vmap'``), gives it
+``make_optimizer``, ``make_step`` with ``execution='vmap'``), gives it
 ``jax.ShapeDtypeStruct`` inputs with the shardings training uses (state
 replicated, images and labels split over ``'data'``) and exports it with
 ``jax.export`` for each platform. Prints one JSON object: for each
@@ -66,7 +66,7 @@ def export_step(overrides, devices, implementation, platform) -> dict:
   # The shard_map body is lowered under the shard_map's mesh, so that mesh
   # carries the target's abstract device (jax >= 0.12 needs a GPU there to
   # lower Triton kernels); the inputs keep the concrete devices' shardings.
-  step = train._make_step(model, tx, with_device(mesh, platform), config, train.execution_mode(config, devices))
+  step = train.make_step(model, tx, with_device(mesh, platform), config, train.execution_mode(config, devices))
   with jaxnorm.implementation(implementation):
     exported = export_for(platform, step, *args)
   module = exported.mlir_module()

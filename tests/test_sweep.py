@@ -315,3 +315,38 @@ def test_committed_sweep_configs_are_valid_at_every_point(name):
       assert config_lib.statistics_examples(config) == int(label.split("__k")[1])
   for label, config in sweep.convergence_points(s, points):
     assert config.epochs == 2 * dict((p[0], p[2]) for p in points)[label].epochs
+
+
+@pytest.mark.slow
+def test_pack_seeds_trains_the_seeds_of_a_point_in_one_group(tmp_path, monkeypatch):
+  """With pack_seeds the two seeds of each point train in one program; each
+  point still gets its own files, and a rerun trains nothing."""
+  write_tiny_cifar(tmp_path / "data", RECORDS)
+  s = tiny_sweep(tmp_path / "data")
+  s.unlock()
+  s.axes = [[("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 2}, "per_device_batch": 4})],
+            [("s0", {"seed": 0}), ("s1", {"seed": 1})]]
+  s.pack_seeds = True
+  s.lock()
+  groups, alone = [], []
+  real_group = train.train_group
+  monkeypatch.setattr(train, "train_group", lambda cs, ds, **k: groups.append([c.seed for c in cs]) or real_group(cs, ds, **k))
+  monkeypatch.setattr(train, "train_and_evaluate", lambda c, d, **k: alone.append(d) or pytest.fail("alone"))
+  results = sweep.run_sweep(s, tmp_path / "sweep")
+  assert groups == [[0, 1]] and alone == []
+  assert [r["config"]["seed"] for r in results] == [0, 1]
+  for label, _, config in sweep.expand(s):
+    assert sweep.is_complete(tmp_path / "sweep" / "points" / label, config)
+  groups.clear()
+  sweep.run_sweep(s, tmp_path / "sweep")
+  assert groups == []
+
+
+def test_pack_seeds_setting_is_checked(tmp_path):
+  s = tiny_sweep(tmp_path)
+  s.unlock()
+  s.pack_seeds = "yes"
+  with pytest.raises(ValueError, match="pack_seeds='yes'; choose True, False or 'auto'"):
+    sweep.packs_seeds(s)
+  s.pack_seeds = "auto"
+  assert sweep.packs_seeds(s) is False  # on the CPU

@@ -1,8 +1,9 @@
 """Training: every normalizer runs, resume is bitwise, protocols agree, bad configs fail early."""
 
 import json
-import re
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -109,7 +110,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run_bitwise(data_dir, tmp_p
   full = train.train_and_evaluate(config, tmp_path / "full")
 
   # Second run: die in the middle of epoch 3 (after checkpoint 2), then rerun.
-  real_make_step = train._make_step
+  real_make_step = train.make_step
 
   def dying_make_step(*args, **kwargs):
     step = real_make_step(*args, **kwargs)
@@ -123,10 +124,10 @@ def test_killed_and_resumed_run_equals_uninterrupted_run_bitwise(data_dir, tmp_p
 
     return wrapped
 
-  monkeypatch.setattr(train, "_make_step", dying_make_step)
+  monkeypatch.setattr(train, "make_step", dying_make_step)
   with pytest.raises(Interrupted):
     train.train_and_evaluate(config, tmp_path / "resumed")
-  monkeypatch.setattr(train, "_make_step", real_make_step)
+  monkeypatch.setattr(train, "make_step", real_make_step)
   resumed = train.train_and_evaluate(config, tmp_path / "resumed")
 
   def metrics(d):
@@ -231,7 +232,7 @@ def test_weight_decay_switch_skips_one_dimensional_parameters():
 )
 def test_bad_configs_fail_before_compute(overrides, error, match, data_dir, tmp_path, monkeypatch):
   compiled = []
-  monkeypatch.setattr(train, "_make_step", lambda *a, **k: compiled.append(1))
+  monkeypatch.setattr(train, "make_step", lambda *a, **k: compiled.append(1))
   with pytest.raises(error, match=match):
     train.train_and_evaluate(tiny_config(data_dir, **overrides), tmp_path)
   assert not compiled
@@ -260,7 +261,8 @@ def test_eight_devices_subprocess(data_dir):
 @pytest.mark.slow
 def test_eight_devices_scan_engine_subprocess():
   """The scan engine on 8 simulated devices: per-device BN equals ghost
-  batches on one device, synced BN the global batch, and GN either way."""
+  batches on one device, synced BN the global batch, and GN either way; two
+  seeds in one program equal each seed trained alone."""
   script = Path(__file__).with_name("train_multidevice_checks.py")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, str(script), "scan"], env=env, capture_output=True, text=True, timeout=900)
@@ -270,6 +272,10 @@ def test_eight_devices_scan_engine_subprocess():
   assert errors["scan_synced_8_vs_global_1"] < 1e-4, errors
   assert errors["scan_gn_8_vs_1"] < 1e-4, errors
   assert errors["scan_per_device_vs_synced"] > 1e-5, errors  # the comparison can fail
+  # Two seeds vmapped in one program on 8 devices equal each seed alone.
+  assert errors["scan_group_per_device_8_vs_alone"] < 1e-5, errors
+  assert errors["scan_group_synced_8_vs_alone"] < 1e-5, errors
+  assert errors["scan_group_seeds_differ"] > 1e-4, errors
 
 
 
@@ -358,7 +364,7 @@ def test_no_readable_checkpoint_fails_naming_them(data_dir, tmp_path, capsys):
 
 def test_non_finite_loss_stops_before_saving_anything_of_that_epoch(data_dir, tmp_path, monkeypatch):
   config = tiny_config(data_dir, norm="bn", epochs=3, checkpoint=True, train_examples=64)  # 2 steps/epoch
-  real_make_step = train._make_step
+  real_make_step = train.make_step
 
   def poisoned_make_step(*args, **kwargs):
     step = real_make_step(*args, **kwargs)
@@ -374,7 +380,7 @@ def test_non_finite_loss_stops_before_saving_anything_of_that_epoch(data_dir, tm
 
     return wrapped
 
-  monkeypatch.setattr(train, "_make_step", poisoned_make_step)
+  monkeypatch.setattr(train, "make_step", poisoned_make_step)
   with pytest.raises(train.RunFailure, match=r"the loss is nan at step 4 \(epoch 2\).*up to epoch 1"):
     train.train_and_evaluate(config, tmp_path)
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -460,3 +466,70 @@ def test_two_processes_train_checkpoint_and_resume_like_one(data_dir, tmp_path):
   # The same batches and statistics groups; only the order of the cross-process sums may differ.
   np.testing.assert_allclose(two["train_loss"], one["train_loss"], rtol=1e-5)
   np.testing.assert_allclose(two["test_error"], one["test_error"], atol=1 / 64 + 1e-9)
+
+
+def _run_files(workdir):
+  metrics = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return metrics, json.loads((workdir / "result.json").read_text())
+
+
+@pytest.mark.parametrize("mode", ["vmap", pytest.param("microbatch", marks=pytest.mark.slow),
+                                  pytest.param("scan", marks=pytest.mark.slow)])
+def test_two_vmapped_seeds_train_as_the_two_runs_alone(data_dir, tmp_path, mode):
+  """A group of two seeds in one program: each run's metrics and result
+  equal those of the same seed trained alone (float32: the vmapped
+  convolutions may sum in another order, so rtol 1e-5, not bitwise), in
+  files of the same format."""
+  configs = [tiny_config(data_dir, norm="bn", epochs=2, train_examples=64, execution=mode, seed=s) for s in (3, 4)]
+  alone = [train.train_and_evaluate(c, tmp_path / f"alone{c.seed}") for c in configs]
+  together = train.train_group(configs, [tmp_path / f"group{c.seed}" for c in configs])
+  assert alone[0]["final_test_error"] is not None
+  losses = []
+  for c, a, g in zip(configs, alone, together, strict=True):
+    (ma, ra), (mg, rg) = _run_files(tmp_path / f"alone{c.seed}"), _run_files(tmp_path / f"group{c.seed}")
+    assert rg == g and rg["trained_with_seeds"] == [3, 4] and rg["config"]["seed"] == c.seed
+    assert set(rg) - set(ra) == {"trained_with_seeds"}
+    for x, y in zip(ma, mg, strict=True):
+      assert set(x) == set(y)
+      for key in ("train_loss", "train_accuracy", "test_loss"):
+        np.testing.assert_allclose(y[key], x[key], rtol=1e-5, err_msg=key)
+      assert abs(y["test_error"] - x["test_error"]) <= 1 / 64 + 1e-9  # at most one of 64 images flips
+      assert y["step"] == x["step"]
+    losses.append(ma[-1]["train_loss"])
+  assert losses[0] != losses[1]  # the seeds really are different runs
+
+
+@pytest.mark.slow
+def test_a_killed_group_resumes_from_the_last_epoch_every_run_saved(data_dir, tmp_path):
+  """Run 4 has saved epoch 2, run 3 only epoch 1 (killed between the two
+  saves): the group resumes both from epoch 1 and ends as an uninterrupted
+  group does."""
+  configs = [tiny_config(data_dir, norm="gn", norm_kwargs={"num_groups": 2}, epochs=3, train_examples=64,
+                         checkpoint=True, seed=s) for s in (3, 4)]
+  full = train.train_group(configs, [tmp_path / f"full{c.seed}" for c in configs])
+  dirs = [tmp_path / f"cut{c.seed}" for c in configs]
+  train.train_group([c.copy_and_resolve_references() for c in configs], dirs)
+  # Undo the last epoch of both runs, and the second-to-last of run 3 only.
+  for d, drop in zip(dirs, ({2, 3}, {3})):
+    for step in drop:
+      shutil.rmtree(d / "checkpoints" / str(step))
+  resumed = train.train_group(configs, dirs)
+  for f, r, d in zip(full, resumed, dirs):
+    assert r["final_test_error"] == pytest.approx(f["final_test_error"], abs=1 / 64 + 1e-9)
+    metrics = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+  np.testing.assert_allclose(
+      [json.loads(l)["train_loss"] for l in (dirs[0] / "metrics.jsonl").read_text().splitlines()],
+      [json.loads(l)["train_loss"] for l in (tmp_path / "full3" / "metrics.jsonl").read_text().splitlines()],
+      rtol=1e-5,
+  )
+
+
+def test_a_group_takes_only_runs_that_differ_in_the_seed(data_dir, tmp_path):
+  a = tiny_config(data_dir, norm="bn", seed=1)
+  with pytest.raises(ValueError, match=r"differ only in the seed.*\['norm'\]"):
+    train.train_group([a, tiny_config(data_dir, norm="gn", seed=2)], [tmp_path / "a", tmp_path / "b"])
+  with pytest.raises(ValueError, match="seeds \\[1, 1\\] repeat"):
+    train.train_group([a, tiny_config(data_dir, norm="bn", seed=1)], [tmp_path / "a", tmp_path / "b"])
+  with pytest.raises(ValueError, match="one distinct workdir per run"):
+    train.train_group([a, tiny_config(data_dir, norm="bn", seed=2)], [tmp_path / "a", tmp_path / "a"])

@@ -35,7 +35,7 @@ def run_steps(config, mode, devices=None, steps=2):
       variables.get("batch_stats", {}),
       tx.init(variables["params"]),
   )
-  step = train._make_step(model, tx, mesh, config, mode)
+  step = train.make_step(model, tx, mesh, config, mode)
   rng = np.random.default_rng(0)
   n = config_lib.global_batch(config)
   for i in range(steps):
@@ -48,16 +48,24 @@ def run_steps(config, mode, devices=None, steps=2):
   return jax.device_get(state)
 
 
-def run_scan_epoch(config, devices, steps=2):
+def run_scan_epoch(config, devices, steps=2, seeds=(0,)):
   """Train state after one scan-engine epoch of `steps` steps on a fixed
-  random training set (the order and keys drawn on the device)."""
+  random training set (the order and keys drawn on the device). Several
+  seeds train as one group (a leading run axis), each initialised and keyed
+  by its seed; the result is then the list of their states."""
   model = train.build_model(config)
   mesh = parallel.make_mesh(devices)
   tx = train.make_optimizer(config, train.make_schedule(config, steps))
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-  state = parallel.TrainState(
-      jnp.zeros((), jnp.int32), variables["params"], variables.get("batch_stats", {}), tx.init(variables["params"])
-  )
+
+  def initial(seed):
+    variables = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)), train=False)
+    return parallel.TrainState(
+        jnp.zeros((), jnp.int32), variables["params"], variables.get("batch_stats", {}), tx.init(variables["params"])
+    )
+
+  runs = len(seeds) if len(seeds) > 1 else 0
+  state = train._stack([initial(s) for s in seeds]) if runs else initial(seeds[0])
+  root_key = train._stack_keys([jax.random.key(s) for s in seeds]) if runs else jax.random.key(seeds[0])
   state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   n = config_lib.global_batch(config)
   rng = np.random.default_rng(1)
@@ -66,9 +74,12 @@ def run_scan_epoch(config, devices, steps=2):
       "labels": rng.integers(0, 10, steps * n).astype(np.int32),
   }, mesh)
   simulated = 1 if config.sync_batch_stats else config.num_devices // mesh.size
-  run_epoch = parallel.make_scan_epoch(model, tx, mesh, simulated=simulated, augment=True, batch=n, steps=steps)
-  state, _ = run_epoch(state, data["images"], data["labels"], jax.random.key(0), 0)
-  return jax.device_get(state)
+  run_epoch = parallel.make_scan_epoch(
+      model, tx, mesh, simulated=simulated, augment=True, batch=n, steps=steps, runs=runs
+  )
+  state, _ = run_epoch(state, data["images"], data["labels"], root_key, 0)
+  state = jax.device_get(state)
+  return [train._unstack(state, r) for r in range(runs)] if runs else state
 
 
 def max_diff(a, b):
@@ -99,8 +110,22 @@ def main_scan():
       "global_1": run_scan_epoch(small_config(num_devices=1, per_device_batch=32), eight[:1]),
       "gn_8": run_scan_epoch(small_config(norm="gn", norm_kwargs={"num_groups": 2}), eight),
       "gn_1": run_scan_epoch(small_config(norm="gn", norm_kwargs={"num_groups": 2}), eight[:1]),
+      # Two seeds in one program on 8 devices, against each seed alone.
+      "group_per_device_8": run_scan_epoch(small_config(), eight, seeds=(0, 5)),
+      "seed5_per_device_8": run_scan_epoch(small_config(), eight, seeds=(5,)),
+      "group_synced_8": run_scan_epoch(small_config(sync_batch_stats=True), eight, seeds=(0, 5)),
+      "seed5_synced_8": run_scan_epoch(small_config(sync_batch_stats=True), eight, seeds=(5,)),
   }
   return {
+      "scan_group_per_device_8_vs_alone": max(
+          max_diff(scan["group_per_device_8"][0], scan["per_device_8"]),
+          max_diff(scan["group_per_device_8"][1], scan["seed5_per_device_8"]),
+      ),
+      "scan_group_synced_8_vs_alone": max(
+          max_diff(scan["group_synced_8"][0], scan["synced_8"]),
+          max_diff(scan["group_synced_8"][1], scan["seed5_synced_8"]),
+      ),
+      "scan_group_seeds_differ": max_diff(scan["group_per_device_8"][0], scan["group_per_device_8"][1]),
       "scan_per_device_8_vs_ghost_1": max_diff(scan["per_device_8"], scan["ghost_1"]),
       "scan_synced_8_vs_global_1": max_diff(scan["synced_8"], scan["global_1"]),
       "scan_gn_8_vs_1": max_diff(scan["gn_8"], scan["gn_1"]),
