@@ -42,9 +42,9 @@ import optax
 from tqdm import tqdm
 
 import jaxnorm
-from experiments import augment as augment_lib
 from experiments import data as data_lib
 from experiments import diagnostics
+from experiments import parallel
 from experiments import provenance
 from experiments import xla_cpu
 from experiments.models import CifarResNet
@@ -103,51 +103,38 @@ def run_name(arch: str, norm: str, lr: float) -> str:
 
 
 class _Compiled:
-  """The jitted gradient and update functions of one (architecture, normalizer)."""
+  """The compiled training step and probe of one (architecture, normalizer):
+  the training step of every experiment (:func:`experiments.parallel.make_vmap_step`,
+  one device, no augmentation) and the diagnostics probe
+  (:func:`experiments.diagnostics.make_probe_step`)."""
 
   def __init__(self, arch, norm, config, momentum):
     self.model = build_model(arch, norm, config)
     spec = jaxnorm.create_norm(norm, **dict(config.norm_kwargs.get(norm, {})))
     self.order = diagnostics.call_order(self.model)
-    model, module = self.model, spec.module
-
-    @jax.jit
-    def grads(params, batch_stats, images, labels):
-      loss, stats, norm_inputs, g = diagnostics.loss_grads_and_norm_inputs(
-          model, module, params, batch_stats, augment_lib.normalize_images(images), labels
-      )
-      return loss, stats, g, {
-          "loss": loss,
-          "norm_inputs": norm_inputs,
-          "grad_norms": diagnostics.layer_norms(g),
-          "param_norms": diagnostics.layer_norms(params),
-      }
-
-    # The learning rate is state, so one compiled update serves the grid.
+    self.mesh = parallel.make_mesh(jax.devices()[:1])
+    # The learning rate is state, so one compiled step serves the grid.
     self.tx = optax.inject_hyperparams(optax.sgd)(learning_rate=1.0, momentum=momentum)
-    tx = self.tx
-
-    @jax.jit
-    def update(params, opt_state, g):
-      updates, opt_state = tx.update(g, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state
-
-    self.grads, self.update = grads, update
+    self.step = parallel.make_vmap_step(self.model, self.tx, self.mesh, simulated=1, augment=False)
+    self.probe = diagnostics.make_probe_step(self.model, self.mesh, simulated=1, norm_module=spec.module)
 
 
 def train_one(compiled: _Compiled, lr: float, config, images, labels, probe_batch, probe: bool, bar) -> dict:
   """Trains one run; returns its losses and, when ``probe``, its probes."""
   variables = compiled.model.init(jax.random.key(config.seed), jnp.zeros((1, 32, 32, 3)), train=False)
-  params, batch_stats = variables["params"], variables.get("batch_stats", {})
+  params = variables["params"]
   opt_state = compiled.tx.init(params)
   opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+  state = parallel.TrainState(jnp.zeros((), jnp.int32), params, variables.get("batch_stats", {}), opt_state)
+  probe_batch = parallel.put_global_batch(probe_batch, compiled.mesh)
+  no_augmentation = jax.random.key(0)  # the step takes a key; without augmentation it is unused
   losses, probes, previous = [], {}, None
   start = time.time()
 
   def measure(step):
     nonlocal previous
-    *_, now = compiled.grads(params, batch_stats, probe_batch["images"], probe_batch["labels"])
-    now = jax.device_get(now)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    now = jax.device_get(compiled.probe(variables, probe_batch["images"], probe_batch["labels"]))
     probes[str(step)] = diagnostics.summarize(now, previous, compiled.order)
     previous = now
 
@@ -156,9 +143,9 @@ def train_one(compiled: _Compiled, lr: float, config, images, labels, probe_batc
     for batch in data_lib.train_batches(images, labels, config.batch_size, seed=config.seed, epoch=epoch):
       if probe and len(losses) in config.probe_steps:
         measure(len(losses))
-      loss, batch_stats, g, _ = compiled.grads(params, batch_stats, batch["images"], batch["labels"])
-      params, opt_state = compiled.update(params, opt_state, g)
-      loss = float(loss)
+      batch = parallel.put_global_batch(batch, compiled.mesh)
+      state, metrics = compiled.step(state, batch["images"], batch["labels"], no_augmentation)
+      loss = float(metrics["loss"])
       losses.append(loss)
       bar.update(1)
       if not math.isfinite(loss) or loss > DIVERGED_LOSS:

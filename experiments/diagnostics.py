@@ -115,6 +115,12 @@ def layer_norms(tree) -> dict[str, jax.Array]:
   return {name: jnp.sqrt(sum(parts)) for name, parts in squares.items()}
 
 
+def norm_input_capture(norm_module: type) -> Callable[[dict], Any]:
+  """``capture`` for :func:`experiments.parallel.device_loss`: records the
+  moments of every ``norm_module`` layer's input into the dict it is given."""
+  return lambda captured: nn.intercept_methods(norm_input_recorder(norm_module, captured))
+
+
 def loss_grads_and_norm_inputs(model, norm_module, params, batch_stats, images, labels):
   """One device's training-mode loss, gradients and captured norm inputs.
 
@@ -122,17 +128,10 @@ def loss_grads_and_norm_inputs(model, norm_module, params, batch_stats, images, 
     ``(loss, new_batch_stats, norm_inputs, grads)``; ``norm_inputs`` as in
     :func:`norm_input_recorder`.
   """
-
-  def loss_fn(p):
-    captured = {}
-    with nn.intercept_methods(norm_input_recorder(norm_module, captured)):
-      logits, updates = model.apply(
-          {"params": p, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
-      )
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, (dict(updates).get("batch_stats", {}), captured)
-
-  (loss, (new_stats, captured)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  capture = norm_input_capture(norm_module)
+  (loss, (new_stats, _, captured)), grads = jax.value_and_grad(
+      lambda p: parallel.device_loss(model, p, batch_stats, images, labels, capture), has_aux=True
+  )(params)
   return loss, new_stats, captured, grads
 
 
@@ -157,25 +156,19 @@ def make_probe_step(model, mesh: Mesh, *, simulated: int, norm_module: type) -> 
   statistics, exactly as the training step does. Gradients are averaged
   over devices; the norm-input moments are those of the whole batch.
   """
-  one = lambda params, stats, x, y: loss_grads_and_norm_inputs(model, norm_module, params, stats, x, y)
+  capture = norm_input_capture(norm_module)
 
   def device_probe(variables, images, labels):
-    x = augment_lib.normalize_images(images)
     params, stats = variables["params"], variables.get("batch_stats", {})
-    if simulated == 1:
-      loss, _, captured, grads = one(params, stats, x, labels)
-    else:
-      split = lambda a: a.reshape((simulated, a.shape[0] // simulated) + a.shape[1:])
-      loss, _, captured, grads = jax.vmap(lambda xi, yi: one(params, stats, xi, yi))(split(x), split(labels))
-      mean0 = lambda a: jnp.mean(a, axis=0)
-      loss, grads = mean0(loss), jax.tree.map(mean0, grads)
+    grads, _, metrics, captured = parallel.device_gradients(
+        model, params, stats, augment_lib.normalize_images(images), labels, simulated=simulated, capture=capture
+    )
+    if simulated > 1:  # the union of the simulated devices' examples
       merged = _merge_moments(captured, lambda a: jnp.mean(a, axis=0, keepdims=True))
       captured = {name: (mean[0], var[0]) for name, (mean, var) in merged.items()}
-    pmean = lambda a: lax.pmean(a, DATA_AXIS)
-    loss, grads = pmean(loss), jax.tree.map(pmean, grads)
-    captured = _merge_moments(captured, pmean)
+    captured = _merge_moments(captured, lambda a: lax.pmean(a, DATA_AXIS))
     return {
-        "loss": loss,
+        "loss": metrics["loss"],
         "norm_inputs": captured,
         "grad_norms": layer_norms(grads),
         "param_norms": layer_norms(params),

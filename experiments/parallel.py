@@ -33,6 +33,7 @@ it would alone.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Callable, NamedTuple
 
@@ -95,31 +96,55 @@ def preprocess(key, images, augment: bool):
   return augment_lib.normalize_images(images)
 
 
-def _loss(model, params, batch_stats, images, labels):
-  """Cross-entropy of one device's examples; returns (loss, (stats, metrics))."""
+def split_devices(a, simulated: int):
+  """``(simulated · b, ...) -> (simulated, b, ...)``: each simulated
+  device's examples, in order."""
+  return a.reshape((simulated, a.shape[0] // simulated) + a.shape[1:])
+
+
+def device_loss(model, params, batch_stats, images, labels, capture: Callable | None = None):
+  """Cross-entropy of one device's examples in training mode; returns
+  ``(loss, (new batch_stats, metrics, captured))``.
+
+  ``capture`` (optional) maps a dict to a context manager around the
+  forward pass that fills it (the diagnostics' norm-input recorder,
+  :func:`experiments.diagnostics.norm_input_recorder`); ``captured`` is
+  that dict, empty without it.
+  """
   variables = {"params": params, "batch_stats": batch_stats}
-  logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+  captured = {}
+  with capture(captured) if capture is not None else contextlib.nullcontext():
+    logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-  return loss, (dict(updates).get("batch_stats", {}), {"loss": loss, "accuracy": accuracy})
+  return loss, (dict(updates).get("batch_stats", {}), {"loss": loss, "accuracy": accuracy}, captured)
 
 
 def _mean0(tree):
   return jax.tree.map(lambda a: jnp.mean(a, axis=0), tree)
 
 
-def _simulated_loss(model, batch_stats, images, labels, simulated: int):
-  """Loss over `simulated` devices of one physical device, vmapped."""
+def device_gradients(model, params, batch_stats, images, labels, *, simulated: int, capture=None):
+  """One physical device's share of a step, inside ``shard_map``: the
+  gradients over its ``simulated`` devices (vmapped, each normalizing its
+  own examples), with the new batch statistics and metrics, averaged over
+  simulated devices and then over the mesh (``pmean``). Returns ``(grads,
+  batch_stats, metrics, captured)``; ``captured`` (see :func:`device_loss`)
+  is per simulated device (a leading axis when ``simulated`` > 1), not
+  reduced. The one gradient computation of training, the scan engine, the
+  depth experiment and the diagnostics probes."""
   if simulated == 1:
-    return lambda p: _loss(model, p, batch_stats, images, labels)
-  split = lambda a: a.reshape((simulated, a.shape[0] // simulated) + a.shape[1:])
+    loss_fn = lambda p: device_loss(model, p, batch_stats, images, labels, capture)
+  else:
 
-  def loss(params):
-    per_device = jax.vmap(lambda x, y: _loss(model, params, batch_stats, x, y))
-    losses, aux = per_device(split(images), split(labels))
-    return jnp.mean(losses), _mean0(aux)
+    def loss_fn(p):
+      per_device = jax.vmap(lambda x, y: device_loss(model, p, batch_stats, x, y, capture))
+      losses, (stats, metrics, captured) = per_device(split_devices(images, simulated), split_devices(labels, simulated))
+      return jnp.mean(losses), (_mean0(stats), _mean0(metrics), captured)
 
-  return loss
+  (_, (stats, metrics, captured)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  grads, stats, metrics = lax.pmean((grads, stats, metrics), DATA_AXIS)
+  return grads, stats, metrics, captured
 
 
 def _apply_gradients(tx, state: TrainState, grads, batch_stats) -> TrainState:
@@ -134,9 +159,9 @@ def make_step_body(model, tx, mesh: Mesh, *, simulated: int, augment: bool) -> C
   scan engine runs it inside ``lax.scan``."""
 
   def device_step(state, images, labels):
-    loss_fn = _simulated_loss(model, state.batch_stats, images, labels, simulated)
-    (_, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads, stats, metrics = lax.pmean((grads, stats, metrics), DATA_AXIS)
+    grads, stats, metrics, _ = device_gradients(
+        model, state.params, state.batch_stats, images, labels, simulated=simulated
+    )
     return _apply_gradients(tx, state, grads, stats), metrics
 
   # check_vma=False: gradients of the replicated parameters stay per-device
@@ -209,15 +234,13 @@ def make_microbatch_step(model, tx, *, simulated: int, augment: bool, runs: int 
   (each call vmapped over ``runs`` runs, when given)."""
 
   def prepare(images, labels, key):
-    x = preprocess(key, images, augment)
-    split = lambda a: a.reshape((simulated, a.shape[0] // simulated) + a.shape[1:])
-    return split(x), split(labels)
+    return split_devices(preprocess(key, images, augment), simulated), split_devices(labels, simulated)
 
   def accumulate(total, params, batch_stats, images, labels):
-    (_, aux), grads = jax.value_and_grad(
-        lambda p: _loss(model, p, batch_stats, images, labels), has_aux=True
+    (_, (stats, metrics, _)), grads = jax.value_and_grad(
+        lambda p: device_loss(model, p, batch_stats, images, labels), has_aux=True
     )(params)
-    new = (grads,) + aux
+    new = (grads, stats, metrics)
     return new if total is None else jax.tree.map(jnp.add, total, new)
 
   def finish(state, total):
@@ -280,9 +303,8 @@ def make_eval_body(model, mesh: Mesh, *, simulated: int = 0) -> Callable:
   def logits_fn(variables, images):
     if not simulated:
       return model.apply(variables, images, train=False)
-    split = lambda a: a.reshape((simulated, a.shape[0] // simulated) + a.shape[1:])
     forward = lambda x: model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
-    out = jax.vmap(forward)(split(images))
+    out = jax.vmap(forward)(split_devices(images, simulated))
     return out.reshape((-1,) + out.shape[2:])
 
   def device_eval(variables, images, labels, mask):
