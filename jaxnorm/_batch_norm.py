@@ -62,6 +62,11 @@ def check_running_shapes(
       )
 
 
+def ema(old: Array, new: Array, momentum: float) -> Array:
+  """flax's running-average convention: ``momentum · old + (1 − momentum) · new``."""
+  return momentum * old + (1 - momentum) * new
+
+
 def update_running(
     running: BatchStats,
     mean: Array,
@@ -89,11 +94,7 @@ def update_running(
         running.var + (var - running.var) * weight,
         count + 1,
     )
-  return BatchStats(
-      momentum * running.mean + (1 - momentum) * mean,
-      momentum * running.var + (1 - momentum) * var,
-      running.count,
-  )
+  return BatchStats(ema(running.mean, mean, momentum), ema(running.var, var, momentum), running.count)
 
 
 def _average_virtual_batches(per_batch: Moments, masked: bool) -> tuple[Array, Array]:

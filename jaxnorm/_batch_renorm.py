@@ -21,17 +21,15 @@ from jax.nn import initializers
 from jaxnorm import _axes
 from jaxnorm._batch_norm import BatchStats
 from jaxnorm._batch_norm import check_running_shapes
-from jaxnorm._batch_norm import stored_running_value
 from jaxnorm._batch_norm import update_running
 from jaxnorm._functional import _param
 from jaxnorm._functional import _prepare
 from jaxnorm._functional import normalize
 from jaxnorm._functional import output_dtype
-from jaxnorm._modules import _feature_params
-from jaxnorm._modules import _running_variable
+from jaxnorm import _stateful
+from jaxnorm._modules import scale_and_bias
 from jaxnorm._moments import Moments
 from jaxnorm._moments import moments
-from jaxnorm._precise_bn import report_batch_moments
 
 Array = jax.Array
 Initializer = Any
@@ -245,6 +243,47 @@ def batch_renorm(
   return y, new
 
 
+def _batch_renorm_compute(module, x, params, state, *, use_running_average, mask, axis_name):
+  owner = "BatchRenorm"
+  _check_schedule(
+      module.r_max, module.d_max, module.warmup_delay, module.r_max_warmup_steps, module.d_max_warmup_steps,
+      owner=owner,
+  )
+  r_max, d_max = batch_renorm_limits(
+      state["steps"], r_max=module.r_max, d_max=module.d_max, warmup_delay=module.warmup_delay,
+      r_max_warmup_steps=module.r_max_warmup_steps, d_max_warmup_steps=module.d_max_warmup_steps,
+  )
+  y, new, per_batch = _batch_renorm(
+      x, params["scale"], params["bias"], state["mean"], state["var"],
+      use_running_average=use_running_average, r_max=r_max, d_max=d_max,
+      axis=_axes.canonicalize_axes(module.axis, jnp.ndim(x), name="axis", owner=owner),
+      momentum=module.momentum, epsilon=module.epsilon, mask=mask, axis_name=axis_name,
+      axis_index_groups=module.axis_index_groups, use_fast_variance=module.use_fast_variance,
+      dtype=module.dtype, force_float32_reductions=module.force_float32_reductions, owner=owner,
+  )
+  return y, {"mean": new.mean, "var": new.var, "steps": state["steps"] + 1}, per_batch
+
+
+def _batch_renorm_features(module, x) -> tuple[int, ...]:
+  axes = _axes.canonicalize_axes(module.axis, jnp.ndim(x), name="axis", owner="BatchRenorm")
+  return tuple(jnp.shape(x)[a] for a in axes)
+
+
+# Running state: the averages and the count of training steps that drives
+# the clipping schedule.
+BATCH_RENORM = _stateful.StatefulNorm(
+    owner="BatchRenorm",
+    params=scale_and_bias,
+    state=lambda module: (
+        _stateful.RunningStat("mean", jnp.zeros),
+        _stateful.RunningStat("var", jnp.ones),
+        _stateful.RunningStat("steps", per_feature=False),
+    ),
+    features=_batch_renorm_features,
+    compute=_batch_renorm_compute,
+)
+
+
 class BatchRenorm(nn.Module):
   r"""Batch renormalization with a warm-up of its clipping limits.
 
@@ -304,57 +343,4 @@ class BatchRenorm(nn.Module):
       mask: Array | None = None,
   ) -> Array:
     """Normalizes ``x``; updates ``batch_stats`` (and the step) in training."""
-    owner = "BatchRenorm"
-    _check_schedule(
-        self.r_max, self.d_max, self.warmup_delay, self.r_max_warmup_steps,
-        self.d_max_warmup_steps, owner=owner,
-    )
-    use_running_average = nn.merge_param(
-        "use_running_average", self.use_running_average, use_running_average
-    )
-    _axes.check_floating(x, owner=owner)
-    feature_axes = _axes.canonicalize_axes(
-        self.axis, jnp.ndim(x), name="axis", owner=owner
-    )
-    features = tuple(jnp.shape(x)[a] for a in feature_axes)
-    ra_mean = _running_variable(self, "mean", jnp.zeros, features)
-    ra_var = _running_variable(self, "var", jnp.ones, features)
-    steps = self.variable("batch_stats", "steps", jnp.zeros, (), jnp.int32)
-    scale, bias = _feature_params(
-        self, features, use_scale=self.use_scale, use_bias=self.use_bias
-    )
-    r_max, d_max = batch_renorm_limits(
-        steps.value,
-        r_max=self.r_max,
-        d_max=self.d_max,
-        warmup_delay=self.warmup_delay,
-        r_max_warmup_steps=self.r_max_warmup_steps,
-        d_max_warmup_steps=self.d_max_warmup_steps,
-    )
-    initializing = self.is_initializing()
-    y, new, per_batch = _batch_renorm(
-        x,
-        scale,
-        bias,
-        ra_mean.value,
-        ra_var.value,
-        use_running_average=use_running_average,
-        r_max=r_max,
-        d_max=d_max,
-        axis=feature_axes,
-        momentum=self.momentum,
-        epsilon=self.epsilon,
-        mask=mask,
-        axis_name=None if initializing else self.axis_name,
-        axis_index_groups=self.axis_index_groups,
-        use_fast_variance=self.use_fast_variance,
-        dtype=self.dtype,
-        force_float32_reductions=self.force_float32_reductions,
-        owner=owner,
-    )
-    if not use_running_average and not initializing:
-      ra_mean.value = stored_running_value(new.mean, ra_mean.value.dtype)
-      ra_var.value = stored_running_value(new.var, ra_var.value.dtype)
-      steps.value = steps.value + 1
-      report_batch_moments(self, per_batch)
-    return y
+    return _stateful.linen_apply(BATCH_RENORM, self, x, use_running_average, mask)

@@ -17,6 +17,7 @@ from jax.nn import initializers
 
 from jaxnorm import _axes
 from jaxnorm._batch_norm import check_running_shapes
+from jaxnorm._batch_norm import ema
 from jaxnorm._filter_response import _per_example_channel_axes
 from jaxnorm._functional import _param
 from jaxnorm._functional import _prepare
@@ -24,10 +25,10 @@ from jaxnorm._functional import group_layout
 from jaxnorm._functional import normalize
 from jaxnorm._functional import output_dtype
 from jaxnorm._modules import _feature_params
-from jaxnorm._modules import _running_variable
+from jaxnorm import _stateful
+from jaxnorm._modules import scale_and_bias
 from jaxnorm._moments import Moments
 from jaxnorm._moments import moments
-from jaxnorm._precise_bn import report_batch_moments
 
 Array = jax.Array
 Initializer = Any
@@ -88,8 +89,8 @@ def _evonorm_b0(
     batch_var = stats.var
     per_batch = Moments(*(s.reshape((1,) + features) for s in stats))
     new_var = stats.var.reshape(features)
-    if running_var is not None:  # flax's convention
-      new_var = momentum * running_var + (1 - momentum) * new_var
+    if running_var is not None:
+      new_var = ema(running_var, new_var, momentum)
   instance = moments(x, spatial, mask=mask, **engine)
   out = output_dtype(x, scale, bias, v, dtype=dtype)
   numerator_gain = 1.0 if v is None else v
@@ -245,6 +246,33 @@ def evonorm_s0(
   return y.reshape(x.shape)
 
 
+def _evonorm_b0_compute(module, x, params, state, *, use_running_average, mask, axis_name):
+  c, _ = _per_example_channel_axes(x, module.channel_axis, "EvoNormB0")
+  y, new_var, per_batch = _evonorm_b0(
+      x, params["scale"], params["bias"], params["v"], state["var"],
+      use_running_average=use_running_average, channel_axis=c, momentum=module.momentum,
+      epsilon=module.epsilon, mask=mask, axis_name=axis_name, axis_index_groups=module.axis_index_groups,
+      use_fast_variance=module.use_fast_variance, dtype=module.dtype,
+      force_float32_reductions=module.force_float32_reductions, owner="EvoNormB0",
+  )
+  return y, {"var": new_var}, per_batch
+
+
+def _channels(module, x) -> tuple[int, ...]:
+  c, _ = _per_example_channel_axes(x, module.channel_axis, "EvoNormB0")
+  return (jnp.shape(x)[c],)
+
+
+# Running state: the batch variance's average (evaluation uses it).
+EVONORM_B0 = _stateful.StatefulNorm(
+    owner="EvoNormB0",
+    params=lambda module: scale_and_bias(module) + (("v", "v_init"),),
+    state=lambda module: (_stateful.RunningStat("var", jnp.ones),),
+    features=_channels,
+    compute=_evonorm_b0_compute,
+)
+
+
 class EvoNormB0(nn.Module):
   r"""EvoNorm-B0: batch-dependent normalization-activation layer.
 
@@ -299,41 +327,7 @@ class EvoNormB0(nn.Module):
       *,
       mask: Array | None = None,
   ) -> Array:
-    owner = "EvoNormB0"
-    use_running_average = nn.merge_param(
-        "use_running_average", self.use_running_average, use_running_average
-    )
-    _axes.check_floating(x, owner=owner)
-    c, _ = _per_example_channel_axes(x, self.channel_axis, owner)
-    features = (jnp.shape(x)[c],)
-    ra_var = _running_variable(self, "var", jnp.ones, features)
-    scale, bias = _feature_params(
-        self, features, use_scale=self.use_scale, use_bias=self.use_bias
-    )
-    v = self.param("v", self.v_init, features, self.param_dtype)
-    initializing = self.is_initializing()
-    y, new_var, per_batch = _evonorm_b0(
-        x,
-        scale,
-        bias,
-        v,
-        ra_var.value,
-        use_running_average=use_running_average,
-        channel_axis=c,
-        momentum=self.momentum,
-        epsilon=self.epsilon,
-        mask=mask,
-        axis_name=None if initializing else self.axis_name,
-        axis_index_groups=self.axis_index_groups,
-        use_fast_variance=self.use_fast_variance,
-        dtype=self.dtype,
-        force_float32_reductions=self.force_float32_reductions,
-        owner=owner,
-    )
-    if not use_running_average and not initializing:
-      ra_var.value = new_var.astype(ra_var.value.dtype)
-      report_batch_moments(self, per_batch)
-    return y
+    return _stateful.linen_apply(EVONORM_B0, self, x, use_running_average, mask)
 
 
 class EvoNormS0(nn.Module):

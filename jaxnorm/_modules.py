@@ -29,7 +29,7 @@ from jax.nn import initializers
 from jaxnorm import _axes
 from jaxnorm import _batch_norm
 from jaxnorm import _functional as F
-from jaxnorm._precise_bn import report_batch_moments
+from jaxnorm import _stateful
 
 Array = jax.Array
 Initializer = Any
@@ -51,13 +51,44 @@ def _feature_params(
   return scale, bias
 
 
-def _running_variable(
-    mdl: nn.Module, name: str, init: Initializer, shape: tuple[int, ...]
-):
-  """A ``batch_stats`` variable in float32 (or ``param_dtype`` without
-  ``force_float32_reductions``), as flax's BatchNorm creates them."""
-  dtype = jnp.float32 if mdl.force_float32_reductions else mdl.param_dtype
-  return mdl.variable("batch_stats", name, lambda s: init(s, dtype), shape)
+def scale_and_bias(module) -> tuple[tuple[str, str], ...]:
+  """The ``scale``/``bias`` parameters a module's ``use_scale``/``use_bias`` ask for."""
+  return (("scale", "scale_init"),) * bool(module.use_scale) + (("bias", "bias_init"),) * bool(module.use_bias)
+
+
+def _batch_norm_features(module, x) -> tuple[int, ...]:
+  axes = _axes.canonicalize_axes(module.axis, jnp.ndim(x), name="axis", owner="BatchNorm")
+  return tuple(jnp.shape(x)[a] for a in axes)
+
+
+def _batch_norm_state(module) -> tuple[_stateful.RunningStat, ...]:
+  _axes.check_choice(module.running_stats, _batch_norm.RUNNING_STATS, name="running_stats", owner="BatchNorm")
+  count = (_stateful.RunningStat("count", per_feature=False),) if module.running_stats == "cumulative" else ()
+  return (_stateful.RunningStat("mean", jnp.zeros), _stateful.RunningStat("var", jnp.ones)) + count
+
+
+def _batch_norm_compute(module, x, params, state, *, use_running_average, mask, axis_name):
+  y, new, per_batch = _batch_norm._batch_norm(
+      x, params["scale"], params["bias"],
+      _batch_norm.BatchStats(state["mean"], state["var"], state.get("count")),
+      use_running_average=use_running_average,
+      axis=_axes.canonicalize_axes(module.axis, jnp.ndim(x), name="axis", owner="BatchNorm"),
+      momentum=module.momentum, epsilon=module.epsilon, mask=mask, axis_name=axis_name,
+      axis_index_groups=module.axis_index_groups, use_fast_variance=module.use_fast_variance,
+      dtype=module.dtype, force_float32_reductions=module.force_float32_reductions,
+      virtual_batch_size=module.virtual_batch_size, running_stats=module.running_stats, owner="BatchNorm",
+  )
+  return y, {"mean": new.mean, "var": new.var, "count": new.count}, per_batch
+
+
+BATCH_NORM = _stateful.StatefulNorm(
+    owner="BatchNorm",
+    params=scale_and_bias,
+    state=_batch_norm_state,
+    features=_batch_norm_features,
+    compute=_batch_norm_compute,
+    always_running=lambda module: module.running_stats == "frozen",
+)
 
 
 class BatchNorm(nn.Module):
@@ -134,59 +165,7 @@ class BatchNorm(nn.Module):
       mask: optional boolean mask broadcastable to ``x``: which elements the
         statistics use.
     """
-    owner = "BatchNorm"
-    _axes.check_choice(
-        self.running_stats, _batch_norm.RUNNING_STATS, name="running_stats", owner=owner
-    )
-    if self.running_stats == "frozen":
-      use_running_average = True
-    else:
-      use_running_average = nn.merge_param(
-          "use_running_average", self.use_running_average, use_running_average
-      )
-    _axes.check_floating(x, owner=owner)
-    feature_axes = _axes.canonicalize_axes(
-        self.axis, jnp.ndim(x), name="axis", owner=owner
-    )
-    features = tuple(jnp.shape(x)[a] for a in feature_axes)
-    ra_mean = _running_variable(self, "mean", jnp.zeros, features)
-    ra_var = _running_variable(self, "var", jnp.ones, features)
-    ra_count = None
-    if self.running_stats == "cumulative":
-      ra_count = self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
-    scale, bias = _feature_params(
-        self, features, use_scale=self.use_scale, use_bias=self.use_bias
-    )
-    initializing = self.is_initializing()
-    running = _batch_norm.BatchStats(
-        ra_mean.value, ra_var.value, None if ra_count is None else ra_count.value
-    )
-    y, new_stats, per_batch = _batch_norm._batch_norm(
-        x,
-        scale,
-        bias,
-        running,
-        use_running_average=use_running_average,
-        axis=feature_axes,
-        momentum=self.momentum,
-        epsilon=self.epsilon,
-        mask=mask,
-        axis_name=None if initializing else self.axis_name,
-        axis_index_groups=self.axis_index_groups,
-        use_fast_variance=self.use_fast_variance,
-        dtype=self.dtype,
-        force_float32_reductions=self.force_float32_reductions,
-        virtual_batch_size=self.virtual_batch_size,
-        running_stats=self.running_stats,
-        owner=owner,
-    )
-    if not use_running_average and not initializing:
-      ra_mean.value = _batch_norm.stored_running_value(new_stats.mean, ra_mean.value.dtype)
-      ra_var.value = _batch_norm.stored_running_value(new_stats.var, ra_var.value.dtype)
-      if ra_count is not None:
-        ra_count.value = new_stats.count.astype(ra_count.value.dtype)
-      report_batch_moments(self, per_batch)
-    return y
+    return _stateful.linen_apply(BATCH_NORM, self, x, use_running_average, mask)
 
 
 class _PerExampleNorm(nn.Module):

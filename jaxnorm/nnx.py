@@ -48,6 +48,8 @@ from jaxnorm import _batch_renorm as _batch_renorm_lib
 from jaxnorm import _evonorm as _evonorm_lib
 from jaxnorm import _filter_response as _filter_response_lib
 from jaxnorm import _functional as F
+from jaxnorm import _modules as _modules_lib
+from jaxnorm import _stateful
 from jaxnorm._weight_standardization import standardize_weight
 
 Array = jax.Array
@@ -86,25 +88,6 @@ def _feature_params(owner: nnx.Module, shape, *, rngs: nnx.Rngs, use_scale: bool
 
 def _value(variable):
   return None if variable is None else variable[...]
-
-
-def _training(module, use_running_average: bool | None, owner: str) -> bool:
-  """True for batch statistics: the call's ``use_running_average``, else the
-  module's (``model.train()``/``model.eval()`` and ``nnx.view`` set it)."""
-  if use_running_average is None:
-    use_running_average = module.use_running_average
-  if use_running_average is None:
-    raise ValueError(
-        f"{owner}: use_running_average is None both in the constructor and in the call; pass "
-        "use_running_average=True/False to either, or use model.train() / model.eval()."
-    )
-  return not use_running_average
-
-
-def _store(variable, value) -> None:
-  """A running statistic's new value (no gradient flows into it), in its
-  stored dtype (complex values stay complex)."""
-  variable.set_value(jax.lax.stop_gradient(_batch_norm.stored_running_value(value, variable[...].dtype)))
 
 
 def _running_stat(init, shape, force_float32_reductions: bool, param_dtype):
@@ -202,27 +185,7 @@ class BatchNorm(_ModeMixin, nnx.Module):
       mask: optional boolean mask broadcastable to ``x``: which elements the
         statistics use.
     """
-    owner = "BatchNorm"
-    use_running_average = self.running_stats == "frozen" or not _training(self, use_running_average, owner)
-    _axes.check_floating(x, owner=owner)
-    x, mean, var, scale, bias = self.promote_dtype(
-        (x, self.mean[...], self.var[...], _value(self.scale), _value(self.bias)), dtype=self.dtype
-    )
-    count = None if self.count is None else self.count[...]
-    y, new, _ = _batch_norm._batch_norm(
-        x, scale, bias, _batch_norm.BatchStats(mean, var, count),
-        use_running_average=use_running_average, axis=self.axis, momentum=self.momentum,
-        epsilon=self.epsilon, mask=mask, axis_name=self.axis_name,
-        axis_index_groups=self.axis_index_groups, use_fast_variance=self.use_fast_variance,
-        dtype=self.dtype, force_float32_reductions=self.force_float32_reductions,
-        virtual_batch_size=self.virtual_batch_size, running_stats=self.running_stats, owner=owner,
-    )
-    if not use_running_average:
-      _store(self.mean, new.mean)
-      _store(self.var, new.var)
-      if self.count is not None:
-        _store(self.count, new.count)
-    return y
+    return _stateful.nnx_apply(_modules_lib.BATCH_NORM, self, x, use_running_average, mask)
 
 
 class _PerExampleNorm(nnx.Module):
@@ -497,25 +460,7 @@ class BatchRenorm(_ModeMixin, nnx.Module):
 
   def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
     """Normalizes ``x``; in training, updates ``mean``, ``var`` and ``steps``."""
-    owner = "BatchRenorm"
-    training = _training(self, use_running_average, owner)
-    _axes.check_floating(x, owner=owner)
-    r_max, d_max = _batch_renorm_lib.batch_renorm_limits(
-        self.steps[...], r_max=self.r_max, d_max=self.d_max, warmup_delay=self.warmup_delay,
-        r_max_warmup_steps=self.r_max_warmup_steps, d_max_warmup_steps=self.d_max_warmup_steps,
-    )
-    y, new, _ = _batch_renorm_lib._batch_renorm(
-        x, _value(self.scale), _value(self.bias), self.mean[...], self.var[...],
-        use_running_average=not training, r_max=r_max, d_max=d_max, axis=self.axis, momentum=self.momentum,
-        epsilon=self.epsilon, mask=mask, axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
-        use_fast_variance=self.use_fast_variance, dtype=self.dtype,
-        force_float32_reductions=self.force_float32_reductions, owner=owner,
-    )
-    if training:
-      _store(self.mean, new.mean)
-      _store(self.var, new.var)
-      self.steps[...] = self.steps[...] + 1
-    return y
+    return _stateful.nnx_apply(_batch_renorm_lib.BATCH_RENORM, self, x, use_running_average, mask)
 
 
 class EvoNormB0(_ModeMixin, nnx.Module):
@@ -558,19 +503,7 @@ class EvoNormB0(_ModeMixin, nnx.Module):
     self.use_fast_variance, self.force_float32_reductions = use_fast_variance, force_float32_reductions
 
   def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
-    owner = "EvoNormB0"
-    training = _training(self, use_running_average, owner)
-    _axes.check_floating(x, owner=owner)
-    c, _ = _filter_response_lib._per_example_channel_axes(x, self.channel_axis, owner)
-    y, new_var, _ = _evonorm_lib._evonorm_b0(
-        x, _value(self.scale), _value(self.bias), self.v[...], self.var[...], use_running_average=not training,
-        channel_axis=c, momentum=self.momentum, epsilon=self.epsilon, mask=mask, axis_name=self.axis_name,
-        axis_index_groups=self.axis_index_groups, use_fast_variance=self.use_fast_variance, dtype=self.dtype,
-        force_float32_reductions=self.force_float32_reductions, owner=owner,
-    )
-    if training:
-      _store(self.var, new_var)
-    return y
+    return _stateful.nnx_apply(_evonorm_lib.EVONORM_B0, self, x, use_running_average, mask)
 
 
 class EvoNormS0(nnx.Module):
