@@ -105,7 +105,60 @@ def main():
   results["spmd_sharded_input"] = err(y_spmd, y_ref)
   results["spmd_output_is_sharded"] = float(len(y_spmd.sharding.device_set) != D)
 
+  # 6. NNX: jaxnorm.nnx.BatchNorm(axis_name) under shard_map, as a flax.nnx
+  #    model is run there (split outside, merge inside, updated state out).
+  results.update(nnx_checks(shard_map, xb, rng))
   return results
+
+
+def nnx_sync_step(module, shard_map, xs, mask=None):
+  """Output and updated running mean/var of an NNX BatchNorm whose devices
+  each hold one shard of ``xs`` (and of ``mask``)."""
+  from flax import nnx
+
+  graphdef, state = nnx.split(module)
+
+  def step(state, xd, *md):
+    m = nnx.merge(graphdef, state)
+    y = m(xd, mask=md[0] if md else None)
+    return y, m.mean[...][None], m.var[...][None]
+
+  specs = (P(),) + (P("data"),) * (1 if mask is None else 2)
+  return shard_map(step, specs, (P("data"), P("data"), P("data")))(state, xs, *(() if mask is None else (mask,)))
+
+
+def nnx_checks(shard_map, xb, rng):
+  from flax import nnx
+
+  from jaxnorm import nnx as jnnx
+
+  out = {}
+  ours = nnx_sync_step(jnnx.BatchNorm(3, axis_name="data", momentum=0.9, rngs=nnx.Rngs(0)), shard_map, xb)
+  theirs = nnx_sync_step(nnx.BatchNorm(3, axis_name="data", momentum=0.9, rngs=nnx.Rngs(0)), shard_map, xb)
+  z, gmean, gvar = standardize(xb, (0, 1, 2), 1e-5)
+  out["nnx_sync_bn_output"] = err(ours[0], z)
+  out["nnx_sync_bn_running_mean"] = err(ours[1], np.tile(0.1 * gmean.reshape(1, 3), (D, 1)))
+  out["nnx_sync_bn_running_var"] = err(ours[2], np.tile(0.9 + 0.1 * gvar.reshape(1, 3), (D, 1)))
+  out["nnx_sync_bn_vs_flax_nnx"] = max(err(a, b) for a, b in zip(ours, theirs))
+  # Unequal counts: devices 0-3 hold 1-4 valid images of 4, device 4 none,
+  # devices 5-7 two each, the devices' data far apart. jaxnorm merges counts
+  # exactly; flax's pmean of per-device means does not (and an empty device
+  # makes its mean NaN).
+  xu = (xb + np.repeat(np.arange(D) * 3.0, 4)[:, None, None, None]).astype(np.float32)
+  valid = (np.arange(4)[None, :] < (np.arange(D) + 1)[:, None] % 5).reshape(-1)
+  valid[4 * 5 :] = np.arange(4 * 3) % 4 < 2  # devices 5-7: 2 valid images each
+  mask = np.broadcast_to(valid[:, None, None, None], xu.shape)
+  ours = nnx_sync_step(jnnx.BatchNorm(3, axis_name="data", momentum=0.9, rngs=nnx.Rngs(0)), shard_map, xu, mask)
+  theirs = nnx_sync_step(nnx.BatchNorm(3, axis_name="data", momentum=0.9, rngs=nnx.Rngs(0)), shard_map, xu, mask)
+  kept = f64(xu)[valid]
+  umean, uvar = kept.mean((0, 1, 2)), kept.var((0, 1, 2))
+  out["nnx_unequal_counts_running_mean"] = err(ours[1], np.tile(0.1 * umean, (D, 1)))
+  out["nnx_unequal_counts_running_var"] = err(ours[2], np.tile(0.9 + 0.1 * uvar, (D, 1)))
+  out["nnx_unequal_counts_output"] = err(
+      np.asarray(ours[0])[valid], (f64(xu)[valid] - umean) / np.sqrt(uvar + 1e-5)
+  )
+  out["flax_nnx_unequal_counts_mean_error"] = err(theirs[1], np.tile(0.1 * umean, (D, 1)))
+  return out
 
 
 if __name__ == "__main__":
