@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -351,3 +352,54 @@ def test_nnx_cifar_resnet_equals_the_linen_one(norm, kwargs, extra):
     np.testing.assert_array_equal(model.stem_norm.mean[...], updates["batch_stats"]["stem_norm"]["mean"])
   model.eval()
   np.testing.assert_array_equal(model(x), linen.apply(variables, x, train=False))
+
+
+class _SmallCnn(nnx.Module):
+  """A CNN built from one namespace's norm classes (flax.nnx or jaxnorm.nnx)."""
+
+  def __init__(self, norms, rngs: nnx.Rngs):
+    self.conv1 = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+    self.bn = norms.BatchNorm(8, momentum=0.9, rngs=rngs)
+    self.conv2 = nnx.Conv(8, 8, (3, 3), rngs=rngs)
+    self.gn = norms.GroupNorm(8, num_groups=4, rngs=rngs)
+    self.ln = norms.LayerNorm(8, rngs=rngs)
+    self.head = nnx.Linear(8, 10, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.bn(self.conv1(x)))
+    x = nnx.relu(self.gn(self.conv2(x)))
+    return self.head(self.ln(x.mean((1, 2))))
+
+
+def test_a_flax_nnx_model_trains_the_same_with_jaxnorm_norms():
+  """Model-level drop-in: the same CNN with flax.nnx's norms and with
+  jaxnorm.nnx's, from the same rngs, gives the same loss, gradients and
+  running statistics over 3 SGD steps under nnx.jit (float32; jaxnorm's
+  stable variance differs from flax's one-pass formula by rounding)."""
+  rng = np.random.default_rng(0)
+  batches = [(jnp.asarray(rng.normal(2.0, 3.0, (16, 8, 8, 3)), jnp.float32), jnp.asarray(rng.integers(0, 10, 16)))
+             for _ in range(3)]
+
+  def train(norms):
+    model = _SmallCnn(norms, nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x, y):
+      loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+      loss, grads = nnx.value_and_grad(loss_fn)(model)
+      optimizer.update(model, grads)
+      return loss, grads
+
+    history = [step(model, optimizer, x, y) for x, y in batches]
+    return history, nnx.state(model, nnx.BatchStat)
+
+  ours, ours_stats = train(jnnx)
+  theirs, theirs_stats = train(nnx)
+  for (loss_a, grads_a), (loss_b, grads_b) in zip(ours, theirs, strict=True):
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(nnx.state(grads_a)), jax.tree.leaves(nnx.state(grads_b)), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(ours_stats), jax.tree.leaves(theirs_stats), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert len(jax.tree.leaves(ours_stats)) == 2  # BatchNorm's mean and var
