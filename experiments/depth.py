@@ -201,9 +201,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
         compiled[(arch, norm)], lr, config, images, labels, probe_batch, lr == config.reference_lr, bar
     )
     out.update(arch=arch, norm=norm, lr=lr, config=config_json, git_commit=provenance.git_commit())
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out))
-    os.replace(tmp, path)
+    provenance.write_json_atomic(path, out, indent=None)
   bar.close()
 
   runs = [json.loads(p.read_text()) for p in sorted((workdir / "runs").glob("*.json"))]
@@ -219,9 +217,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
       "max_trainable_lr": max_trainable_lr(runs),
       "runs": runs,
   }
-  tmp = workdir / "results.json.tmp"
-  tmp.write_text(json.dumps(result))
-  os.replace(tmp, workdir / "results.json")
+  provenance.write_json_atomic(workdir / "results.json", result, indent=None)
   write_report(result, workdir)
   return result
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import platform
 import subprocess
@@ -95,3 +96,12 @@ def dataset_fingerprint(batches_dir: str | os.PathLike) -> dict:
   sha = digest.hexdigest()
   note = JPEG_COPY_NOTE if sha == JPEG_COPY_SHA256 else "CIFAR-10 binary release (official layout)"
   return {"dir": str(batches_dir), "sha256": sha, "copy": note}
+
+
+def write_json_atomic(path: str | os.PathLike, obj, *, indent: int | None = 2) -> None:
+  """Writes ``obj`` as JSON to ``path`` through a temporary file and a
+  rename, so a reader (or a killed run) never sees a half-written file."""
+  path = Path(path)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=indent, default=str))
+  os.replace(tmp, path)

@@ -126,9 +126,7 @@ def _copy_point(source: Path, point_dir: Path, config, source_label: str) -> Non
   result = json.loads((source / "result.json").read_text())
   result["config"] = json.loads(json.dumps(config.to_dict(), default=str))
   result["trained_as"] = source_label
-  tmp = point_dir / "result.json.tmp"
-  tmp.write_text(json.dumps(result, indent=2, default=str))
-  os.replace(tmp, point_dir / "result.json")  # last: its presence marks the point done
+  provenance.write_json_atomic(point_dir / "result.json", result)  # last: its presence marks the point done
 
 
 def packs_seeds(sweep) -> bool:
@@ -167,9 +165,7 @@ def run_sweep(sweep, workdir: str | os.PathLike) -> list[dict]:
       "points": [{"label": label, "overrides": overrides} for label, overrides, _ in points],
       "convergence_check": [{"label": label, "epochs": config.epochs} for label, config in longer],
   }
-  tmp = workdir / "sweep.json.tmp"
-  tmp.write_text(json.dumps(manifest, indent=2, default=str))
-  os.replace(tmp, workdir / "sweep.json")
+  provenance.write_json_atomic(workdir / "sweep.json", manifest)
 
   # Which point trains each distinct training config; the rest copy it.
   trained_as: dict[str, str] = {}

@@ -301,12 +301,6 @@ def _read_metrics(path: Path, up_to_epoch: int) -> list[dict]:
   return [m for m in lines if m["epoch"] <= up_to_epoch]
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, default=str))
-  os.replace(tmp, path)
-
-
 def _checkpoint_tree(state, root_key, mesh) -> dict:
   """What a checkpoint holds. Every leaf is a global array replicated over
   the mesh: with several processes, orbax saves only global arrays (a
@@ -576,7 +570,7 @@ def train_group(
     if grouped:
       result["trained_with_seeds"] = [other.seed for other in configs]
     if is_main:
-      _write_json_atomic(workdir / "result.json", result)
+      provenance.write_json_atomic(workdir / "result.json", result)
     results.append(result)
   for manager in managers:
     manager.close()
