@@ -17,7 +17,7 @@ files are absent they are downloaded from the official URL, checked against
 the official MD5 and moved into place atomically.
 
 Batches are built with numpy on the host (``train_batches``,
-``eval_batches``) and put on device with ``shard_batch``; augmentation runs
+``eval_batches``) and put on device with ``parallel.put_global_batch``; augmentation runs
 on device (see ``experiments.augment``). The scan engine
 (``execution='scan'``) keeps the whole set on the device instead and draws
 the same epoch order there (``device_epoch_permutation``).
@@ -36,7 +36,6 @@ from typing import Iterator, NamedTuple
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from experiments.augment import (  # noqa: F401  (re-exported for convenience)
     CIFAR10_MEAN,
@@ -396,39 +395,3 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, batch_size: int) -> int:
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     return len(images)
-
-
-def data_mesh(devices=None) -> Mesh:
-    """A 1-D mesh over ``devices`` (default: all) with axis name ``'data'``."""
-    return Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))
-
-
-def shard_batch(batch, mesh: Mesh | None = None):
-    """Puts a batch (any pytree of arrays) on device, split over the 'data' axis.
-
-    Args:
-      batch: pytree of arrays sharing a leading batch axis.
-      mesh: a mesh with a ``'data'`` axis; default ``data_mesh()``. With a
-        single device and no mesh this is a plain ``jax.device_put``.
-
-    Returns:
-      The batch as ``jax.Array``s sharded with ``PartitionSpec('data')``.
-
-    Raises:
-      ValueError: the batch size is not divisible by the 'data' axis size.
-    """
-    if mesh is None:
-        if jax.device_count() == 1:
-            return jax.device_put(batch)
-        mesh = data_mesh()
-    if "data" not in mesh.shape:
-        raise ValueError(f"mesh has no 'data' axis (axes: {tuple(mesh.shape)})")
-    n_dev = mesh.shape["data"]
-    for leaf in jax.tree_util.tree_leaves(batch):
-        size = np.shape(leaf)[0]
-        if size % n_dev:
-            raise ValueError(
-                f"batch size {size} is not divisible by the {n_dev} devices on the 'data' "
-                "mesh axis; use a batch size that is a multiple of the device count"
-            )
-    return jax.device_put(batch, NamedSharding(mesh, PartitionSpec("data")))

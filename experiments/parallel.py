@@ -67,6 +67,12 @@ def put_global_batch(batch, mesh: Mesh, *, runs: bool = False):
   """Places a host batch (identical on every process) sharded over 'data'
   (its examples axis: 0, or 1 behind a leading run axis with ``runs``)."""
   axis = 1 if runs else 0
+  for leaf in jax.tree.leaves(batch):
+    if np.shape(leaf)[axis] % mesh.size:
+      raise ValueError(
+          f"batch size {np.shape(leaf)[axis]} is not divisible by the {mesh.size} devices on the "
+          f"{DATA_AXIS!r} mesh axis; use a batch size that is a multiple of the device count."
+      )
   sharding = NamedSharding(mesh, P(None, DATA_AXIS) if runs else P(DATA_AXIS))
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)

@@ -21,6 +21,7 @@ import pytest
 
 from experiments import augment as aug
 from experiments import data
+from experiments import parallel
 
 R = 4  # records per file in the tiny datasets
 TRAIN_NAMES = [f"data_batch_{i}.bin" for i in range(1, 6)]
@@ -360,31 +361,30 @@ def test_train_batches_determinism_and_epochs():
         next(data.train_batches(images, labels, 200, seed=0, epoch=0))
 
 
-def test_shard_batch_single_device():
+def test_put_global_batch_single_device():
     images, labels = indexed(6)
-    out = data.shard_batch({"images": images, "labels": labels})
+    out = parallel.put_global_batch({"images": images, "labels": labels}, parallel.make_mesh())
     assert isinstance(out["images"], jax.Array)
     np.testing.assert_array_equal(np.asarray(out["images"]), images)
-    mesh = data.data_mesh()
-    out = data.shard_batch({"images": images}, mesh)
     assert out["images"].sharding.spec == jax.sharding.PartitionSpec("data")
 
 
-def test_shard_batch_multi_device_subprocess():
+def test_put_global_batch_multi_device_subprocess():
     """Two fake CPU devices (needs a fresh process for the XLA flag)."""
     code = textwrap.dedent("""
         import warnings
         warnings.filterwarnings("error", category=DeprecationWarning,
                                 module=r"(jaxnorm|experiments)\\b")
         import jax, numpy as np
-        from experiments import data
+        from experiments import parallel
         assert jax.device_count() == 2, jax.devices()
-        out = data.shard_batch({"x": np.arange(8).reshape(4, 2)})
+        mesh = parallel.make_mesh()
+        out = parallel.put_global_batch({"x": np.arange(8).reshape(4, 2)}, mesh)
         assert len(out["x"].addressable_shards) == 2
         assert [s.data.shape for s in out["x"].addressable_shards] == [(2, 2), (2, 2)]
         np.testing.assert_array_equal(np.asarray(out["x"]), np.arange(8).reshape(4, 2))
         try:
-            data.shard_batch({"x": np.zeros((5, 2))})
+            parallel.put_global_batch({"x": np.zeros((5, 2))}, mesh)
         except ValueError as e:
             print("ERR", e)
     """)
