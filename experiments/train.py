@@ -409,19 +409,38 @@ def _restore_group(managers, workdirs, states, root_keys, mesh):
       restore_latest_readable(m, w / "checkpoints", _checkpoint_tree(s, k, mesh))
       for m, w, s, k in zip(managers, workdirs, states, root_keys)
   ]
-  if any(r is None for r in restored):
+  if all(r is None for r in restored):
     return 0, states, root_keys
-  common = min(step for step, _ in restored)
+  common = min(0 if r is None else r[0] for r in restored)
   trees = []
-  for manager, state, key, (step, tree) in zip(managers, states, root_keys, restored):
-    if step != common:
-      if common not in manager.all_steps():
-        return 0, states, root_keys
-      tree = manager.restore(common, args=ocp.args.StandardRestore(_checkpoint_tree(state, key, mesh)))
-    trees.append(tree)
+  for manager, state, key, r in zip(managers, states, root_keys, restored):
+    if common and r[0] != common and common in manager.all_steps():
+      trees.append(manager.restore(common, args=ocp.args.StandardRestore(_checkpoint_tree(state, key, mesh))))
+    elif common and r[0] == common:
+      trees.append(r[1])
+    else:
+      return _restart_group(managers, workdirs, states, root_keys)
   # Each key back as a host value (the replicated global array's local copy).
   keys = [jax.random.wrap_key_data(np.asarray(t["rng"].addressable_data(0))) for t in trees]
   return common, [t["state"] for t in trees], keys
+
+
+def _restart_group(managers, workdirs, states, root_keys):
+  """(0, fresh states, keys): a group whose runs share no saved epoch (a
+  run without checkpoints joined runs that have some) trains from the
+  start; the other runs' checkpoints are deleted, with a warning, so that
+  the new ones are not mixed with them."""
+  for manager, workdir in zip(managers, workdirs):
+    steps = sorted(manager.all_steps())
+    if steps:
+      warnings.warn(
+          f"{workdir}: discarding its checkpoints of epochs {steps}: its group has no epoch that every "
+          "run saved, so all its runs train from the start.",
+          stacklevel=3,
+      )
+      for step in steps:
+        manager.delete(step)
+  return 0, states, root_keys
 
 
 def train_group(

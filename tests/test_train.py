@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -501,19 +502,18 @@ def test_two_vmapped_seeds_train_as_the_two_runs_alone(data_dir, tmp_path, mode)
 
 @pytest.mark.slow
 def test_a_killed_group_resumes_from_the_last_epoch_every_run_saved(data_dir, tmp_path):
-  """Run 4 has saved epoch 2, run 3 only epoch 1 (killed between the two
-  saves): the group resumes both from epoch 1 and ends as an uninterrupted
-  group does."""
+  """Run 4 has saved epoch 3, run 3 only epoch 2 (killed between the two
+  saves): the group resumes both from epoch 2, without discarding anything,
+  and ends as an uninterrupted group does."""
   configs = [tiny_config(data_dir, norm="gn", norm_kwargs={"num_groups": 2}, epochs=3, train_examples=64,
                          checkpoint=True, seed=s) for s in (3, 4)]
   full = train.train_group(configs, [tmp_path / f"full{c.seed}" for c in configs])
   dirs = [tmp_path / f"cut{c.seed}" for c in configs]
   train.train_group([c.copy_and_resolve_references() for c in configs], dirs)
-  # Undo the last epoch of both runs, and the second-to-last of run 3 only.
-  for d, drop in zip(dirs, ({2, 3}, {3})):
-    for step in drop:
-      shutil.rmtree(d / "checkpoints" / str(step))
-  resumed = train.train_group(configs, dirs)
+  shutil.rmtree(dirs[0] / "checkpoints" / "3")  # run 3's last save never happened
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", UserWarning)  # nothing is discarded
+    resumed = train.train_group(configs, dirs)
   for f, r, d in zip(full, resumed, dirs):
     assert r["final_test_error"] == pytest.approx(f["final_test_error"], abs=1 / 64 + 1e-9)
     metrics = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
@@ -533,3 +533,16 @@ def test_a_group_takes_only_runs_that_differ_in_the_seed(data_dir, tmp_path):
     train.train_group([a, tiny_config(data_dir, norm="bn", seed=1)], [tmp_path / "a", tmp_path / "b"])
   with pytest.raises(ValueError, match="one distinct workdir per run"):
     train.train_group([a, tiny_config(data_dir, norm="bn", seed=2)], [tmp_path / "a", tmp_path / "a"])
+
+
+@pytest.mark.slow
+def test_a_group_whose_runs_share_no_saved_epoch_starts_over_with_a_warning(data_dir, tmp_path):
+  """Seed 3 trained alone and saved epochs 1-2; seed 4 has nothing. As a
+  group they restart from epoch 0 (seed 3's checkpoints are discarded, with
+  a warning naming them) and seed 3 ends as it did alone."""
+  configs = [tiny_config(data_dir, norm="bn", epochs=2, train_examples=64, checkpoint=True, seed=s) for s in (3, 4)]
+  alone = train.train_and_evaluate(configs[0], tmp_path / "s3")
+  with pytest.warns(UserWarning, match=r"s3: discarding its checkpoints of epochs \[1, 2\]"):
+    grouped = train.train_group(configs, [tmp_path / "s3", tmp_path / "s4"])
+  assert grouped[0]["final_test_error"] == pytest.approx(alone["final_test_error"], abs=1 / 64 + 1e-9)
+  assert [json.loads(l)["epoch"] for l in (tmp_path / "s3" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
