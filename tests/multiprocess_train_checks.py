@@ -5,7 +5,10 @@ devices, both training the same tiny config. ``--die-after-epoch N`` ends
 the process (as a kill would, without cleanup) after epoch N's checkpoint
 is saved, so a rerun must resume. Process 0 prints the result as JSON.
 
-    python tests/multiprocess_train_checks.py DATA WORKDIR PROCESS_ID NUM_PROCESSES PORT [--die-after-epoch N]
+    python tests/multiprocess_train_checks.py DATA WORKDIR PROCESS_ID NUM_PROCESSES PORT [--die-after-epoch N] [--group]
+
+``--group`` trains seeds 0 and 1 as one group (``train.train_group``) into
+``WORKDIR/s0`` and ``WORKDIR/s1``; the JSON then has one entry per seed.
 """
 
 import json
@@ -22,6 +25,7 @@ RECORDS = 64
 def main():
   data, workdir, process_id, num_processes, port = sys.argv[1:6]
   die_after = int(sys.argv[7]) if len(sys.argv) > 7 and sys.argv[6] == "--die-after-epoch" else 0
+  group = "--group" in sys.argv
   devices_per_process = 4 // int(num_processes)
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_per_process}"
   os.environ["JAX_PLATFORMS"] = "cpu"
@@ -55,14 +59,24 @@ def main():
       if done["epochs"] > die_after:  # epoch die_after + 1 finished, before its checkpoint
         os._exit(17)
 
-  result = train.train_and_evaluate(c, workdir, on_epochs=on_epochs)
+  if group:
+    configs = [c.copy_and_resolve_references() for _ in (0, 1)]
+    for seed, config in enumerate(configs):
+      config.seed = seed
+    dirs = [Path(workdir) / f"s{seed}" for seed in (0, 1)]
+    results = train.train_group(configs, dirs, on_epochs=on_epochs)
+  else:
+    dirs, results = [Path(workdir)], [train.train_and_evaluate(c, workdir, on_epochs=on_epochs)]
   if jax.process_index() == 0:
-    history = [json.loads(l) for l in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-    print("RESULT " + json.dumps({
-        "process_count": jax.process_count(), "device_count": jax.device_count(),
-        "train_loss": [m["train_loss"] for m in history], "test_error": [m["test_error"] for m in history],
-        "epochs_completed": result["epochs_completed"],
-    }))
+    runs = []
+    for d, result in zip(dirs, results):
+      history = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+      runs.append({
+          "process_count": jax.process_count(), "device_count": jax.device_count(),
+          "train_loss": [m["train_loss"] for m in history], "test_error": [m["test_error"] for m in history],
+          "epochs_completed": result["epochs_completed"],
+      })
+    print("RESULT " + json.dumps(runs if group else runs[0]))
 
 
 if __name__ == "__main__":

@@ -469,6 +469,33 @@ def test_two_processes_train_checkpoint_and_resume_like_one(data_dir, tmp_path):
   np.testing.assert_allclose(two["test_error"], one["test_error"], atol=1 / 64 + 1e-9)
 
 
+@pytest.mark.slow
+def test_two_processes_train_a_seed_group_and_resume_like_one(data_dir, tmp_path):
+  """A group of two seeds on 2 processes × 2 devices equals the group on 1
+  process × 4 devices, including a group killed after its first
+  checkpoints and resumed."""
+  import socket
+
+  def free_port():
+    with socket.socket() as s:
+      s.bind(("localhost", 0))
+      return s.getsockname()[1]
+
+  codes, outs = _run_processes(data_dir, tmp_path / "one", 1, free_port(), "--group")
+  assert codes == [0], outs[0][1][-3000:]
+  one = _result(outs)
+  codes, outs = _run_processes(data_dir, tmp_path / "two", 2, free_port(), "--die-after-epoch", "1", "--group")
+  assert codes == [17, 17], [o[1][-3000:] for o in outs]
+  codes, outs = _run_processes(data_dir, tmp_path / "two", 2, free_port(), "--group")
+  assert codes == [0, 0], [o[1][-3000:] for o in outs]
+  two = _result(outs)
+  assert [r["epochs_completed"] for r in two] == [2, 2]
+  for a, b in zip(one, two, strict=True):
+    np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-5)
+    np.testing.assert_allclose(b["test_error"], a["test_error"], atol=1 / 64 + 1e-9)
+  assert one[0]["train_loss"] != one[1]["train_loss"]
+
+
 def _run_files(workdir):
   metrics = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   return metrics, json.loads((workdir / "result.json").read_text())
