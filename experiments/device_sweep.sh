@@ -5,7 +5,7 @@
 #       carry=["wheelhouse", "device_data"], timeout_s=...)
 #
 # Prepare once, here: wheelhouse/ as benchmarks/device_run.sh says, and
-# device_data/ (git-ignored through .git/info/exclude) holding the shared
+# device_data/ (git-ignored) holding the shared
 # copy's cifar-10-jpeg.tar.gz and prepare.py (19 MB; the binary layout is
 # 176 MB, over what a call carries, so it is rebuilt there in ~15 s).
 #
