@@ -245,10 +245,6 @@ def batch_renorm(
 
 def _batch_renorm_compute(module, x, params, state, *, use_running_average, mask, axis_name):
   owner = "BatchRenorm"
-  _check_schedule(
-      module.r_max, module.d_max, module.warmup_delay, module.r_max_warmup_steps, module.d_max_warmup_steps,
-      owner=owner,
-  )
   r_max, d_max = batch_renorm_limits(
       state["steps"], r_max=module.r_max, d_max=module.d_max, warmup_delay=module.warmup_delay,
       r_max_warmup_steps=module.r_max_warmup_steps, d_max_warmup_steps=module.d_max_warmup_steps,
@@ -281,6 +277,10 @@ BATCH_RENORM = _stateful.StatefulNorm(
     ),
     features=_batch_renorm_features,
     compute=_batch_renorm_compute,
+    validate=lambda module: _check_schedule(
+        module.r_max, module.d_max, module.warmup_delay, module.r_max_warmup_steps, module.d_max_warmup_steps,
+        owner="BatchRenorm",
+    ),
 )
 
 

@@ -62,7 +62,6 @@ def _batch_norm_features(module, x) -> tuple[int, ...]:
 
 
 def _batch_norm_state(module) -> tuple[_stateful.RunningStat, ...]:
-  _axes.check_choice(module.running_stats, _batch_norm.RUNNING_STATS, name="running_stats", owner="BatchNorm")
   count = (_stateful.RunningStat("count", per_feature=False),) if module.running_stats == "cumulative" else ()
   return (_stateful.RunningStat("mean", jnp.zeros), _stateful.RunningStat("var", jnp.ones)) + count
 
@@ -88,6 +87,9 @@ BATCH_NORM = _stateful.StatefulNorm(
     features=_batch_norm_features,
     compute=_batch_norm_compute,
     always_running=lambda module: module.running_stats == "frozen",
+    validate=lambda module: _axes.check_choice(
+        module.running_stats, _batch_norm.RUNNING_STATS, name="running_stats", owner="BatchNorm"
+    ),
 )
 
 

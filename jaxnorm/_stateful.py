@@ -68,6 +68,8 @@ class StatefulNorm:
       new state a dict with every name of ``state(module)``.
     always_running: ``module -> bool``: normalize with the running state in
       training too and never update it (``running_stats="frozen"``).
+    validate: ``module -> None``: checks the settings, before anything else
+      (raises ``ValueError`` naming the setting).
   """
 
   owner: str
@@ -76,6 +78,7 @@ class StatefulNorm:
   features: Callable[[Any, Array], tuple[int, ...]]
   compute: Callable[..., tuple[Array, dict, Any]]
   always_running: Callable[[Any], bool] = _never
+  validate: Callable[[Any], None] = lambda module: None
 
 
 def state_dtype(module, stat: RunningStat):
@@ -103,6 +106,7 @@ def linen_apply(spec: StatefulNorm, module, x, use_running_average: bool | None,
   moments for :func:`jaxnorm.precise_batch_stats`."""
   import flax.linen as nn  # noqa: PLC0415  (the NNX path needs no linen)
 
+  spec.validate(module)
   if spec.always_running(module):
     use_running_average = True
   else:
@@ -137,6 +141,7 @@ def nnx_apply(spec: StatefulNorm, module, x, use_running_average: bool | None, m
   ``model.eval()``, ``nnx.view``). A module with a ``promote_dtype``
   attribute (flax.nnx's BatchNorm has one) promotes the input, parameters
   and statistics with it, as flax does."""
+  spec.validate(module)
   if spec.always_running(module):
     use_running_average = True
   else:

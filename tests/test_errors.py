@@ -113,3 +113,16 @@ def test_messages_contain_flaxs_sentence_then_the_fix(build, flax_sentence):
   message = str(ours.value)
   assert flax_sentence in message
   assert len(message.split(flax_sentence, 1)[1].strip()) > 20  # and then the explanation
+
+
+@pytest.mark.parametrize(
+    "module,match",
+    [
+        (lambda: jn.BatchNorm(running_stats="bogus"), "running_stats='bogus'"),
+        (lambda: jn.BatchRenorm(r_max=0.5), "r_max=0.5"),
+    ],
+)
+def test_a_bad_setting_is_named_before_the_missing_mode(module, match):
+  """The setting's own message, even when use_running_average is also unset."""
+  with pytest.raises(ValueError, match=match):
+    module().init(jax.random.key(0), jnp.ones((4, 3)))
