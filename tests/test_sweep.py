@@ -3,6 +3,7 @@
 import csv
 import copy
 import json
+import re
 from pathlib import Path
 
 import ml_collections
@@ -293,7 +294,9 @@ def test_command_without_data_prints_the_fix_without_a_traceback(tmp_path):
   assert not (tmp_path / "sweep" / "points").exists()  # nothing trained
 
 
-@pytest.mark.parametrize("name", ["sweep_statistics_quick", "sweep_quick", "sweep_statistics_2h"])
+@pytest.mark.parametrize(
+    "name", ["sweep_statistics_quick", "sweep_quick", "sweep_statistics_2h", "sweep_statistics_h100", "sweep_paper_h100"]
+)
 def test_committed_sweep_configs_are_valid_at_every_point(name):
   """Every point of the README's main job (and the per-device sweep) passes
   the checks a run does before compute, on one device, without training."""
@@ -306,13 +309,13 @@ def test_committed_sweep_configs_are_valid_at_every_point(name):
   s = module.get_config()
   s.lock()
   points = sweep.expand(s)
-  assert len(points) == (20 if name == "sweep_statistics_2h" else 10)
+  assert len(points) == (20 if name in ("sweep_statistics_2h", "sweep_statistics_h100") else 10)
   for label, _, config in points:
     config_lib.validate(config, 1)
     train.check_model(train.build_model(config))
     if name.startswith("sweep_statistics"):
       assert config_lib.global_batch(config) == 128  # the optimization is the same everywhere
-      assert config_lib.statistics_examples(config) == int(label.split("__k")[1])
+      assert config_lib.statistics_examples(config) == int(re.search(r"__k(\d+)", label).group(1))
   for label, config in sweep.convergence_points(s, points):
     assert config.epochs == 2 * dict((p[0], p[2]) for p in points)[label].epochs
 
