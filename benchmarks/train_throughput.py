@@ -22,7 +22,6 @@ import types
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments import config as config_lib  # noqa: E402
@@ -39,12 +38,6 @@ def measure(config, steps: int, runs: int = 1) -> dict:
   mode = train.execution_mode(config, mesh.size)
   tx = train.make_optimizer(config, 0.01)
 
-  def initial(seed):
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)), train=False)
-    return parallel.TrainState(
-        jnp.zeros((), jnp.int32), variables["params"], variables.get("batch_stats", {}), tx.init(variables["params"])
-    )
-
   n = config_lib.global_batch(config)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (steps * n, 32, 32, 3), dtype=np.uint8)
@@ -52,7 +45,7 @@ def measure(config, steps: int, runs: int = 1) -> dict:
   test = types.SimpleNamespace(test_images=images[:n], test_labels=labels[:n])
   seeds = list(range(runs))
   engine = train._Engine(model, tx, mesh, config, mode, images, labels, test, seeds=seeds)
-  state = train._stack([initial(s) for s in seeds]) if engine.runs else initial(0)
+  state = train._stack([parallel.init_state(model, tx, jax.random.key(s)) for s in seeds]) if engine.runs else parallel.init_state(model, tx, jax.random.key(0))
   root_key = engine.root_key()
   state, _ = engine.train_epoch(state, root_key, 0)  # compiles
   jax.block_until_ready(state)

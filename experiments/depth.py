@@ -121,11 +121,8 @@ class _Compiled:
 
 def train_one(compiled: _Compiled, lr: float, config, images, labels, probe_batch, probe: bool, bar) -> dict:
   """Trains one run; returns its losses and, when ``probe``, its probes."""
-  variables = compiled.model.init(jax.random.key(config.seed), jnp.zeros((1, 32, 32, 3)), train=False)
-  params = variables["params"]
-  opt_state = compiled.tx.init(params)
-  opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
-  state = parallel.TrainState(jnp.zeros((), jnp.int32), params, variables.get("batch_stats", {}), opt_state)
+  state = parallel.init_state(compiled.model, compiled.tx, jax.random.key(config.seed))
+  state.opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
   probe_batch = parallel.put_global_batch(probe_batch, compiled.mesh)
   no_augmentation = jax.random.key(0)  # the step takes a key; without augmentation it is unused
   losses, probes, previous = [], {}, None

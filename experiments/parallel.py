@@ -58,6 +58,14 @@ class TrainState(NamedTuple):
   opt_state: Any
 
 
+def init_state(model, tx, key) -> TrainState:
+  """Step 0: the model's parameters and batch statistics initialised from
+  ``key`` (on one 32×32 RGB image, evaluation mode) and ``tx``'s state."""
+  variables = model.init(key, jnp.zeros((1, 32, 32, 3)), train=False)
+  params = variables["params"]
+  return TrainState(jnp.zeros((), jnp.int32), params, variables.get("batch_stats", {}), tx.init(params))
+
+
 def make_mesh(devices=None) -> Mesh:
   devices = jax.devices() if devices is None else devices
   return Mesh(np.asarray(devices), (DATA_AXIS,))

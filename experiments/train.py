@@ -487,15 +487,8 @@ def train_group(
   tx = make_optimizer(config, schedule)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
-  def initial_state(root_key):
-    variables = model.init(jax.random.fold_in(root_key, 0), jnp.zeros((1, 32, 32, 3)), train=False)
-    state = parallel.TrainState(
-        jnp.zeros((), jnp.int32), variables["params"], variables.get("batch_stats", {}), tx.init(variables["params"])
-    )
-    return jax.device_put(state, replicated)
-
   root_keys = [jax.random.key(c.seed) for c in configs]
-  states = [initial_state(k) for k in root_keys]
+  states = [jax.device_put(parallel.init_state(model, tx, jax.random.fold_in(k, 0)), replicated) for k in root_keys]
   managers = []
   start_epoch = 0
   if config.checkpoint:

@@ -43,13 +43,8 @@ def abstract_inputs(config, mesh):
   model = train.build_model(config)
   tx = train.make_optimizer(config, train.make_schedule(config, 10))
 
-  def init():
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-    params = variables["params"]
-    return parallel.TrainState(jnp.zeros((), jnp.int32), params, variables.get("batch_stats", {}), tx.init(params))
-
   replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(parallel.DATA_AXIS))
-  state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), jax.eval_shape(init))
+  state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), jax.eval_shape(lambda: parallel.init_state(model, tx, jax.random.key(0))))
   n = config_lib.global_batch(config)
   images = jax.ShapeDtypeStruct((n, 32, 32, 3), jnp.uint8, sharding=split)
   labels = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=split)

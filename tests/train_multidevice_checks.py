@@ -10,7 +10,6 @@ import json
 import warnings
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments import config as config_lib
@@ -28,13 +27,7 @@ def run_steps(config, mode, devices=None, steps=2):
   model = train.build_model(config)
   mesh = parallel.make_mesh(devices)
   tx = train.make_optimizer(config, train.make_schedule(config, steps))
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-  state = parallel.TrainState(
-      jnp.zeros((), jnp.int32),
-      variables["params"],
-      variables.get("batch_stats", {}),
-      tx.init(variables["params"]),
-  )
+  state = parallel.init_state(model, tx, jax.random.key(0))
   step = train.make_step(model, tx, mesh, config, mode)
   rng = np.random.default_rng(0)
   n = config_lib.global_batch(config)
@@ -57,12 +50,7 @@ def run_scan_epoch(config, devices, steps=2, seeds=(0,)):
   mesh = parallel.make_mesh(devices)
   tx = train.make_optimizer(config, train.make_schedule(config, steps))
 
-  def initial(seed):
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)), train=False)
-    return parallel.TrainState(
-        jnp.zeros((), jnp.int32), variables["params"], variables.get("batch_stats", {}), tx.init(variables["params"])
-    )
-
+  initial = lambda seed: parallel.init_state(model, tx, jax.random.key(seed))
   runs = len(seeds) if len(seeds) > 1 else 0
   state = train._stack([initial(s) for s in seeds]) if runs else initial(seeds[0])
   root_key = train._stack_keys([jax.random.key(s) for s in seeds]) if runs else jax.random.key(seeds[0])
