@@ -73,6 +73,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 500
   c.eval_with_batch_stats = False  # also evaluate with batch statistics
   c.report_last_evals = 5  # result = median test error of the last N evals
+  # Evaluate on the test set after every eval_every-th epoch and after each
+  # of the last report_last_evals epochs (the ones the result is taken
+  # from); the other epochs record the training metrics only. Evaluation is
+  # a forward pass over the 10,000 test images, so on a small training
+  # subset it can cost more than the epoch itself.
+  c.eval_every = 1
   c.seed = 0
   c.checkpoint = True  # orbax checkpoint every epoch; rerun resumes
   c.progress = True  # tqdm bar per epoch
@@ -83,6 +89,11 @@ def default_config() -> ml_collections.ConfigDict:
   # backward pass per evaluation.
   c.diagnostics = False
   return c
+
+
+def evaluates_after(config, epoch: int) -> bool:
+  """Whether the run evaluates on the test set after ``epoch`` (1-based)."""
+  return epoch % config.eval_every == 0 or epoch > config.epochs - config.report_last_evals
 
 
 def global_batch(config) -> int:
@@ -101,7 +112,7 @@ def validate(config, num_physical_devices: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
       raise ValueError(f"config: {name}={value!r}; expected a positive integer.")
 
-  for name in ("num_devices", "per_device_batch", "epochs", "eval_batch_size", "width"):
+  for name in ("num_devices", "per_device_batch", "epochs", "eval_batch_size", "width", "eval_every", "report_last_evals"):
     positive(name)
   for name in ("diagnostics", "residual"):
     if not isinstance(config[name], bool):

@@ -247,22 +247,17 @@ def plot_curves(points, path: Path, title: str, longer=()) -> None:
     for p in sorted(points, key=lambda p: -_column(p["config"])):
       if norm_label(p["config"]) != row or p.get("trained_as"):
         continue  # a copy of another point's run is drawn once, as that point
-      epochs = [m["epoch"] for m in p["history"]]
       b = _column(p["config"])
       color = cmap(sizes.index(b) / max(len(sizes) - 1, 1))
       label = f"{b} {_column_unit(points)}, seed {p['config']['seed']}"
       if any(q.get("trained_as") == p["label"] for q in points):
         label = f"every column, seed {p['config']['seed']}"  # its training ignores the column
-      axes[r, 0].plot(epochs, [m["train_loss"] for m in p["history"]], color=color, label=label)
-      axes[r, 1].plot(epochs, [100 * m["test_error"] for m in p["history"]], color=color, label=label)
+      _plot_history(axes[r], p["history"], color=color, label=label)
     for p in longer:
       if norm_label(p["config"]) != row:
         continue
-      epochs = [m["epoch"] for m in p["history"]]
       label = f"{p['label']}, {p['epochs_completed']} epochs (convergence check)"
-      style = dict(color="tab:red", linestyle="--", label=label)
-      axes[r, 0].plot(epochs, [m["train_loss"] for m in p["history"]], **style)
-      axes[r, 1].plot(epochs, [100 * m["test_error"] for m in p["history"]], **style)
+      _plot_history(axes[r], p["history"], color="tab:red", linestyle="--", label=label)
     axes[r, 0].set_title(f"{row}: training loss", fontsize=9)
     axes[r, 1].set_title(f"{row}: test error (%)", fontsize=9)
     for ax in axes[r]:
@@ -273,6 +268,14 @@ def plot_curves(points, path: Path, title: str, longer=()) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def _plot_history(axes, history, **style) -> None:
+  """Training loss every epoch; test error at the epochs that evaluated."""
+  axes[0].plot([m["epoch"] for m in history], [m["train_loss"] for m in history], **style)
+  tested = [m for m in history if "test_error" in m]
+  marker = "." if len(tested) < len(history) else None
+  axes[1].plot([m["epoch"] for m in tested], [100 * m["test_error"] for m in tested], marker=marker, **style)
 
 
 def write_report(workdir: str | os.PathLike) -> str:

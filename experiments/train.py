@@ -356,12 +356,11 @@ def _stop_if_not_finite(step_metrics, epoch: int, steps_per_epoch: int, workdir:
 
 def summarize(history: list[dict], last: int) -> dict:
   """Final test error: the median over the last `last` evaluations."""
-  errors = [m["test_error"] for m in history[-last:]]
+  evaluated = [m for m in history if "test_error" in m][-last:]
+  errors = [m["test_error"] for m in evaluated]
   out = {"final_test_error": float(np.median(errors)) if errors else None, "last_test_errors": errors}
-  if history and "test_error_batch_stats" in history[-1]:
-    out["final_test_error_batch_stats"] = float(
-        np.median([m["test_error_batch_stats"] for m in history[-last:]])
-    )
+  if evaluated and "test_error_batch_stats" in evaluated[-1]:
+    out["final_test_error_batch_stats"] = float(np.median([m["test_error_batch_stats"] for m in evaluated]))
   return out
 
 
@@ -370,7 +369,7 @@ def train_and_evaluate(
     workdir: str | os.PathLike,
     on_epochs: Callable[[int], object] | None = None,
 ) -> dict:
-  """Trains, evaluates every epoch, checkpoints, and returns the result.
+  """Trains, evaluates (``config.eval_every``), checkpoints, and returns the result.
 
   ``on_epochs(n)`` (optional) hears of epochs done: once with the epochs a
   resumed run finds complete, then ``1`` after every epoch (a sweep's
@@ -525,8 +524,11 @@ def train_group(
     for run_metrics, workdir in zip(step_metrics, workdirs):
       _stop_if_not_finite(run_metrics, epoch, steps_per_epoch, workdir)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    tests = engine.evaluate(variables)
-    tests_batch_stats = engine.evaluate(variables, batch_statistics=True) if config.eval_with_batch_stats else None
+    evaluating = config_lib.evaluates_after(config, epoch + 1)
+    tests = engine.evaluate(variables) if evaluating else [None] * len(configs)
+    tests_batch_stats = (
+        engine.evaluate(variables, batch_statistics=True) if evaluating and config.eval_with_batch_stats else None
+    )
     step = int(np.max(jax.device_get(state.step)))
     for r, (history, run_metrics, test) in enumerate(zip(histories, step_metrics, tests)):
       record = {
@@ -534,12 +536,12 @@ def train_group(
           "step": step,
           "train_loss": float(np.mean([m["loss"] for m in run_metrics])),
           "train_accuracy": float(np.mean([m["accuracy"] for m in run_metrics])),
-          "test_loss": test["loss"],
-          "test_error": test["error"],
           "learning_rate": float(schedule(step - 1)),
           "images_per_sec": steps_per_epoch * batch / train_seconds,  # this run's images
           "epoch_seconds": time.time() - epoch_start,
       }
+      if test is not None:
+        record["test_loss"], record["test_error"] = test["loss"], test["error"]
       if tests_batch_stats is not None:
         record["test_error_batch_stats"] = tests_batch_stats[r]["error"]
       if probe is not None:
@@ -552,9 +554,10 @@ def train_group(
         with metrics_paths[r].open("a") as f:
           f.write(json.dumps(record, allow_nan=False) + "\n")  # strict JSON
         seed = f" (seed {configs[r].seed})" if grouped else ""
+        tested = f"test error {100 * record['test_error']:.2f}%, " if test is not None else ""
         bar.write(
             f"epoch {epoch + 1}{seed}: train loss {record['train_loss']:.3f}, "
-            f"test error {100 * record['test_error']:.2f}%, {record['images_per_sec']:.0f} img/s"
+            f"{tested}{record['images_per_sec']:.0f} img/s"
         )
     if on_epochs is not None:
       on_epochs(1)
