@@ -84,37 +84,37 @@ import time
 
 _START = time.perf_counter()  # the budget counts from here, imports included
 
-import argparse  # noqa: E402
-import concurrent.futures  # noqa: E402
-import dataclasses  # noqa: E402
-import functools  # noqa: E402
-import importlib.metadata  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-import traceback  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+import argparse
+import concurrent.futures
+import dataclasses
+import functools
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import sys
+import threading
+import traceback
+from collections.abc import Callable
 
 # JAX takes 75 % of GPU memory by default; leave room for PyTorch's peer.
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.6")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jaxnorm  # noqa: E402
-from benchmarks import norm_bench as nb  # noqa: E402
-from benchmarks.device_numerics import error_text  # noqa: E402
-from benchmarks.device_numerics import numerics  # noqa: E402
-from benchmarks.device_report import BYTES_FORMULA  # noqa: E402
-from benchmarks.device_report import LAYER_NOTES  # noqa: E402
-from benchmarks.device_report import SECTIONS  # noqa: E402
-from benchmarks.device_report import layer_summary  # noqa: E402
-from benchmarks.device_report import markdown  # noqa: E402
-from experiments import provenance  # noqa: E402
+import jaxnorm
+from benchmarks import norm_bench as nb
+from benchmarks.device_numerics import error_text
+from benchmarks.device_numerics import numerics
+from benchmarks.device_report import BYTES_FORMULA
+from benchmarks.device_report import LAYER_NOTES
+from benchmarks.device_report import SECTIONS
+from benchmarks.device_report import layer_summary
+from benchmarks.device_report import markdown
+from experiments import provenance
 
 torch = nb.torch
 tqdm = nb.tqdm
@@ -123,8 +123,6 @@ JSON_NAME, MARKDOWN_NAME = "device_check.json", "device_check.md"
 DEFAULT_BUDGET_S = 265.0
 DEFAULT_GRACE_S = 15.0  # the watchdog ends the run at budget + grace
 TRAIN_RESERVE = 0.3  # share of the budget the layer timings leave to train_step
-
-
 
 
 def _elapsed() -> float:
@@ -162,28 +160,28 @@ def torch_device() -> str | None:
 def environment() -> dict:
   device = jax.devices()[0]
   env = {
-      "device_kind": device.device_kind,
-      "platform": device.platform,
-      "device_count": jax.device_count(),
-      "python": platform.python_version(),
-      "versions": {
-          "jax": jax.__version__,
-          "jaxlib": _version("jaxlib"),
-          "flax": _version("flax"),
-          "optax": _version("optax"),
-          "numpy": np.__version__,
-          "torch": torch.__version__ if torch is not None else None,
-          "jaxnorm": jaxnorm.__version__,
-          "jax_cuda_plugin": _version("jax-cuda13-plugin") or _version("jax-cuda12-plugin"),
-      },
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "git_commit": provenance.git_commit(),
-      "jaxnorm_default_implementation": jaxnorm.get_implementation(),
-      "xla_python_client_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"),
+    "device_kind": device.device_kind,
+    "platform": device.platform,
+    "device_count": jax.device_count(),
+    "python": platform.python_version(),
+    "versions": {
+      "jax": jax.__version__,
+      "jaxlib": _version("jaxlib"),
+      "flax": _version("flax"),
+      "optax": _version("optax"),
+      "numpy": np.__version__,
+      "torch": torch.__version__ if torch is not None else None,
+      "jaxnorm": jaxnorm.__version__,
+      "jax_cuda_plugin": _version("jax-cuda13-plugin") or _version("jax-cuda12-plugin"),
+    },
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "git_commit": provenance.git_commit(),
+    "jaxnorm_default_implementation": jaxnorm.get_implementation(),
+    "xla_python_client_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"),
   }
   try:
     env["hardware"] = provenance.hardware()
-  except Exception as e:  # noqa: BLE001
+  except Exception as e:
     env["hardware"] = {"error": error_text(e)}
   if torch_device() == "cuda":
     env["torch_cuda"] = {"version": torch.version.cuda, "device": torch.cuda.get_device_name(0)}
@@ -205,10 +203,10 @@ def bandwidth(elements: int, rounds: int, reps: int, torch_on: str | None, secti
   seconds = nb._interleaved(fns, rounds, reps, torch_settle=0)
   nbytes = 2 * 4 * elements
   result = {
-      "bytes_per_call": nbytes,
-      "formula": "float32 array of n elements: 2·4·n bytes (read x, write the result)",
-      "jax_x_plus_1": {"seconds": seconds["jax"], "bytes_per_s": nbytes / seconds["jax"]},
-      "bytes_per_s": nbytes / seconds["jax"],
+    "bytes_per_call": nbytes,
+    "formula": "float32 array of n elements: 2·4·n bytes (read x, write the result)",
+    "jax_x_plus_1": {"seconds": seconds["jax"], "bytes_per_s": nbytes / seconds["jax"]},
+    "bytes_per_s": nbytes / seconds["jax"],
   }
   if "torch" in seconds:
     result["torch_copy"] = {"seconds": seconds["torch"], "bytes_per_s": nbytes / seconds["torch"], "device": torch_on}
@@ -228,12 +226,12 @@ def layer_cases(smoke: bool) -> list[LayerCase]:
   """Most informative first: float32 before bfloat16, NHWC before NCHW."""
   if smoke:
     return [  # one per peer kernel: GN (with Pallas), BN in bfloat16 NCHW, RMS
-        LayerCase("resnet20 toy", nb.Case("gn", (2, 8, 8, 16), "NHWC", "float32")),
-        LayerCase("resnet20 toy", nb.Case("bn", (2, 8, 8, 16), "NCHW", "bfloat16")),
-        LayerCase("transformer toy", nb.Case("rms", (2, 8, 64), "NTD", "float32")),
+      LayerCase("resnet20 toy", nb.Case("gn", (2, 8, 8, 16), "NHWC", "float32")),
+      LayerCase("resnet20 toy", nb.Case("bn", (2, 8, 8, 16), "NCHW", "bfloat16")),
+      LayerCase("transformer toy", nb.Case("rms", (2, 8, 64), "NTD", "float32")),
     ]
   resnet = [
-      (f"resnet20 N={n}", (n, h, w, c)) for n in (128, 2048) for h, w, c in ((32, 32, 16), (16, 16, 32), (8, 8, 64))
+    (f"resnet20 N={n}", (n, h, w, c)) for n in (128, 2048) for h, w, c in ((32, 32, 16), (16, 16, 32), (8, 8, 64))
   ]
   cases = []
   for dtype in ("float32", "bfloat16"):
@@ -306,7 +304,7 @@ def time_layer_case(lc: LayerCase, rounds: int, reps: int, pool, torch_on, torch
         y = out if mode == "forward" else out[0]
         timed[name] = functools.partial(compiled, *args)
         sizes[name] = _nbytes(mode, n, inputs[0].dtype.itemsize, y.dtype.itemsize)
-      except Exception as e:  # noqa: BLE001
+      except Exception as e:
         results[mode][name] = {"error": error_text(e)}
     if torch_on:
       try:
@@ -315,7 +313,7 @@ def time_layer_case(lc: LayerCase, rounds: int, reps: int, pool, torch_on, torch
         timed["torch"] = peer
         itemsize = {"float32": 4, "bfloat16": 2}[case.dtype]  # torch's tensors have the case's dtype
         sizes["torch"] = _nbytes(mode, n, itemsize, itemsize)
-      except Exception as e:  # noqa: BLE001
+      except Exception as e:
         results[mode]["torch"] = {"error": error_text(e)}
     else:
       why = "torch.cuda is not available" if torch is not None else "torch is not installed"
@@ -326,10 +324,11 @@ def time_layer_case(lc: LayerCase, rounds: int, reps: int, pool, torch_on, torch
         results[mode][name] = _figures(s, sizes[name], copy_bw)
         if name == "torch":
           results[mode][name]["device"] = torch_on
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
       for name in timed:
         results[mode][name] = {"error": error_text(e)}
-    rows.append({
+    rows.append(
+      {
         "family": lc.family,
         **dataclasses.asdict(case),
         "array_shape": list(case.array_shape),
@@ -337,7 +336,8 @@ def time_layer_case(lc: LayerCase, rounds: int, reps: int, pool, torch_on, torch
         "elements": n,
         "pallas_applies": pallas_applies,
         "results": {k: results[mode][k] for k in (*IMPLEMENTATIONS, "torch") if k in results[mode]},
-    })
+      }
+    )
   return rows
 
 
@@ -372,20 +372,20 @@ def layers(args, pool, budget: Budget, torch_on, copy_bw, section: dict) -> dict
     start = time.perf_counter()
     try:
       rows += time_layer_case(lc, args.rounds, args.reps, pool, torch_on, settle, copy_bw)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
       for mode in MODES:
         rows.append({"family": lc.family, **dataclasses.asdict(lc.case), "mode": mode, "error": error_text(e)})
     durations.append(time.perf_counter() - start)
   return {
-      "bytes_formula": BYTES_FORMULA,
-      "timing": (
-          f"median over {args.rounds} interleaved rounds of the mean of {args.reps} calls (asynchronous dispatch)"
-      ),
-      "notes": LAYER_NOTES,
-      "rows": rows,
-      "summary": layer_summary(rows),
-      "timed": sum("results" in r for r in rows),
-      "skipped": sum("skipped" in r for r in rows),
+    "bytes_formula": BYTES_FORMULA,
+    "timing": (
+      f"median over {args.rounds} interleaved rounds of the mean of {args.reps} calls (asynchronous dispatch)"
+    ),
+    "notes": LAYER_NOTES,
+    "rows": rows,
+    "summary": layer_summary(rows),
+    "timed": sum("results" in r for r in rows),
+    "skipped": sum("skipped" in r for r in rows),
   }
 
 
@@ -410,9 +410,9 @@ def train_step(args, pool, budget: Budget, section: dict) -> dict:
     rows += [{"batch": b, "skipped": f"time budget: --budget-s {args.budget_s:g}"} for b in batches]
     return {"model": f"CifarResNet(depth={depth}, width={width})", "rows": rows, "timed": 0, "skipped": len(rows)}
   futures = {
-      (batch, variant): pool.submit(nb.compile_train_step, *variant, batch, depth, width)
-      for batch in batches
-      for variant in nb.MODEL_VARIANTS
+    (batch, variant): pool.submit(nb.compile_train_step, *variant, batch, depth, width)
+    for batch in batches
+    for variant in nb.MODEL_VARIANTS
   }
   concurrent.futures.wait(list(futures.values()), timeout=max(0.0, budget.left() - TRAIN_TIMING_S))
   durations = []
@@ -430,18 +430,18 @@ def train_step(args, pool, budget: Budget, section: dict) -> dict:
       compiling = sum(not f.done() for f in futures.values())
       result = nb.bench_model(batch, args.rounds, max(1, args.reps // 2), depth, width, steps=steps)
       rows.append({**result, "compiling": compiling, "timing_s": time.perf_counter() - start})
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
       rows.append({"batch": batch, "error": error_text(e), "traceback": traceback.format_exc()[-3000:]})
     durations.append(time.perf_counter() - start)
   for f in futures.values():
     f.cancel()  # those not started; running ones are abandoned at exit
   return {
-      "model": f"CifarResNet(depth={depth}, width={width}), SGD momentum 0.9, one device, random images",
-      "jaxnorm_implementation": jaxnorm.get_implementation(),
-      "compilation": "all batches and variants compiled in parallel before any timing",
-      "rows": rows,
-      "timed": sum("images_per_sec" in r for r in rows),
-      "skipped": sum("skipped" in r for r in rows),
+    "model": f"CifarResNet(depth={depth}, width={width}), SGD momentum 0.9, one device, random images",
+    "jaxnorm_implementation": jaxnorm.get_implementation(),
+    "compilation": "all batches and variants compiled in parallel before any timing",
+    "rows": rows,
+    "timed": sum("images_per_sec" in r for r in rows),
+    "skipped": sum("skipped" in r for r in rows),
   }
 
 
@@ -462,7 +462,7 @@ def write(result: dict, out: str) -> None:
     json.dump(_json_safe(result), f, indent=1, allow_nan=False, default=str)
   try:
     text = markdown(result)
-  except Exception as e:  # noqa: BLE001  (the JSON above holds everything)
+  except Exception as e:
     text = f"# Device check\n\nThe Markdown report failed ({error_text(e)}); see {JSON_NAME}.\n"
   with open(os.path.join(out, MARKDOWN_NAME), "w") as f:
     f.write(text)
@@ -488,7 +488,7 @@ def start_watchdog(result: dict, out: str, at_s: float) -> threading.Timer:
       try:
         write(result, out)
         break
-      except Exception:  # noqa: BLE001
+      except Exception:
         time.sleep(0.05)
     print(f"[{_elapsed():6.1f} s] watchdog: out of time; results so far are in {out}", flush=True)
     os._exit(3)
@@ -513,23 +513,30 @@ def _positive(kind):
 
 
 def parse_args(argv=None):
-  parser = argparse.ArgumentParser(
-      prog="python -m benchmarks.device_check", description=__doc__.splitlines()[0]
-  )
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.device_check", description=__doc__.splitlines()[0])
   parser.add_argument("--out", required=True, help="directory for device_check.json and device_check.md")
   parser.add_argument("--smoke", action="store_true", help="toy sizes (CPU, well under a minute)")
-  parser.add_argument("--budget-s", type=_positive(float), default=DEFAULT_BUDGET_S,
-                      help="seconds from process start after which timing cases are skipped "
-                      f"(default {DEFAULT_BUDGET_S:g})")
+  parser.add_argument(
+    "--budget-s",
+    type=_positive(float),
+    default=DEFAULT_BUDGET_S,
+    help=f"seconds from process start after which timing cases are skipped (default {DEFAULT_BUDGET_S:g})",
+  )
   parser.add_argument("--rounds", type=_positive(int), default=None, help="timing rounds (default 5; smoke 2)")
   parser.add_argument("--reps", type=_positive(int), default=None, help="calls per round (default 20; smoke 2)")
-  parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
-                      help="sections to run (default: all)")
-  parser.add_argument("--grace-s", type=_positive(float), default=DEFAULT_GRACE_S,
-                      help="seconds past the budget after which a watchdog writes the results so far and "
-                      f"exits with status 3 (default {DEFAULT_GRACE_S:g})")
-  parser.add_argument("--workers", type=_positive(int), default=min(8, os.cpu_count() or 1),
-                      help="threads compiling in parallel")
+  parser.add_argument(
+    "--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run (default: all)"
+  )
+  parser.add_argument(
+    "--grace-s",
+    type=_positive(float),
+    default=DEFAULT_GRACE_S,
+    help="seconds past the budget after which a watchdog writes the results so far and "
+    f"exits with status 3 (default {DEFAULT_GRACE_S:g})",
+  )
+  parser.add_argument(
+    "--workers", type=_positive(int), default=min(8, os.cpu_count() or 1), help="threads compiling in parallel"
+  )
   args = parser.parse_args(argv)
   args.rounds = args.rounds or (2 if args.smoke else 5)
   args.reps = args.reps or (2 if args.smoke else 20)
@@ -555,7 +562,7 @@ def run_section(result, name, out, fn):
   try:
     section.update(fn(section))
     section["status"] = "done"
-  except Exception as e:  # noqa: BLE001  (recorded; the next section still runs)
+  except Exception as e:
     section.update(status="error", error=error_text(e), traceback=traceback.format_exc()[-3000:])
   section["wall_s"] = time.perf_counter() - start
   write(result, out)
@@ -567,13 +574,13 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   workers = args.workers
   result = {
-      "command": "python -m benchmarks.device_check " + " ".join(sys.argv[1:] if argv is None else argv),
-      "smoke": args.smoke,
-      "budget_s": args.budget_s,
-      "rounds": args.rounds,
-      "reps": args.reps,
-      "selected_sections": list(args.sections),
-      "sections": {},
+    "command": "python -m benchmarks.device_check " + " ".join(sys.argv[1:] if argv is None else argv),
+    "smoke": args.smoke,
+    "budget_s": args.budget_s,
+    "rounds": args.rounds,
+    "reps": args.reps,
+    "selected_sections": list(args.sections),
+    "sections": {},
   }
   # Threefry takes seconds to compile on XLA:CPU for every new shape (the
   # ResNet's initialization alone, 40 s on two cores); the counter-based
@@ -595,9 +602,7 @@ def main(argv=None) -> int:
   pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
   if "bandwidth" in args.sections:
     elements = 2**20 if args.smoke else 2**28  # 4 MiB / 1 GiB of float32
-    bw = run_section(
-        result, "bandwidth", args.out, lambda s: bandwidth(elements, args.rounds, args.reps, torch_on, s)
-    )
+    bw = run_section(result, "bandwidth", args.out, lambda s: bandwidth(elements, args.rounds, args.reps, torch_on, s))
     copy_bw = bw.get("bytes_per_s")
   if "numerics" in args.sections:
     num = run_section(result, "numerics", args.out, lambda s: numerics(args.smoke, pool, s, _progress))

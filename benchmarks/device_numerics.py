@@ -64,25 +64,34 @@ class NumericsCase:
 
 
 NUMERICS_CASES = (
-    NumericsCase("gn_nhwc", "gn", "NHWC", (8, 32, 32, 64), (2, 4, 4, 16), 3, True, groups=8, in_smoke=True),
-    NumericsCase("gn_nchw", "gn", "NCHW", (8, 64, 32, 32), (2, 16, 4, 4), 1, False, groups=8),
-    NumericsCase("gn_2d", "gn", "2-D", (256, 64), (4, 16), 1, False, groups=8),
-    NumericsCase("bn_nhwc", "bn", "NHWC", (32, 16, 16, 32), (4, 4, 4, 8), 3, True),
-    NumericsCase("bn_nchw", "bn", "NCHW", (32, 32, 16, 16), (4, 8, 4, 4), 1, False, in_smoke=True),
-    NumericsCase("bn_2d", "bn", "2-D", (1024, 64), (16, 8), 1, True),
-    NumericsCase("ln_nhwc", "ln", "NHWC", (8, 16, 16, 64), (2, 4, 4, 8), 3, True, reduction_axes=(1, 2, 3)),
-    NumericsCase("ln_nchw", "ln", "NCHW", (8, 64, 16, 16), (2, 8, 4, 4), 1, False, reduction_axes=(1, 2, 3)),
-    NumericsCase("ln_2d", "ln", "2-D", (256, 1024), (4, 32), 1, False, in_smoke=True),
-    NumericsCase(
-        "rms_nhwc", "rms", "NHWC", (8, 16, 16, 64), (2, 4, 4, 8), 3, True, reduction_axes=(1, 2, 3), in_smoke=True
-    ),
-    NumericsCase("rms_2d", "rms", "2-D", (256, 1024), (4, 32), 1, False),
-    NumericsCase("in_nhwc", "in", "NHWC", (8, 16, 16, 64), (2, 4, 4, 8), 3, True, in_smoke=True),
-    NumericsCase("in_nchw", "in", "NCHW", (8, 64, 16, 16), (2, 8, 4, 4), 1, False),
-    NumericsCase(
-        "gn_nhwc_offset_1e4", "gn", "NHWC", (8, 32, 32, 64), (2, 4, 4, 16), 3, True,
-        groups=8, offset=1e4, spread=1.0, tolerance=OFFSET_TOLERANCE,
-    ),
+  NumericsCase("gn_nhwc", "gn", "NHWC", (8, 32, 32, 64), (2, 4, 4, 16), 3, True, groups=8, in_smoke=True),
+  NumericsCase("gn_nchw", "gn", "NCHW", (8, 64, 32, 32), (2, 16, 4, 4), 1, False, groups=8),
+  NumericsCase("gn_2d", "gn", "2-D", (256, 64), (4, 16), 1, False, groups=8),
+  NumericsCase("bn_nhwc", "bn", "NHWC", (32, 16, 16, 32), (4, 4, 4, 8), 3, True),
+  NumericsCase("bn_nchw", "bn", "NCHW", (32, 32, 16, 16), (4, 8, 4, 4), 1, False, in_smoke=True),
+  NumericsCase("bn_2d", "bn", "2-D", (1024, 64), (16, 8), 1, True),
+  NumericsCase("ln_nhwc", "ln", "NHWC", (8, 16, 16, 64), (2, 4, 4, 8), 3, True, reduction_axes=(1, 2, 3)),
+  NumericsCase("ln_nchw", "ln", "NCHW", (8, 64, 16, 16), (2, 8, 4, 4), 1, False, reduction_axes=(1, 2, 3)),
+  NumericsCase("ln_2d", "ln", "2-D", (256, 1024), (4, 32), 1, False, in_smoke=True),
+  NumericsCase(
+    "rms_nhwc", "rms", "NHWC", (8, 16, 16, 64), (2, 4, 4, 8), 3, True, reduction_axes=(1, 2, 3), in_smoke=True
+  ),
+  NumericsCase("rms_2d", "rms", "2-D", (256, 1024), (4, 32), 1, False),
+  NumericsCase("in_nhwc", "in", "NHWC", (8, 16, 16, 64), (2, 4, 4, 8), 3, True, in_smoke=True),
+  NumericsCase("in_nchw", "in", "NCHW", (8, 64, 16, 16), (2, 8, 4, 4), 1, False),
+  NumericsCase(
+    "gn_nhwc_offset_1e4",
+    "gn",
+    "NHWC",
+    (8, 32, 32, 64),
+    (2, 4, 4, 16),
+    3,
+    True,
+    groups=8,
+    offset=1e4,
+    spread=1.0,
+    tolerance=OFFSET_TOLERANCE,
+  ),
 )
 
 
@@ -130,19 +139,19 @@ def statistics_function(case: NumericsCase, shape) -> Callable:
 
   def f(x, s, b):
     _, moments = _functional.moments_and_normalize(
-        x.reshape(view),
-        _param_view(s, view, params),
-        None if case.norm == "rms" else _param_view(b, view, params),
-        reduction_axes=reduction,
-        feature_axes=params,
-        epsilon=EPSILON[case.norm],
-        mask=None,
-        axis_name=None,
-        axis_index_groups=None,
-        use_mean=case.norm != "rms",
-        use_fast_variance=False,
-        dtype=None,
-        force_float32_reductions=True,
+      x.reshape(view),
+      _param_view(s, view, params),
+      None if case.norm == "rms" else _param_view(b, view, params),
+      reduction_axes=reduction,
+      feature_axes=params,
+      epsilon=EPSILON[case.norm],
+      mask=None,
+      axis_name=None,
+      axis_index_groups=None,
+      use_mean=case.norm != "rms",
+      use_fast_variance=False,
+      dtype=None,
+      force_float32_reductions=True,
     )
     return moments.mean, moments.var
 
@@ -181,7 +190,7 @@ def reference_result(case: NumericsCase, shape, inputs) -> dict:
   others = tuple(a for a in range(len(view)) if a not in params)
   centred = case.norm != "rms"
   n = math.prod(view[a] for a in reduction)
-  mean_r = lambda a: a.mean(reduction, keepdims=True)  # noqa: E731
+  mean_r = lambda a: a.mean(reduction, keepdims=True)
   xv, dy, gamma = x.reshape(view), cot.reshape(view), scale.reshape(param_shape)
   mean = mean_r(xv) if centred else np.zeros(cot_mean.shape)
   centred_x = xv - mean
@@ -193,13 +202,13 @@ def reference_result(case: NumericsCase, shape, inputs) -> dict:
   dx = r * (g - (mean_r(g) if centred else 0) - xhat * mean_r(g * xhat))
   dx_stats = (cot_mean / n if centred else 0) + 2 * cot_var * centred_x / n
   return {
-      "y": y.reshape(shape),
-      "dx": dx.reshape(shape),
-      "dscale": (dy * xhat).sum(others).reshape(-1),
-      "dbias": dy.sum(others).reshape(-1) if centred else np.zeros(scale.shape),
-      "mean": mean,
-      "var": var,
-      "dx_of_stats": np.broadcast_to(dx_stats, view).reshape(shape),
+    "y": y.reshape(shape),
+    "dx": dx.reshape(shape),
+    "dscale": (dy * xhat).sum(others).reshape(-1),
+    "dbias": dy.sum(others).reshape(-1) if centred else np.zeros(scale.shape),
+    "mean": mean,
+    "var": var,
+    "dx_of_stats": np.broadcast_to(dx_stats, view).reshape(shape),
   }
 
 
@@ -229,14 +238,14 @@ def numerics_inputs(case: NumericsCase, shape) -> tuple[np.ndarray, ...]:
   view, reduction, _ = statistics_layout(case, shape)
   channels = shape[case.channel_axis]
   stats_shape = tuple(1 if a in reduction else n for a, n in enumerate(view))
-  f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+  f32 = lambda a: np.asarray(a, np.float32)
   return (
-      f32(case.offset + case.spread * rng.standard_normal(shape)),
-      f32(1 + 0.3 * rng.standard_normal(channels)),
-      f32(0.5 * rng.standard_normal(channels)),
-      f32(rng.standard_normal(shape)),
-      f32(rng.standard_normal(stats_shape)),
-      f32(rng.standard_normal(stats_shape)),
+    f32(case.offset + case.spread * rng.standard_normal(shape)),
+    f32(1 + 0.3 * rng.standard_normal(channels)),
+    f32(0.5 * rng.standard_normal(channels)),
+    f32(rng.standard_normal(shape)),
+    f32(rng.standard_normal(stats_shape)),
+    f32(rng.standard_normal(stats_shape)),
   )
 
 
@@ -283,14 +292,14 @@ def numerics(smoke: bool, pool, section: dict, progress=lambda items, desc: item
     case, shape, implementation, _ = job
     expected = "pallas" if implementation == "pallas" and case.pallas else "fused"
     row = {
-        "name": case.name,
-        "norm": case.norm,
-        "layout": case.layout,
-        "shape": list(shape),
-        "implementation": implementation,
-        "expected_path": expected,
-        "tolerance": case.tolerance,
-        "input": f"{case.offset:g} + {case.spread:g}·N(0, 1), float32",
+      "name": case.name,
+      "norm": case.norm,
+      "layout": case.layout,
+      "shape": list(shape),
+      "implementation": implementation,
+      "expected_path": expected,
+      "tolerance": case.tolerance,
+      "input": f"{case.offset:g} + {case.spread:g}·N(0, 1), float32",
     }
     try:
       executable, args, (path, stats_path) = future.result()
@@ -299,21 +308,21 @@ def numerics(smoke: bool, pool, section: dict, progress=lambda items, desc: item
       row.update(path=path, stats_path=stats_path, errors=errors, max_error=max(errors.values()))
       row["within_tolerance"] = row["max_error"] <= case.tolerance
       row["passed"] = row["within_tolerance"] and path == stats_path == expected
-    except Exception as e:  # noqa: BLE001  (recorded: a failing case must not stop the check)
+    except Exception as e:
       row.update(passed=False, error=error_text(e), traceback=traceback.format_exc()[-3000:])
     rows.append(row)
   failed = [f"{r['name']}/{r['implementation']}" for r in rows if not r["passed"]]
   return {
-      "tolerance": {
-          "default": TOLERANCE,
-          "gn_nhwc_offset_1e4": OFFSET_TOLERANCE,
-          "metric": "max |device − reference| / max |reference| per array (absolute where the reference is 0)",
-      },
-      "reference": "float64 NumPy on the host: the textbook formulas and their analytic gradients",
-      "arrays": "y; dx, dscale, dbias of sum(y·cot); mean, var; dx of sum(mean·c1 + var·c2)",
-      "cases": rows,
-      "passed": len(rows) - len(failed),
-      "failed": failed,
-      "all_passed": not failed,
-      "pallas_kernel_cases": sum(r.get("path") == "pallas" for r in rows),
+    "tolerance": {
+      "default": TOLERANCE,
+      "gn_nhwc_offset_1e4": OFFSET_TOLERANCE,
+      "metric": "max |device − reference| / max |reference| per array (absolute where the reference is 0)",
+    },
+    "reference": "float64 NumPy on the host: the textbook formulas and their analytic gradients",
+    "arrays": "y; dx, dscale, dbias of sum(y·cot); mean, var; dx of sum(mean·c1 + var·c2)",
+    "cases": rows,
+    "passed": len(rows) - len(failed),
+    "failed": failed,
+    "all_passed": not failed,
+    "pallas_kernel_cases": sum(r.get("path") == "pallas" for r in rows),
   }

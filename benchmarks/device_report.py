@@ -9,17 +9,17 @@ from benchmarks.device_numerics import TOLERANCE
 
 SECTIONS = ("bandwidth", "numerics", "layers", "train_step")
 BYTES_FORMULA = (
-    "minimal traffic per call: forward n·(|x| + |y|); forward+backward "
-    "n·(|x| + |y| + |dy| + |dx|), with n the element count, |a| the bytes per "
-    "element of a in that implementation (|dy| = |y|, |dx| = |x|); parameters "
-    "and statistics are ignored. fraction_of_copy = (bytes / seconds) / the "
-    "measured JAX copy bandwidth (read + write of x + 1)."
+  "minimal traffic per call: forward n·(|x| + |y|); forward+backward "
+  "n·(|x| + |y| + |dy| + |dx|), with n the element count, |a| the bytes per "
+  "element of a in that implementation (|dy| = |y|, |dx| = |x|); parameters "
+  "and statistics are ignored. fraction_of_copy = (bytes / seconds) / the "
+  "measured JAX copy bandwidth (read + write of x + 1)."
 )
 LAYER_NOTES = (
-    "JAX: float32 scale and bias (bfloat16 inputs give float32 outputs); torch: parameters and output in the "
-    "input's dtype. flax's GroupNorm takes channels last: its NCHW figure includes two transposes. pallas is "
-    "skipped where the kernels do not cover the case (channels first, or a channel count that is not a power "
-    "of two up to 2048, or no reduced axis besides the channels: it would time the fused path again)."
+  "JAX: float32 scale and bias (bfloat16 inputs give float32 outputs); torch: parameters and output in the "
+  "input's dtype. flax's GroupNorm takes channels last: its NCHW figure includes two transposes. pallas is "
+  "skipped where the kernels do not cover the case (channels first, or a channel count that is not a power "
+  "of two up to 2048, or no reduced axis besides the channels: it would time the fused path again)."
 )
 
 
@@ -55,7 +55,7 @@ def layer_summary(rows: list[dict]) -> list[dict]:
     if "results" in r:
       key = (r["family"], r["norm"], r["layout"], r["dtype"], r["mode"])
       groups.setdefault(key, []).append(r["results"])
-  seconds = lambda res, k: res.get(k, {}).get("seconds")  # noqa: E731
+  seconds = lambda res, k: res.get(k, {}).get("seconds")
   out = []
   for (family, norm, layout, dtype, mode), results in groups.items():
     best = [min(filter(None, (seconds(res, "pallas"), seconds(res, "fused"))), default=None) for res in results]
@@ -63,15 +63,15 @@ def layer_summary(rows: list[dict]) -> list[dict]:
     for peer in ("flax", "torch"):
       for path, times in (("fused", [seconds(res, "fused") for res in results]), ("best", best)):
         entry[f"{peer}_over_{path}"] = _geomean(
-            seconds(res, peer) / t for res, t in zip(results, times) if t and seconds(res, peer)
+          seconds(res, peer) / t for res, t in zip(results, times) if t and seconds(res, peer)
         )
     entry["fused_over_pallas"] = _geomean(
-        seconds(res, "fused") / seconds(res, "pallas")
-        for res in results
-        if seconds(res, "pallas") and seconds(res, "fused")
+      seconds(res, "fused") / seconds(res, "pallas")
+      for res in results
+      if seconds(res, "pallas") and seconds(res, "fused")
     )
     entry["best_fraction_of_copy"] = _geomean(
-        max((res.get(k, {}).get("fraction_of_copy") or 0) for k in ("pallas", "fused")) for res in results
+      max((res.get(k, {}).get("fraction_of_copy") or 0) for k in ("pallas", "fused")) for res in results
     )
     out.append(entry)
   return out
@@ -84,34 +84,34 @@ def _x(value, digits=2, suffix="×") -> str:
 def _markdown_layers(lay: dict, brief: bool = False) -> list[str]:
   rows = lay.get("rows", [])
   lines = [
-      "",
-      "## Layers",
-      "",
-      BYTES_FORMULA,
-      f"{lay.get('timing', '')}; {LAYER_NOTES}",
-      "",
-      "Geometric means over the shapes of each family (`best`: the faster of pallas and fused per shape):",
-      "",
-      "| family | norm | layout | dtype | mode | flax ÷ fused | flax ÷ best | torch ÷ fused | torch ÷ best "
-      "| fused ÷ pallas | best, fraction of copy |",
-      "|---|---|---|---|---|---|---|---|---|---|---|",
+    "",
+    "## Layers",
+    "",
+    BYTES_FORMULA,
+    f"{lay.get('timing', '')}; {LAYER_NOTES}",
+    "",
+    "Geometric means over the shapes of each family (`best`: the faster of pallas and fused per shape):",
+    "",
+    "| family | norm | layout | dtype | mode | flax ÷ fused | flax ÷ best | torch ÷ fused | torch ÷ best "
+    "| fused ÷ pallas | best, fraction of copy |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for e in layer_summary(rows):
     lines.append(
-        f"| {e['family']} | {e['norm']} | {e['layout']} | {e['dtype']} | {e['mode']} | "
-        f"{_x(e['flax_over_fused'])} | {_x(e['flax_over_best'])} | {_x(e['torch_over_fused'])} | "
-        f"{_x(e['torch_over_best'])} | {_x(e['fused_over_pallas'])} | {_x(e['best_fraction_of_copy'], suffix='')} |"
+      f"| {e['family']} | {e['norm']} | {e['layout']} | {e['dtype']} | {e['mode']} | "
+      f"{_x(e['flax_over_fused'])} | {_x(e['flax_over_best'])} | {_x(e['torch_over_fused'])} | "
+      f"{_x(e['torch_over_best'])} | {_x(e['fused_over_pallas'])} | {_x(e['best_fraction_of_copy'], suffix='')} |"
     )
   if brief:
     timed, skipped = sum("results" in r for r in rows), sum("skipped" in r for r in rows)
     return lines + ["", f"{timed} rows timed, {skipped} skipped."]
   lines += [
-      "",
-      "Every row: µs per call (fraction of copy bandwidth).",
-      "",
-      "| family | norm | shape | layout | dtype | mode | pallas | fused | flax | torch "
-      "| flax ÷ fused | flax ÷ pallas | torch ÷ fused |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "",
+    "Every row: µs per call (fraction of copy bandwidth).",
+    "",
+    "| family | norm | shape | layout | dtype | mode | pallas | fused | flax | torch "
+    "| flax ÷ fused | flax ÷ pallas | torch ÷ fused |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
     norm = f"{r['norm']}{r['groups']}" if r["norm"] == "gn" else r["norm"]
@@ -135,40 +135,40 @@ def _markdown_layers(lay: dict, brief: bool = False) -> list[str]:
 def _markdown_numerics(num: dict, brief: bool = False) -> list[str]:
   cases = num.get("cases", [])
   lines = [
-      "",
-      "## Numerics (float32 on the device against float64 NumPy on the host)",
-      "",
-      f"{sum(bool(r.get('passed')) for r in cases)} of {len(cases)} passed; the Pallas kernels ran in "
-      f"{sum(r.get('path') == 'pallas' for r in cases)} cases. Error: max |device − reference| / max |reference| "
-      f"per array; tolerance {TOLERANCE:g} ({OFFSET_TOLERANCE:g} for the 1e4-offset case).",
+    "",
+    "## Numerics (float32 on the device against float64 NumPy on the host)",
+    "",
+    f"{sum(bool(r.get('passed')) for r in cases)} of {len(cases)} passed; the Pallas kernels ran in "
+    f"{sum(r.get('path') == 'pallas' for r in cases)} cases. Error: max |device − reference| / max |reference| "
+    f"per array; tolerance {TOLERANCE:g} ({OFFSET_TOLERANCE:g} for the 1e4-offset case).",
   ]
   shown = [r for r in cases if not (brief and r.get("passed"))]
   if shown:
     lines += [
-        "",
-        "| case | shape | impl | path (expected) | y | mean | var | dx | dscale | dbias | dx of stats | passed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+      "",
+      "| case | shape | impl | path (expected) | y | mean | var | dx | dscale | dbias | dx of stats | passed |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
   for r in shown:
     e = r.get("errors", {})
     cells = [f"{e[k]:.1e}" if k in e else "–" for k in ("y", "mean", "var", "dx", "dscale", "dbias", "dx_of_stats")]
     verdict = "yes" if r.get("passed") else "**NO**" + (f": {r['error'][:100]}" if "error" in r else "")
     lines.append(
-        f"| {r['name']} | {'×'.join(map(str, r['shape']))} | {r['implementation']} | "
-        f"{r.get('path', '?')} ({r['expected_path']}) | " + " | ".join(cells) + f" | {verdict} |"
+      f"| {r['name']} | {'×'.join(map(str, r['shape']))} | {r['implementation']} | "
+      f"{r.get('path', '?')} ({r['expected_path']}) | " + " | ".join(cells) + f" | {verdict} |"
     )
   return lines
 
 
 def _markdown_train(tr: dict) -> list[str]:
   lines = [
-      "",
-      f"## Training step: {tr.get('model', '')}",
-      "",
-      f"jaxnorm implementation: {tr.get('jaxnorm_implementation', '?')}.",
-      "",
-      "| batch | norm | library | temp memory (MiB) | images/s | jaxnorm ÷ flax images/s |",
-      "|---|---|---|---|---|---|",
+    "",
+    f"## Training step: {tr.get('model', '')}",
+    "",
+    f"jaxnorm implementation: {tr.get('jaxnorm_implementation', '?')}.",
+    "",
+    "| batch | norm | library | temp memory (MiB) | images/s | jaxnorm ÷ flax images/s |",
+    "|---|---|---|---|---|---|",
   ]
   for r in tr.get("rows", []):
     if "images_per_sec" not in r:
@@ -191,18 +191,18 @@ def markdown(result: dict, brief: bool = False) -> str:
   versions = env.get("versions", {})
   sections = result.get("sections", {})
   lines = [
-      "# Device check",
-      "",
-      f"Device: **{env.get('device_kind')}** ({env.get('platform')}); commit {env.get('git_commit')}; "
-      + ", ".join(f"{k} {v}" for k, v in versions.items() if v)
-      + f"; Python {env.get('python')}.",
-      f"Command: `{result['command']}`{' (smoke: toy sizes)' if result['smoke'] else ''}. "
-      f"Budget {result['budget_s']:g} s; wall time {result.get('wall_s', float('nan')):.1f} s"
-      + (" (**interrupted by the watchdog**)" if result.get("interrupted") else "")
-      + ".",
-      "",
-      "| section | status | wall time (s) |",
-      "|---|---|---|",
+    "# Device check",
+    "",
+    f"Device: **{env.get('device_kind')}** ({env.get('platform')}); commit {env.get('git_commit')}; "
+    + ", ".join(f"{k} {v}" for k, v in versions.items() if v)
+    + f"; Python {env.get('python')}.",
+    f"Command: `{result['command']}`{' (smoke: toy sizes)' if result['smoke'] else ''}. "
+    f"Budget {result['budget_s']:g} s; wall time {result.get('wall_s', float('nan')):.1f} s"
+    + (" (**interrupted by the watchdog**)" if result.get("interrupted") else "")
+    + ".",
+    "",
+    "| section | status | wall time (s) |",
+    "|---|---|---|",
   ]
   for name in SECTIONS:
     s = sections.get(name, {})

@@ -56,13 +56,23 @@ def layer_times(impls, dtypes, rounds, reps):
       fns = {}
       for name, module in impls.items():
         _use(module)
-        jitted, args = norm_bench.timed_computation(norm_bench.jax_functions(case)["jaxnorm"], "forward+backward", inputs)
+        jitted, args = norm_bench.timed_computation(
+          norm_bench.jax_functions(case)["jaxnorm"], "forward+backward", inputs
+        )
         fns[name] = lambda jitted=jitted, args=args: jitted(*args)
         jax.block_until_ready(fns[name]())  # traced now, with this module in place
       times = norm_bench._interleaved(fns, rounds, reps, torch_settle=0)
-      rows.append(dict(norm=norm, shape=shape, layout=layout, dtype=dtype,
-                       baseline_ms=times["baseline"] * 1e3, current_ms=times["current"] * 1e3,
-                       ratio=times["current"] / times["baseline"]))
+      rows.append(
+        dict(
+          norm=norm,
+          shape=shape,
+          layout=layout,
+          dtype=dtype,
+          baseline_ms=times["baseline"] * 1e3,
+          current_ms=times["current"] * 1e3,
+          ratio=times["current"] / times["baseline"],
+        )
+      )
       print(json.dumps(rows[-1]), flush=True)
   return rows
 
@@ -78,10 +88,11 @@ def step_memory(impls):
       params, stats = variables["params"], variables.get("batch_stats", {})
       tx = optax.sgd(0.1, momentum=0.9)
 
-      def step(params, stats, opt_state, model=model):
+      def step(params, stats, opt_state, model=model, images=images, labels=labels, tx=tx):
         def loss_fn(params):
           logits, updates = model.apply(
-              {"params": params, "batch_stats": stats}, images, train=True, mutable=["batch_stats"])
+            {"params": params, "batch_stats": stats}, images, train=True, mutable=["batch_stats"]
+          )
           return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates
 
         (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -107,12 +118,17 @@ def main():
     parser.error(f"--baseline {args.baseline!r} could not be loaded: {error}")
   rows = layer_times(impls, args.dtypes, args.rounds, args.reps)
   summary = {
-      dtype: math.exp(np.mean([math.log(r["ratio"]) for r in rows if r["dtype"] == dtype]))
-      for dtype in args.dtypes
+    dtype: math.exp(np.mean([math.log(r["ratio"]) for r in rows if r["dtype"] == dtype])) for dtype in args.dtypes
   }
-  result = {"geomean_ratio": summary, "memory": step_memory(impls), "rows": rows,
-            "baseline": args.baseline, "git_commit": provenance.git_commit(),
-            "hardware": provenance.hardware(), "jaxnorm": jaxnorm.__version__}
+  result = {
+    "geomean_ratio": summary,
+    "memory": step_memory(impls),
+    "rows": rows,
+    "baseline": args.baseline,
+    "git_commit": provenance.git_commit(),
+    "hardware": provenance.hardware(),
+    "jaxnorm": jaxnorm.__version__,
+  }
   print(json.dumps({k: result[k] for k in ("geomean_ratio", "memory")}, indent=1))
   if args.out:
     with open(args.out, "w") as f:

@@ -48,19 +48,20 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import flax  # noqa: E402
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
 
-import jaxnorm  # noqa: E402
-from experiments import models, provenance  # noqa: E402
+import jaxnorm
+from experiments import models
+from experiments import provenance
 
 try:
-  import torch  # noqa: E402
+  import torch
 except ImportError:  # the optional peer
   torch = None
 
@@ -149,10 +150,10 @@ def jax_functions(case: Case) -> dict[str, Callable]:
       return jaxnorm_fn(x, scale, bias)
 
   return {
-      "jaxnorm": jaxnorm_fn,
-      "jaxnorm-reference": reference_fn,
-      "flax": flax_fn,
-      "floor": floor_fn,
+    "jaxnorm": jaxnorm_fn,
+    "jaxnorm-reference": reference_fn,
+    "flax": flax_fn,
+    "floor": floor_fn,
   }
 
 
@@ -229,7 +230,7 @@ TORCH_SETTLE_SECONDS = 0.3
 
 
 def _interleaved(
-    fns: dict[str, Callable], rounds: int, reps: int, torch_settle: float = TORCH_SETTLE_SECONDS
+  fns: dict[str, Callable], rounds: int, reps: int, torch_settle: float = TORCH_SETTLE_SECONDS
 ) -> dict[str, float]:
   """Median over rounds of the mean seconds per call, visiting each in turn.
 
@@ -323,9 +324,7 @@ def train_step_fn(norm: str, library: str, batch: int, depth: int = 20, width: i
   opt_state = tx.init(params)
 
   def loss_fn(params, stats):
-    logits, updates = model.apply(
-        {"params": params, "batch_stats": stats}, images, train=True, mutable=["batch_stats"]
-    )
+    logits, updates = model.apply({"params": params, "batch_stats": stats}, images, train=True, mutable=["batch_stats"])
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, updates.get("batch_stats", {})
 
@@ -358,9 +357,9 @@ def bench_model(batch: int, rounds: int, reps: int, depth: int = 20, width: int 
   for (norm, library), (compiled, args) in zip(MODEL_VARIANTS, steps):
     analysis = compiled.memory_analysis()
     memory[f"{norm}/{library}"] = {
-        "temp_bytes": int(analysis.temp_size_in_bytes),
-        "argument_bytes": int(analysis.argument_size_in_bytes),
-        "output_bytes": int(analysis.output_size_in_bytes),
+      "temp_bytes": int(analysis.temp_size_in_bytes),
+      "argument_bytes": int(analysis.argument_size_in_bytes),
+      "output_bytes": int(analysis.output_size_in_bytes),
     }
     fns[f"{norm}/{library}"] = functools.partial(compiled, *args)
   seconds = _interleaved(fns, rounds, reps)
@@ -395,34 +394,33 @@ def summarize(rows: list[dict]) -> list[dict]:
 def markdown(result: dict) -> str:
   hw = result["hardware"]
   lines = [
-      "# Normalization benchmarks",
-      "",
-      f"Hardware: {hw.get('cpu', hw)}; commit {result['git_commit']}; "
-      f"jax {jax.__version__}, flax {flax.__version__}"
-      + (f", torch {torch.__version__}" if torch else "") + ".",
-      "Command: `python benchmarks/norm_bench.py`. Times in ms (median over rounds).",
-      "",
-      "## Speed-up of jaxnorm (geometric mean over the shapes)",
-      "",
-      "| norm | layout | dtype | mode | vs flax | vs torch | vs jaxnorm-reference | time / floor |",
-      "|---|---|---|---|---|---|---|---|",
+    "# Normalization benchmarks",
+    "",
+    f"Hardware: {hw.get('cpu', hw)}; commit {result['git_commit']}; "
+    f"jax {jax.__version__}, flax {flax.__version__}" + (f", torch {torch.__version__}" if torch else "") + ".",
+    "Command: `python benchmarks/norm_bench.py`. Times in ms (median over rounds).",
+    "",
+    "## Speed-up of jaxnorm (geometric mean over the shapes)",
+    "",
+    "| norm | layout | dtype | mode | vs flax | vs torch | vs jaxnorm-reference | time / floor |",
+    "|---|---|---|---|---|---|---|---|",
   ]
   for s in result["summary"]:
     cells = [
-        f"{s[k]:.2f}×" if k in s else "–"
-        for k in ("speedup_vs_flax", "speedup_vs_torch", "speedup_vs_jaxnorm-reference")
+      f"{s[k]:.2f}×" if k in s else "–" for k in ("speedup_vs_flax", "speedup_vs_torch", "speedup_vs_jaxnorm-reference")
     ]
     lines.append(
-        f"| {s['norm']} | {s['layout']} | {s['dtype']} | {s['mode']} | "
-        + " | ".join(cells) + f" | {s['ratio_to_floor']:.2f} |"
+      f"| {s['norm']} | {s['layout']} | {s['dtype']} | {s['mode']} | "
+      + " | ".join(cells)
+      + f" | {s['ratio_to_floor']:.2f} |"
     )
   names = ["jaxnorm", "jaxnorm-reference", "flax", "torch", "floor"]
   lines += [
-      "",
-      "## Layers (ms)",
-      "",
-      "| norm | shape | layout | dtype | mode | " + " | ".join(names) + " |",
-      "|---|---|---|---|---|" + "---|" * len(names),
+    "",
+    "## Layers (ms)",
+    "",
+    "| norm | shape | layout | dtype | mode | " + " | ".join(names) + " |",
+    "|---|---|---|---|---|" + "---|" * len(names),
   ]
   for r in result["layers"]:
     cells = [f"{r['seconds'][k] * 1e3:.3f}" if k in r["seconds"] else "–" for k in names]
@@ -431,24 +429,22 @@ def markdown(result: dict) -> str:
   model = result.get("model")
   if model:
     lines += [
-        "",
-        f"## ResNet-20 training step (batch {model['batch']}, SGD, one device)",
-        "",
-        "| norm | library | temp memory (MiB) | images/s |",
-        "|---|---|---|---|",
+      "",
+      f"## ResNet-20 training step (batch {model['batch']}, SGD, one device)",
+      "",
+      "| norm | library | temp memory (MiB) | images/s |",
+      "|---|---|---|---|",
     ]
     for key, mem in model["memory"].items():
       norm, library = key.split("/")
-      lines.append(
-          f"| {norm} | {library} | {mem['temp_bytes'] / 2**20:.1f} | {model['images_per_sec'][key]:.0f} |"
-      )
+      lines.append(f"| {norm} | {library} | {mem['temp_bytes'] / 2**20:.1f} | {model['images_per_sec'][key]:.0f} |")
     for norm in ("gn", "bn"):
       j, f = f"{norm}/jaxnorm", f"{norm}/flax"
       lines.append("")
       lines.append(
-          f"{norm}: temp memory jaxnorm/flax = "
-          f"{model['memory'][j]['temp_bytes'] / model['memory'][f]['temp_bytes']:.2f}, "
-          f"step speed-up = {model['images_per_sec'][j] / model['images_per_sec'][f]:.2f}×."
+        f"{norm}: temp memory jaxnorm/flax = "
+        f"{model['memory'][j]['temp_bytes'] / model['memory'][f]['temp_bytes']:.2f}, "
+        f"step speed-up = {model['images_per_sec'][j] / model['images_per_sec'][f]:.2f}×."
       )
   return "\n".join(lines) + "\n"
 
@@ -471,12 +467,12 @@ def main():
       seconds = bench_case(case, mode, args.rounds, args.reps)
       rows.append({**dataclasses.asdict(case), "mode": mode, "seconds": seconds})
   result = {
-      "hardware": provenance.hardware(),
-      "git_commit": provenance.git_commit(),
-      "versions": {"jax": jax.__version__, "flax": flax.__version__, "torch": torch.__version__ if torch else None},
-      "backend": jax.default_backend(),
-      "layers": rows,
-      "summary": summarize(rows),
+    "hardware": provenance.hardware(),
+    "git_commit": provenance.git_commit(),
+    "versions": {"jax": jax.__version__, "flax": flax.__version__, "torch": torch.__version__ if torch else None},
+    "backend": jax.default_backend(),
+    "layers": rows,
+    "summary": summarize(rows),
   }
   if not args.skip_model:
     result["model"] = bench_model(args.model_batch, max(3, args.rounds // 2), 3)

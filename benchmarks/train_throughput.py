@@ -21,11 +21,14 @@ import types
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-from experiments import config as config_lib  # noqa: E402
-from experiments import parallel, provenance, train, xla_cpu  # noqa: E402
+from experiments import config as config_lib
+from experiments import parallel
+from experiments import provenance
+from experiments import train
+from experiments import xla_cpu
 
 
 def measure(config, steps: int, runs: int = 1) -> dict:
@@ -45,16 +48,25 @@ def measure(config, steps: int, runs: int = 1) -> dict:
   test = types.SimpleNamespace(test_images=images[:n], test_labels=labels[:n])
   seeds = list(range(runs))
   engine = train._Engine(model, tx, mesh, config, mode, images, labels, test, seeds=seeds)
-  state = train._stack([parallel.init_state(model, tx, jax.random.key(s)) for s in seeds]) if engine.runs else parallel.init_state(model, tx, jax.random.key(0))
+  state = (
+    train._stack([parallel.init_state(model, tx, jax.random.key(s)) for s in seeds])
+    if engine.runs
+    else parallel.init_state(model, tx, jax.random.key(0))
+  )
   root_key = engine.root_key()
   state, _ = engine.train_epoch(state, root_key, 0)  # compiles
   jax.block_until_ready(state)
   start = time.perf_counter()
-  state, metrics = engine.train_epoch(state, root_key, 1)
+  state, _ = engine.train_epoch(state, root_key, 1)
   jax.block_until_ready(state)
   seconds = time.perf_counter() - start
-  return {"images_per_sec": runs * n * steps / seconds, "steps_per_sec": steps / seconds, "execution": mode,
-          "global_batch": n, "runs": runs}
+  return {
+    "images_per_sec": runs * n * steps / seconds,
+    "steps_per_sec": steps / seconds,
+    "execution": mode,
+    "global_batch": n,
+    "runs": runs,
+  }
 
 
 def main():
@@ -68,10 +80,10 @@ def main():
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--runs", type=int, nargs="+", default=[1], help="seeds trained in one program (1: alone)")
   parser.add_argument(
-      "--xla-cpu",
-      choices=["experiments", "default"],
-      default="experiments",
-      help="'experiments': XLA:CPU flags as the experiment CLIs set them (experiments/xla_cpu.py); 'default': XLA's own",
+    "--xla-cpu",
+    choices=["experiments", "default"],
+    default="experiments",
+    help="'experiments': XLA:CPU flags as the experiment CLIs set them (experiments/xla_cpu.py); 'default': XLA's own",
   )
   parser.add_argument("--json", default="")
   args = parser.parse_args()

@@ -19,18 +19,18 @@ from experiments.config import default_config
 GROUPED = {"num_groups": 8}  # 16/32/64 channels: the GN paper's CIFAR setting
 
 NORMALIZERS = [
-    ("bn", {"norm": "bn"}),
-    ("gn", {"norm": "gn", "norm_kwargs": GROUPED}),
-    ("ln", {"norm": "ln"}),
-    ("in", {"norm": "in"}),
-    ("rms", {"norm": "rms"}),
-    ("brn", {"norm": "brn"}),
-    ("frn", {"norm": "frn"}),
-    ("evonorm_b0", {"norm": "evonorm_b0"}),
-    ("evonorm_s0", {"norm": "evonorm_s0", "norm_kwargs": GROUPED}),
-    ("bn+ws", {"norm": "bn+ws"}),
-    ("gn+ws", {"norm": "gn+ws", "norm_kwargs": GROUPED}),
-    ("none", {"norm": "none"}),
+  ("bn", {"norm": "bn"}),
+  ("gn", {"norm": "gn", "norm_kwargs": GROUPED}),
+  ("ln", {"norm": "ln"}),
+  ("in", {"norm": "in"}),
+  ("rms", {"norm": "rms"}),
+  ("brn", {"norm": "brn"}),
+  ("frn", {"norm": "frn"}),
+  ("evonorm_b0", {"norm": "evonorm_b0"}),
+  ("evonorm_s0", {"norm": "evonorm_s0", "norm_kwargs": GROUPED}),
+  ("bn+ws", {"norm": "bn+ws"}),
+  ("gn+ws", {"norm": "gn+ws", "norm_kwargs": GROUPED}),
+  ("none", {"norm": "none"}),
 ]
 
 
@@ -47,8 +47,8 @@ def get_config():
   base.progress = False
   sweep.base = base
   sweep.axes = [
-      NORMALIZERS,
-      [(f"b{b}", {"per_device_batch": b}) for b in (32, 16, 8, 4, 2)],
-      [(f"seed{s}", {"seed": s}) for s in (0, 1, 2)],
+    NORMALIZERS,
+    [(f"b{b}", {"per_device_batch": b}) for b in (32, 16, 8, 4, 2)],
+    [(f"seed{s}", {"seed": s}) for s in (0, 1, 2)],
   ]
   return sweep

@@ -65,8 +65,8 @@ def get_config():
   base.progress = False
   sweep.base = base
   sweep.axes = [
-      [(f"s{seed}", {"seed": seed}) for seed in SEEDS],
-      [(f"b{b}", {"per_device_batch": b}) for b in PER_DEVICE_BATCHES],
-      [("bn", {"norm": "bn"}), ("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 8}})],
+    [(f"s{seed}", {"seed": seed}) for seed in SEEDS],
+    [(f"b{b}", {"per_device_batch": b}) for b in PER_DEVICE_BATCHES],
+    [("bn", {"norm": "bn"}), ("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 8}})],
   ]
   return sweep

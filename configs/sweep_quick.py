@@ -38,7 +38,7 @@ def get_config():
   base.progress = True
   sweep.base = base
   sweep.axes = [
-      [("bn", {"norm": "bn"}), ("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 8}})],
-      [(f"b{b}", {"per_device_batch": b}) for b in (32, 16, 8, 4, 2)],
+    [("bn", {"norm": "bn"}), ("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 8}})],
+    [(f"b{b}", {"per_device_batch": b}) for b in (32, 16, 8, 4, 2)],
   ]
   return sweep

@@ -50,9 +50,9 @@ def get_config():
   base.progress = True
   sweep.base = base
   sweep.axes = [
-      [(f"s{seed}", {"seed": seed}) for seed in SEEDS],
-      [("bn", {"norm": "bn"}), ("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 8}})],
-      [(f"k{k}", {"statistics_batch": k}) for k in STATISTICS_BATCHES],
+    [(f"s{seed}", {"seed": seed}) for seed in SEEDS],
+    [("bn", {"norm": "bn"}), ("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 8}})],
+    [(f"k{k}", {"statistics_batch": k}) for k in STATISTICS_BATCHES],
   ]
   sweep.convergence_check = ml_collections.ConfigDict({"points": ["s0__bn__k32", "s0__gn__k32"], "epochs_factor": 2})
   return sweep

@@ -58,9 +58,9 @@ def get_config():
   base.progress = False
   sweep.base = base
   sweep.axes = [
-      [("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 8}}), ("bn", {"norm": "bn"})],
-      [(f"k{k}", {"statistics_batch": k}) for k in STATISTICS_BATCHES],
-      [(f"s{seed}", {"seed": seed}) for seed in SEEDS],
+    [("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 8}}), ("bn", {"norm": "bn"})],
+    [(f"k{k}", {"statistics_batch": k}) for k in STATISTICS_BATCHES],
+    [(f"s{seed}", {"seed": seed}) for seed in SEEDS],
   ]
   sweep.convergence_check = ml_collections.ConfigDict({"points": ["bn__k32__s0", "gn__k32__s0"], "epochs_factor": 2})
   return sweep

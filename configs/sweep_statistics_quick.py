@@ -42,7 +42,7 @@ def get_config():
   base.progress = True
   sweep.base = base
   sweep.axes = [
-      [("bn", {"norm": "bn"}), ("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 8}})],
-      [(f"k{k}", {"statistics_batch": k}) for k in STATISTICS_BATCHES],
+    [("bn", {"norm": "bn"}), ("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 8}})],
+    [(f"k{k}", {"statistics_batch": k}) for k in STATISTICS_BATCHES],
   ]
   return sweep

@@ -43,7 +43,9 @@ SEEDS = (0, 1)
 
 def get_config():
   sweep = ml_collections.ConfigDict()
-  sweep.name = "CIFAR-10 ResNet-8, statistics-batch protocol, 2,560 images × 60 epochs, no augmentation, 2 seeds (reduced data)"
+  sweep.name = (
+    "CIFAR-10 ResNet-8, statistics-batch protocol, 2,560 images × 60 epochs, no augmentation, 2 seeds (reduced data)"
+  )
   base = default_config()
   base.depth = 8
   base.width = 16
@@ -60,9 +62,9 @@ def get_config():
   base.progress = True
   sweep.base = base
   sweep.axes = [
-      [(f"s{seed}", {"seed": seed}) for seed in SEEDS],
-      [("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 8}}), ("bn", {"norm": "bn"})],
-      [(f"k{k}", {"statistics_batch": k}) for k in STATISTICS_BATCHES],
+    [(f"s{seed}", {"seed": seed}) for seed in SEEDS],
+    [("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 8}}), ("bn", {"norm": "bn"})],
+    [(f"k{k}", {"statistics_batch": k}) for k in STATISTICS_BATCHES],
   ]
   sweep.convergence_check = ml_collections.ConfigDict({"points": ["s0__bn__k32", "s0__gn__k32"], "epochs_factor": 2})
   return sweep

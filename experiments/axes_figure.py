@@ -80,19 +80,27 @@ def panels() -> list[Panel]:
   out.append(Panel("Instance Norm", ("N", "C", "H", "W"), reduced, cube(shared_statistic(shape, reduced))))
 
   layout = _functional.group_layout(
-      shape, num_groups=NUM_GROUPS, group_size=None, channel_axis=CHANNEL_AXIS,
-      reduction_axes=None, owner="axes_figure",
+    shape,
+    num_groups=NUM_GROUPS,
+    group_size=None,
+    channel_axis=CHANNEL_AXIS,
+    reduction_axes=None,
+    owner="axes_figure",
   )
   view = (N, layout.num_groups, layout.group_size, H, W)
-  out.append(Panel(
-      f"Group Norm ({NUM_GROUPS} groups)", ("N", "G", "C/G", "H", "W"), layout.reduction_axes,
+  out.append(
+    Panel(
+      f"Group Norm ({NUM_GROUPS} groups)",
+      ("N", "G", "C/G", "H", "W"),
+      layout.reduction_axes,
       cube(shared_statistic(view, layout.reduction_axes)),
-  ))
+    )
+  )
 
   reduced = _reduction_axes.filter_response_norm_axes(len(shape), CHANNEL_AXIS)
-  out.append(Panel(
-      "FRN (uncentred: mean of x²)", ("N", "C", "H", "W"), reduced, cube(shared_statistic(shape, reduced))
-  ))
+  out.append(
+    Panel("FRN (uncentred: mean of x²)", ("N", "C", "H", "W"), reduced, cube(shared_statistic(shape, reduced)))
+  )
   return out
 
 
@@ -121,8 +129,9 @@ def draw(path: str | os.PathLike) -> None:
     colors[:] = "#e8eef4"
     colors[panel.mask] = "#2a6fbb"
     # voxels(x=N, y=H·W, z=C): N to the right, H·W into the page, C upwards.
-    ax.voxels(np.transpose(filled, (0, 2, 1)), facecolors=np.transpose(colors, (0, 2, 1)),
-              edgecolor="#7a8899", linewidth=0.3)
+    ax.voxels(
+      np.transpose(filled, (0, 2, 1)), facecolors=np.transpose(colors, (0, 2, 1)), edgecolor="#7a8899", linewidth=0.3
+    )
     ax.set_box_aspect((N, H * W, C))
     ax.view_init(elev=22, azim=-62)
     ax.set_xlabel("N", labelpad=-8)
@@ -133,14 +142,12 @@ def draw(path: str | os.PathLike) -> None:
     ax.set_zticks([])
     reduced = ", ".join(panel.view_names[a] for a in panel.reduced)
     view_shape = panel_view_shape(panel)
-    kept = ", ".join(
-        n for a, n in enumerate(panel.view_names) if a not in panel.reduced and view_shape[a] > 1
-    )
+    kept = ", ".join(n for a, n in enumerate(panel.view_names) if a not in panel.reduced and view_shape[a] > 1)
     ax.set_title(f"{panel.title}\nreduces {reduced}\none statistic per ({kept})", fontsize=9)
   fig.suptitle(
-      f"Which elements of an (N={N}, C={C}, H={H}, W={W}) input share one mean/variance "
-      f"(shaded: those of one statistic)\ngenerated from jaxnorm/_reduction_axes.py",
-      fontsize=11,
+    f"Which elements of an (N={N}, C={C}, H={H}, W={W}) input share one mean/variance "
+    f"(shaded: those of one statistic)\ngenerated from jaxnorm/_reduction_axes.py",
+    fontsize=11,
   )
   fig.tight_layout(rect=(0, 0, 1, 0.93))
   fig.savefig(path, dpi=110)
@@ -156,7 +163,8 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import app
+  from absl import flags
 
   _OUT = flags.DEFINE_string("out", "experiments/results/axes_figure/normalization_axes.png", "Output PNG.")
   app.run(main)

@@ -107,20 +107,29 @@ def peak_learning_rate(config) -> float:
 
 def validate(config, num_physical_devices: int) -> None:
   """Raises ValueError for a bad configuration, before any compute."""
+
   def positive(name):
     value = config[name]
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
       raise ValueError(f"config: {name}={value!r}; expected a positive integer.")
 
-  for name in ("num_devices", "per_device_batch", "epochs", "eval_batch_size", "width", "eval_every", "report_last_evals"):
+  for name in (
+    "num_devices",
+    "per_device_batch",
+    "epochs",
+    "eval_batch_size",
+    "width",
+    "eval_every",
+    "report_last_evals",
+  ):
     positive(name)
   for name in ("diagnostics", "residual"):
     if not isinstance(config[name], bool):
       raise ValueError(f"config: {name}={config[name]!r}; expected True or False.")
   if not config.residual and config.zero_init_last:
     raise ValueError(
-        "config: residual=False (a plain network) with zero_init_last=True "
-        "would start every block at a constant output; set zero_init_last=False."
+      "config: residual=False (a plain network) with zero_init_last=True "
+      "would start every block at a constant output; set zero_init_last=False."
     )
   if config.schedule not in SCHEDULES:
     raise ValueError(f"config: schedule={config.schedule!r}; choose one of {SCHEDULES}.")
@@ -130,27 +139,26 @@ def validate(config, num_physical_devices: int) -> None:
     raise ValueError(f"config: shortcut={config.shortcut!r}; choose 'pad' or 'projection'.")
   if config.num_devices % num_physical_devices:
     raise ValueError(
-        f"config: num_devices={config.num_devices} simulated devices cannot be "
-        f"spread evenly over {num_physical_devices} physical devices; the "
-        f"global batch {global_batch(config)} must split into equal per-device "
-        f"shards. Use a multiple of {num_physical_devices}."
+      f"config: num_devices={config.num_devices} simulated devices cannot be "
+      f"spread evenly over {num_physical_devices} physical devices; the "
+      f"global batch {global_batch(config)} must split into equal per-device "
+      f"shards. Use a multiple of {num_physical_devices}."
     )
   if config.eval_batch_size % num_physical_devices:
     raise ValueError(
-        f"config: eval_batch_size={config.eval_batch_size} is not divisible by "
-        f"{num_physical_devices} devices; use a multiple of {num_physical_devices}."
+      f"config: eval_batch_size={config.eval_batch_size} is not divisible by "
+      f"{num_physical_devices} devices; use a multiple of {num_physical_devices}."
     )
   if config.execution == "microbatch" and config.sync_batch_stats:
     raise ValueError(
-        "config: execution='microbatch' runs simulated devices one after "
-        "another, so it cannot synchronise statistics across them; use "
-        "execution='vmap' (or 'auto') with sync_batch_stats=True."
+      "config: execution='microbatch' runs simulated devices one after "
+      "another, so it cannot synchronise statistics across them; use "
+      "execution='vmap' (or 'auto') with sync_batch_stats=True."
     )
   validate_statistics_batch(config)
   if config.train_examples and config.train_examples < global_batch(config):
     raise ValueError(
-        f"config: train_examples={config.train_examples} is smaller than one "
-        f"global batch ({global_batch(config)})."
+      f"config: train_examples={config.train_examples} is smaller than one global batch ({global_batch(config)})."
     )
 
 
@@ -168,19 +176,18 @@ def validate_statistics_batch(config) -> None:
     return
   if config.norm not in GHOST_BATCH_NORMS:
     raise ValueError(
-        f"config: statistics_batch={k} needs a norm whose statistics can be split "
-        f"into ghost batches, one of {GHOST_BATCH_NORMS}; norm={config.norm!r} "
-        "(for 'ghost_bn' set norm='bn' and statistics_batch instead of virtual_batch_size)."
+      f"config: statistics_batch={k} needs a norm whose statistics can be split "
+      f"into ghost batches, one of {GHOST_BATCH_NORMS}; norm={config.norm!r} "
+      "(for 'ghost_bn' set norm='bn' and statistics_batch instead of virtual_batch_size)."
     )
   if config.sync_batch_stats:
     raise ValueError(
-        f"config: statistics_batch={k} with sync_batch_stats=True; synchronised "
-        "statistics span the global batch, ghost batches split each device's: choose one."
+      f"config: statistics_batch={k} with sync_batch_stats=True; synchronised "
+      "statistics span the global batch, ghost batches split each device's: choose one."
     )
   if config.per_device_batch % k:
     raise ValueError(
-        f"config: statistics_batch={k} does not divide per_device_batch="
-        f"{config.per_device_batch}; use a divisor of it."
+      f"config: statistics_batch={k} does not divide per_device_batch={config.per_device_batch}; use a divisor of it."
     )
 
 
@@ -228,7 +235,7 @@ def split_norm_kwargs_flags(argv: list[str], path: str) -> tuple[list[str], dict
     if not arg.startswith(prefix):
       rest.append(arg)
       continue
-    key, sep, value = arg[len(prefix):].partition("=")
+    key, sep, value = arg[len(prefix) :].partition("=")
     if not sep:
       value = next(args, None)
       if value is None:

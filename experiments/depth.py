@@ -58,13 +58,12 @@ DIVERGED_LOSS = 1e3  # a run stops once its loss is above this (or not finite)
 def parse_arch(arch: str) -> tuple[str, int]:
   """'plain56' -> ('plain', 56)."""
   for kind in ARCH_KINDS:
-    if arch.startswith(kind) and arch[len(kind):].isdigit():
-      depth = int(arch[len(kind):])
+    if arch.startswith(kind) and arch[len(kind) :].isdigit():
+      depth = int(arch[len(kind) :])
       resnet_blocks_per_stage(depth)  # raises unless depth = 6n + 2
       return kind, depth
   raise ValueError(
-      f"depth: arch={arch!r}; expected 'plain' or 'resnet' followed by a depth "
-      f"6n+2, e.g. 'plain20' or 'resnet56'."
+    f"depth: arch={arch!r}; expected 'plain' or 'resnet' followed by a depth 6n+2, e.g. 'plain20' or 'resnet56'."
   )
 
 
@@ -85,13 +84,12 @@ def validate(config) -> None:
     jaxnorm.create_norm(norm, **dict(config.norm_kwargs.get(norm, {})))
   if config.reference_lr not in config.learning_rates:
     raise ValueError(
-        f"depth: reference_lr={config.reference_lr} is not in learning_rates="
-        f"{tuple(config.learning_rates)}; add it to the grid."
+      f"depth: reference_lr={config.reference_lr} is not in learning_rates="
+      f"{tuple(config.learning_rates)}; add it to the grid."
     )
   if config.train_examples < config.batch_size:
     raise ValueError(
-        f"depth: train_examples={config.train_examples} is smaller than one "
-        f"batch (batch_size={config.batch_size})."
+      f"depth: train_examples={config.train_examples} is smaller than one batch (batch_size={config.batch_size})."
     )
   bad = [s for s in config.probe_steps if not 0 <= s <= config.steps]
   if bad:
@@ -154,15 +152,15 @@ def train_one(compiled: _Compiled, lr: float, config, images, labels, probe_batc
   if probe and not diverged and config.steps in config.probe_steps:
     measure(config.steps)
   bar.update(config.steps - len(losses))  # the steps a diverged run skips
-  tail = losses[-config.trains_window:]
+  tail = losses[-config.trains_window :]
   final = float(np.mean(tail)) if not diverged else float("inf")
   return {
-      "losses": [l if math.isfinite(l) else None for l in losses],
-      "diverged": diverged,
-      "final_loss": final if math.isfinite(final) else None,
-      "trains": (not diverged) and final < config.trains_threshold,
-      "probes": probes,
-      "wall_seconds": time.time() - start,
+    "losses": [l if math.isfinite(l) else None for l in losses],
+    "diverged": diverged,
+    "final_loss": final if math.isfinite(final) else None,
+    "trains": (not diverged) and final < config.trains_threshold,
+    "probes": probes,
+    "wall_seconds": time.time() - start,
   }
 
 
@@ -194,9 +192,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     if (arch, norm) not in compiled:
       compiled.clear()  # one architecture at a time in memory
       compiled[(arch, norm)] = _Compiled(arch, norm, config, config.momentum)
-    out = train_one(
-        compiled[(arch, norm)], lr, config, images, labels, probe_batch, lr == config.reference_lr, bar
-    )
+    out = train_one(compiled[(arch, norm)], lr, config, images, labels, probe_batch, lr == config.reference_lr, bar)
     out.update(arch=arch, norm=norm, lr=lr, config=config_json, git_commit=provenance.git_commit())
     provenance.write_json_atomic(path, out, indent=None)
   bar.close()
@@ -204,15 +200,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   runs = [json.loads(p.read_text()) for p in sorted((workdir / "runs").glob("*.json"))]
   runs = [r for r in runs if r.get("config") == config_json]
   result = {
-      "name": config.name,
-      "config": config_json,
-      "git_commit": provenance.git_commit(),
-      "hardware": provenance.hardware(),
-      "dataset": provenance.dataset_fingerprint(data_dir / data_lib.BATCHES_DIR),
-      "run_wall_seconds_total": sum(r["wall_seconds"] for r in runs),
-      "this_invocation_seconds": time.time() - start,
-      "max_trainable_lr": max_trainable_lr(runs),
-      "runs": runs,
+    "name": config.name,
+    "config": config_json,
+    "git_commit": provenance.git_commit(),
+    "hardware": provenance.hardware(),
+    "dataset": provenance.dataset_fingerprint(data_dir / data_lib.BATCHES_DIR),
+    "run_wall_seconds_total": sum(r["wall_seconds"] for r in runs),
+    "this_invocation_seconds": time.time() - start,
+    "max_trainable_lr": max_trainable_lr(runs),
+    "runs": runs,
   }
   provenance.write_json_atomic(workdir / "results.json", result, indent=None)
   write_report(result, workdir)
@@ -237,12 +233,12 @@ def _smooth(values, window: int = 10):
   return np.concatenate([np.full(window - 1, np.nan), np.convolve(v, kernel, mode="valid")])
 
 
-
 def _loss_cell(run: dict | None) -> str:
   """A table cell: the run's final loss, 'diverged', or '–' if not run."""
   if run is None:
     return "–"
   return "diverged" if run["diverged"] else f"{run['final_loss']:.3f}"
+
 
 def write_report(result: dict, workdir: Path) -> None:
   """table.md and the four plots."""
@@ -257,30 +253,30 @@ def write_report(result: dict, workdir: Path) -> None:
   colors = {n: plt.get_cmap("tab10")(i) for i, n in enumerate(norms)}
   by_key = {(r["arch"], r["norm"], r["lr"]): r for r in runs}
   reduced = (
-      f"reduced: width {config['width']}, {config['steps']} steps of batch {config['batch_size']}, "
-      f"first {config['train_examples']} CIFAR-10 training images"
+    f"reduced: width {config['width']}, {config['steps']} steps of batch {config['batch_size']}, "
+    f"first {config['train_examples']} CIFAR-10 training images"
   )
 
   # Table: largest trainable learning rate and final loss at the reference LR.
   lines = [
-      f"### {result['name']}",
-      "",
-      f"Largest learning rate of {list(config['learning_rates'])} whose run trains "
-      f"(mean training loss of the last {config['trains_window']} steps < {config['trains_threshold']}; "
-      f"chance is ln 10 = 2.30):",
-      "",
-      "| arch | " + " | ".join(norms) + " |",
-      "|---|" + "---|" * len(norms),
+    f"### {result['name']}",
+    "",
+    f"Largest learning rate of {list(config['learning_rates'])} whose run trains "
+    f"(mean training loss of the last {config['trains_window']} steps < {config['trains_threshold']}; "
+    f"chance is ln 10 = 2.30):",
+    "",
+    "| arch | " + " | ".join(norms) + " |",
+    "|---|" + "---|" * len(norms),
   ]
   for arch in archs:
     cells = [result["max_trainable_lr"].get(arch, {}).get(n) for n in norms]
     lines.append(f"| {arch} | " + " | ".join("–" if c is None else f"{c:g}" for c in cells) + " |")
   lines += [
-      "",
-      f"Final training loss (mean of the last {config['trains_window']} steps) at lr = {ref:g}:",
-      "",
-      "| arch | " + " | ".join(norms) + " |",
-      "|---|" + "---|" * len(norms),
+    "",
+    f"Final training loss (mean of the last {config['trains_window']} steps) at lr = {ref:g}:",
+    "",
+    "| arch | " + " | ".join(norms) + " |",
+    "|---|" + "---|" * len(norms),
   ]
   for arch in archs:
     cells = []
@@ -290,11 +286,11 @@ def write_report(result: dict, workdir: Path) -> None:
     lines.append(f"| {arch} | " + " | ".join(cells) + " |")
   lrs = list(config["learning_rates"])
   lines += [
-      "",
-      f"Every run: final training loss (mean of the last {config['trains_window']} steps) by learning rate:",
-      "",
-      "| arch | norm | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
-      "|---|---|" + "---|" * len(lrs),
+    "",
+    f"Every run: final training loss (mean of the last {config['trains_window']} steps) by learning rate:",
+    "",
+    "| arch | norm | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+    "|---|---|" + "---|" * len(lrs),
   ]
   for arch in archs:
     for n in norms:
@@ -316,7 +312,9 @@ def write_report(result: dict, workdir: Path) -> None:
     plt.close(fig)
 
   # Gradient norm against depth, at init and at the last probe.
-  fig, axes = panels(f"gradient norm per weight layer on a fixed batch: at init (solid), after training at lr = {ref:g} (dashed)")
+  fig, axes = panels(
+    f"gradient norm per weight layer on a fixed batch: at init (solid), after training at lr = {ref:g} (dashed)"
+  )
   for ax, arch in zip(axes, archs):
     for n in norms:
       r = by_key.get((arch, n, ref))
@@ -326,8 +324,14 @@ def write_report(result: dict, workdir: Path) -> None:
       for step, style in ((steps[0], "-"), (steps[-1], "--")):
         summary = r["probes"][step]
         layers = diagnostics.weight_layers(summary)
-        ax.plot(range(1, len(layers) + 1), [summary["grad_norms"][l] for l in layers], style,
-                color=colors[n], label=f"{n}, step {step}", lw=1.2)
+        ax.plot(
+          range(1, len(layers) + 1),
+          [summary["grad_norms"][l] for l in layers],
+          style,
+          color=colors[n],
+          label=f"{n}, step {step}",
+          lw=1.2,
+        )
     ax.set_yscale("log")
     ax.set_title(arch, fontsize=9)
     ax.set_xlabel("weight layer (input → output)")
@@ -379,8 +383,9 @@ def write_report(result: dict, workdir: Path) -> None:
   # Covariate shift (mean drift of norm inputs between probes) at the reference LR.
   fig, axes = plt.subplots(2, len(archs), figsize=(3.6 * len(archs), 6.2), squeeze=False)
   fig.suptitle(
-      f"covariate shift at lr = {ref:g}: drift of the norm layers' inputs on a fixed batch\n"
-      f"since the previous probe, median over layers ({reduced})", fontsize=9,
+    f"covariate shift at lr = {ref:g}: drift of the norm layers' inputs on a fixed batch\n"
+    f"since the previous probe, median over layers ({reduced})",
+    fontsize=9,
   )
   for col, arch in enumerate(archs):
     for n in norms:
@@ -411,7 +416,8 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import app
+  from absl import flags
   from ml_collections import config_flags
 
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Depth experiment config.", lock_config=True)

@@ -43,14 +43,14 @@ from __future__ import annotations
 import collections
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import traverse_util
 from jax import lax
 from jax.sharding import Mesh
@@ -130,7 +130,7 @@ def loss_grads_and_norm_inputs(model, norm_module, params, batch_stats, images, 
   """
   capture = norm_input_capture(norm_module)
   (loss, (new_stats, _, captured)), grads = jax.value_and_grad(
-      lambda p: parallel.device_loss(model, p, batch_stats, images, labels, capture), has_aux=True
+    lambda p: parallel.device_loss(model, p, batch_stats, images, labels, capture), has_aux=True
   )(params)
   return loss, new_stats, captured, grads
 
@@ -161,27 +161,27 @@ def make_probe_step(model, mesh: Mesh, *, simulated: int, norm_module: type) -> 
   def device_probe(variables, images, labels):
     params, stats = variables["params"], variables.get("batch_stats", {})
     grads, _, metrics, captured = parallel.device_gradients(
-        model, params, stats, augment_lib.normalize_images(images), labels, simulated=simulated, capture=capture
+      model, params, stats, augment_lib.normalize_images(images), labels, simulated=simulated, capture=capture
     )
     if simulated > 1:  # the union of the simulated devices' examples
       merged = _merge_moments(captured, lambda a: jnp.mean(a, axis=0, keepdims=True))
       captured = {name: (mean[0], var[0]) for name, (mean, var) in merged.items()}
     captured = _merge_moments(captured, lambda a: lax.pmean(a, DATA_AXIS))
     return {
-        "loss": metrics["loss"],
-        "norm_inputs": captured,
-        "grad_norms": layer_norms(grads),
-        "param_norms": layer_norms(params),
+      "loss": metrics["loss"],
+      "norm_inputs": captured,
+      "grad_norms": layer_norms(grads),
+      "param_norms": layer_norms(params),
     }
 
   return jax.jit(
-      jax.shard_map(
-          device_probe,
-          mesh=mesh,
-          in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS)),
-          out_specs=P(),
-          check_vma=False,
-      )
+    jax.shard_map(
+      device_probe,
+      mesh=mesh,
+      in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS)),
+      out_specs=P(),
+      check_vma=False,
+    )
   )
 
 
@@ -207,10 +207,10 @@ def summarize(probe: dict, previous: dict | None, order: list[str]) -> dict:
     std = np.sqrt(np.maximum(var, 0.0))
     overall_mean = float(np.mean(mean))
     entry = {
-        "input_mean": overall_mean,
-        "input_std": float(np.sqrt(np.mean(var + np.square(mean - overall_mean)))),
-        "mean_drift": None,
-        "std_drift": None,
+      "input_mean": overall_mean,
+      "input_std": float(np.sqrt(np.mean(var + np.square(mean - overall_mean)))),
+      "mean_drift": None,
+      "std_drift": None,
     }
     if previous is not None and name in previous["norm_inputs"]:
       old_mean, old_var = (np.asarray(a, np.float64) for a in previous["norm_inputs"][name])
@@ -220,10 +220,10 @@ def summarize(probe: dict, previous: dict | None, order: list[str]) -> dict:
     layers[name] = entry
   as_floats = lambda d: {name: float(d[name]) for name in by_depth(d)}
   return {
-      "loss": float(probe["loss"]),
-      "norm_layers": layers,
-      "grad_norms": as_floats(probe["grad_norms"]),
-      "param_norms": as_floats(probe["param_norms"]),
+    "loss": float(probe["loss"]),
+    "norm_layers": layers,
+    "grad_norms": as_floats(probe["grad_norms"]),
+    "param_norms": as_floats(probe["param_norms"]),
   }
 
 
@@ -247,10 +247,7 @@ def plot_run(history: list[dict], path: str | os.PathLike, title: str = "") -> N
 
   records = [m for m in history if "diagnostics" in m]
   if not records:
-    raise ValueError(
-        "diagnostics: the metrics have no 'diagnostics' entries; train with "
-        "--config.diagnostics=True."
-    )
+    raise ValueError("diagnostics: the metrics have no 'diagnostics' entries; train with --config.diagnostics=True.")
   init = next((m["diagnostics_init"] for m in history if "diagnostics_init" in m), None)
   epochs = [m["epoch"] for m in records]
   names = list(records[-1]["diagnostics"]["norm_layers"])
@@ -258,9 +255,9 @@ def plot_run(history: list[dict], path: str | os.PathLike, title: str = "") -> N
   color = lambda i, n: cmap(i / max(n - 1, 1))
   fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
   panels = [
-      (axes[0, 0], "input_std", "std of the norm layer's input"),
-      (axes[0, 1], "mean_drift", "mean drift since the previous probe (channel stds)"),
-      (axes[1, 0], "std_drift", "std drift since the previous probe (RMS log ratio)"),
+    (axes[0, 0], "input_std", "std of the norm layer's input"),
+    (axes[0, 1], "mean_drift", "mean drift since the previous probe (channel stds)"),
+    (axes[1, 0], "std_drift", "std drift since the previous probe (RMS log ratio)"),
   ]
   for ax, key, label in panels:
     for i, name in enumerate(names):
@@ -278,13 +275,17 @@ def plot_run(history: list[dict], path: str | os.PathLike, title: str = "") -> N
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
   ax = axes[1, 1]
-  probes = ([("init", init)] if init is not None else []) + [
-      (f"epoch {m['epoch']}", m["diagnostics"]) for m in records
-  ]
+  probes = ([("init", init)] if init is not None else []) + [(f"epoch {m['epoch']}", m["diagnostics"]) for m in records]
   for i, (label, summary) in enumerate(probes):
     layers = weight_layers(summary)
-    ax.plot(range(1, len(layers) + 1), [summary["grad_norms"][n] for n in layers], marker=".",
-            color=plt.get_cmap("plasma")(i / max(len(probes) - 1, 1)), label=label, lw=1)
+    ax.plot(
+      range(1, len(layers) + 1),
+      [summary["grad_norms"][n] for n in layers],
+      marker=".",
+      color=plt.get_cmap("plasma")(i / max(len(probes) - 1, 1)),
+      label=label,
+      lw=1,
+    )
   ax.set_yscale("log")
   ax.set_xlabel("weight layer (input → output)")
   ax.set_title("gradient norm per weight layer on the probe batch (0 is off the log scale)", fontsize=9)
@@ -307,7 +308,8 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import app
+  from absl import flags
 
   _WORKDIR = flags.DEFINE_string("workdir", None, "A training run directory (with metrics.jsonl).")
   flags.mark_flags_as_required(["workdir"])

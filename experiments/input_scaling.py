@@ -106,13 +106,13 @@ def run(steps: int = 300, num_examples: int = 1000, seed: int = 0) -> dict:
     learning_rate = float(1.0 / eigenvalues[-1])
     losses, path, final = gradient_descent(jnp.asarray(x), jnp.asarray(y), learning_rate, steps)
     out["runs"][name] = {
-        "x": x,
-        "learning_rate": learning_rate,
-        "condition_number": float(eigenvalues[-1] / eigenvalues[0]),
-        "losses": losses,
-        "path": path,
-        "final_bias": float(final[1]),
-        "final_excess_loss": float(losses[-1] - best_loss),
+      "x": x,
+      "learning_rate": learning_rate,
+      "condition_number": float(eigenvalues[-1] / eigenvalues[0]),
+      "losses": losses,
+      "path": path,
+      "final_bias": float(final[1]),
+      "final_excess_loss": float(losses[-1] - best_loss),
     }
   out["y"] = y
   return out
@@ -155,8 +155,11 @@ def plot(out: dict, path: str | os.PathLike) -> None:
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
   ax = axes[0]
   for name, r, color in (("raw features", raw, "crimson"), ("standardized (jaxnorm.moments + normalize)", std, "navy")):
-    ax.plot(np.maximum(r["losses"] - out["best_loss"], 1e-9), color=color,
-            label=f"{name}: κ = {r['condition_number']:.2g}, lr = 1/λmax = {r['learning_rate']:.2g}")
+    ax.plot(
+      np.maximum(r["losses"] - out["best_loss"], 1e-9),
+      color=color,
+      label=f"{name}: κ = {r['condition_number']:.2g}, lr = 1/λmax = {r['learning_rate']:.2g}",
+    )
   ax.set_yscale("log")
   ax.set_xlabel("gradient-descent step")
   ax.set_ylabel("loss − best possible loss")
@@ -167,8 +170,9 @@ def plot(out: dict, path: str | os.PathLike) -> None:
   _contours(axes[1], raw["x"], out["y"], raw["path"], f"raw features: loss contours and {steps} GD steps")
   _contours(axes[2], std["x"], out["y"], std["path"], f"standardized features: loss contours and {steps} GD steps")
   fig.suptitle(
-      "Input scaling on synthetic data (income ~ N(50k, 15k²) $, age ~ N(40, 12²) years); "
-      "contours: slice at the optimal bias", fontsize=10,
+    "Input scaling on synthetic data (income ~ N(50k, 15k²) $, age ~ N(40, 12²) years); "
+    "contours: slice at the optimal bias",
+    fontsize=10,
   )
   fig.tight_layout(rect=(0, 0, 1, 0.94))
   fig.savefig(path, dpi=110)
@@ -184,24 +188,24 @@ def main(argv) -> None:
   out = run(**config)
   plot(out, workdir / "input_scaling.png")
   summary = {
-      "data": "SYNTHETIC: " + ", ".join(
-          f"{f} ~ N({m:g}, {s:g}²)" for f, m, s in zip(FEATURES, FEATURE_MEANS, FEATURE_STDS)
-      ) + f"; y = {TARGET_WEIGHTS_STANDARDIZED[0]}·z_income + {TARGET_WEIGHTS_STANDARDIZED[1]}·z_age "
-      f"+ N(0, {NOISE_STD}²) noise",
-      "config": config,
-      "best_loss": out["best_loss"],
-      "runs": {
-          name: {
-              "learning_rate": r["learning_rate"],
-              "condition_number": r["condition_number"],
-              "loss_at_steps": {str(s): float(r["losses"][s]) for s in (0, 10, 100, len(r["losses"]) - 1)},
-              "final_excess_loss": r["final_excess_loss"],
-          }
-          for name, r in out["runs"].items()
-      },
-      "git_commit": provenance.git_commit(),
-      "hardware": provenance.hardware(),
-      "wall_seconds": time.time() - start,
+    "data": "SYNTHETIC: "
+    + ", ".join(f"{f} ~ N({m:g}, {s:g}²)" for f, m, s in zip(FEATURES, FEATURE_MEANS, FEATURE_STDS))
+    + f"; y = {TARGET_WEIGHTS_STANDARDIZED[0]}·z_income + {TARGET_WEIGHTS_STANDARDIZED[1]}·z_age "
+    f"+ N(0, {NOISE_STD}²) noise",
+    "config": config,
+    "best_loss": out["best_loss"],
+    "runs": {
+      name: {
+        "learning_rate": r["learning_rate"],
+        "condition_number": r["condition_number"],
+        "loss_at_steps": {str(s): float(r["losses"][s]) for s in (0, 10, 100, len(r["losses"]) - 1)},
+        "final_excess_loss": r["final_excess_loss"],
+      }
+      for name, r in out["runs"].items()
+    },
+    "git_commit": provenance.git_commit(),
+    "hardware": provenance.hardware(),
+    "wall_seconds": time.time() - start,
   }
   (workdir / "result.json").write_text(json.dumps(summary, indent=2))
   print(json.dumps(summary["runs"], indent=2))
@@ -209,7 +213,8 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import app
+  from absl import flags
 
   _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
   _STEPS = flags.DEFINE_integer("steps", 300, "Gradient-descent steps per run.")

@@ -27,9 +27,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-from flax import nnx
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 import jaxnorm
 
@@ -40,8 +40,7 @@ def resnet_blocks_per_stage(depth: int) -> int:
   """n for a CIFAR ResNet of ``depth = 6n + 2`` layers."""
   if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
     raise ValueError(
-        f"model: depth={depth!r} is not a CIFAR ResNet depth; use 6n+2 with "
-        f"n >= 1, e.g. 8, 20, 32, 56 or 110."
+      f"model: depth={depth!r} is not a CIFAR ResNet depth; use 6n+2 with n >= 1, e.g. 8, 20, 32, 56 or 110."
     )
   return (depth - 2) // 6
 
@@ -54,9 +53,9 @@ def stage_widths(width: int) -> tuple[int, int, int]:
 def _conv(spec: jaxnorm.NormSpec):
   """The spec's conv (plain or weight-standardized), He init, bias iff no norm."""
   return functools.partial(
-      spec.conv,
-      use_bias=spec.is_identity,
-      kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+    spec.conv,
+    use_bias=spec.is_identity,
+    kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
   )
 
 
@@ -144,9 +143,9 @@ class CifarResNet(nn.Module):
     blocks = resnet_blocks_per_stage(self.depth)
     if not self.residual and self.zero_init_last:
       raise ValueError(
-          "model: residual=False with zero_init_last=True would start every "
-          "plain block with γ = 0, i.e. a constant output; set "
-          "zero_init_last=False for plain networks."
+        "model: residual=False with zero_init_last=True would start every "
+        "plain block with γ = 0, i.e. a constant output; set "
+        "zero_init_last=False for plain networks."
       )
     spec = self.norm
     if not isinstance(spec, jaxnorm.NormSpec):
@@ -159,15 +158,15 @@ class CifarResNet(nn.Module):
       for b in range(blocks):
         strides = 2 if (stage > 0 and b == 0) else 1
         x = BasicBlock(
-            features,
-            strides,
-            spec,
-            train,
-            preact=self.preact,
-            shortcut=self.shortcut,
-            zero_init_last=self.zero_init_last,
-            residual=self.residual,
-            name=f"stage{stage + 1}_block{b + 1}",
+          features,
+          strides,
+          spec,
+          train,
+          preact=self.preact,
+          shortcut=self.shortcut,
+          zero_init_last=self.zero_init_last,
+          residual=self.residual,
+          name=f"stage{stage + 1}_block{b + 1}",
         )(x)
     if self.preact:
       x = nn.relu(spec.layer(train, name="final_norm")(x))
@@ -192,19 +191,40 @@ def cifar_plain_net(depth: int = 20, **kwargs) -> CifarResNet:
 
 def _nnx_conv(spec: jaxnorm.NormSpec, in_features: int, out_features: int, kernel_size, strides, rngs):
   return spec.nnx_conv(
-      in_features, out_features, kernel_size, strides, use_bias=spec.is_identity,
-      kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"), rngs=rngs,
+    in_features,
+    out_features,
+    kernel_size,
+    strides,
+    use_bias=spec.is_identity,
+    kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
+    rngs=rngs,
   )
 
 
 class NnxBasicBlock(nnx.Module):
   """:class:`BasicBlock` for flax.nnx."""
 
-  def __init__(self, in_features: int, features: int, strides: int, spec: jaxnorm.NormSpec, *, preact: bool,
-               shortcut: str, zero_init_last: bool, residual: bool, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_features: int,
+    features: int,
+    strides: int,
+    spec: jaxnorm.NormSpec,
+    *,
+    preact: bool,
+    shortcut: str,
+    zero_init_last: bool,
+    residual: bool,
+    rngs: nnx.Rngs,
+  ):
     last = {"scale_init": nnx.initializers.zeros} if zero_init_last else {}
     self.features, self.strides, self.preact, self.shortcut, self.residual = (
-        features, strides, preact, shortcut, residual)
+      features,
+      strides,
+      preact,
+      shortcut,
+      residual,
+    )
     self.needs_projection = residual and (strides != 1 or in_features != features)
     if preact:
       self.norm_in = spec.nnx_layer(in_features, rngs=rngs)
@@ -246,15 +266,25 @@ class NnxCifarResNet(nnx.Module):
   images, logits out). Training or evaluation mode is the model's
   (``model.train()``/``model.eval()``), not a call argument."""
 
-  def __init__(self, depth: int = 20, width: int = 16, num_classes: int = 10,
-               norm: str | jaxnorm.NormSpec = "bn", norm_kwargs: Mapping[str, Any] | None = None,
-               preact: bool = False, shortcut: str = "pad", zero_init_last: bool = True,
-               residual: bool = True, *, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    depth: int = 20,
+    width: int = 16,
+    num_classes: int = 10,
+    norm: str | jaxnorm.NormSpec = "bn",
+    norm_kwargs: Mapping[str, Any] | None = None,
+    preact: bool = False,
+    shortcut: str = "pad",
+    zero_init_last: bool = True,
+    residual: bool = True,
+    *,
+    rngs: nnx.Rngs,
+  ):
     blocks = resnet_blocks_per_stage(depth)
     if not residual and zero_init_last:
       raise ValueError(
-          "model: residual=False with zero_init_last=True would start every plain block with γ = 0, i.e. a "
-          "constant output; set zero_init_last=False for plain networks."
+        "model: residual=False with zero_init_last=True would start every plain block with γ = 0, i.e. a "
+        "constant output; set zero_init_last=False for plain networks."
       )
     spec = norm if isinstance(norm, jaxnorm.NormSpec) else jaxnorm.create_norm(norm, **dict(norm_kwargs or {}))
     self.preact, self.blocks = preact, []
@@ -265,10 +295,21 @@ class NnxCifarResNet(nnx.Module):
     for stage, features in enumerate(stage_widths(width)):
       for b in range(blocks):
         name = f"stage{stage + 1}_block{b + 1}"
-        setattr(self, name, NnxBasicBlock(
-            channels, features, 2 if (stage > 0 and b == 0) else 1, spec, preact=preact, shortcut=shortcut,
-            zero_init_last=zero_init_last, residual=residual, rngs=rngs,
-        ))
+        setattr(
+          self,
+          name,
+          NnxBasicBlock(
+            channels,
+            features,
+            2 if (stage > 0 and b == 0) else 1,
+            spec,
+            preact=preact,
+            shortcut=shortcut,
+            zero_init_last=zero_init_last,
+            residual=residual,
+            rngs=rngs,
+          ),
+        )
         self.blocks.append(name)
         channels = features
     if preact:

@@ -34,15 +34,17 @@ it would alone.
 from __future__ import annotations
 
 import contextlib
-import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments import augment as augment_lib
@@ -78,8 +80,8 @@ def put_global_batch(batch, mesh: Mesh, *, runs: bool = False):
   for leaf in jax.tree.leaves(batch):
     if np.shape(leaf)[axis] % mesh.size:
       raise ValueError(
-          f"batch size {np.shape(leaf)[axis]} is not divisible by the {mesh.size} devices on the "
-          f"{DATA_AXIS!r} mesh axis; use a batch size that is a multiple of the device count."
+        f"batch size {np.shape(leaf)[axis]} is not divisible by the {mesh.size} devices on the "
+        f"{DATA_AXIS!r} mesh axis; use a batch size that is a multiple of the device count."
       )
   sharding = NamedSharding(mesh, P(None, DATA_AXIS) if runs else P(DATA_AXIS))
   if jax.process_count() == 1:
@@ -153,7 +155,9 @@ def device_gradients(model, params, batch_stats, images, labels, *, simulated: i
 
     def loss_fn(p):
       per_device = jax.vmap(lambda x, y: device_loss(model, p, batch_stats, x, y, capture))
-      losses, (stats, metrics, captured) = per_device(split_devices(images, simulated), split_devices(labels, simulated))
+      losses, (stats, metrics, captured) = per_device(
+        split_devices(images, simulated), split_devices(labels, simulated)
+      )
       return jnp.mean(losses), (_mean0(stats), _mean0(metrics), captured)
 
   (_, (stats, metrics, captured)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -174,7 +178,7 @@ def make_step_body(model, tx, mesh: Mesh, *, simulated: int, augment: bool) -> C
 
   def device_step(state, images, labels):
     grads, stats, metrics, _ = device_gradients(
-        model, state.params, state.batch_stats, images, labels, simulated=simulated
+      model, state.params, state.batch_stats, images, labels, simulated=simulated
     )
     return _apply_gradients(tx, state, grads, stats), metrics
 
@@ -183,11 +187,11 @@ def make_step_body(model, tx, mesh: Mesh, *, simulated: int, augment: bool) -> C
   # check_vma=True JAX would insert the psum itself, and the pmean on top
   # would silently turn the mean into a sum over devices.
   sharded = jax.shard_map(
-      device_step,
-      mesh=mesh,
-      in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS)),
-      out_specs=(P(), P()),
-      check_vma=False,
+    device_step,
+    mesh=mesh,
+    in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS)),
+    out_specs=(P(), P()),
+    check_vma=False,
   )
 
   def step(state, images, labels, key):
@@ -211,7 +215,7 @@ def put_replicated(tree, mesh: Mesh):
 
 
 def make_scan_epoch(
-    model, tx, mesh: Mesh, *, simulated: int, augment: bool, batch: int, steps: int, runs: int = 0
+  model, tx, mesh: Mesh, *, simulated: int, augment: bool, batch: int, steps: int, runs: int = 0
 ) -> Callable:
   """The scan engine's training call: one epoch of ``steps`` steps in one
   compiled program, ``(state, images, labels, root_key, epoch) -> (state,
@@ -252,7 +256,7 @@ def make_microbatch_step(model, tx, *, simulated: int, augment: bool, runs: int 
 
   def accumulate(total, params, batch_stats, images, labels):
     (_, (stats, metrics, _)), grads = jax.value_and_grad(
-        lambda p: device_loss(model, p, batch_stats, images, labels), has_aux=True
+      lambda p: device_loss(model, p, batch_stats, images, labels), has_aux=True
     )(params)
     new = (grads, stats, metrics)
     return new if total is None else jax.tree.map(jnp.add, total, new)
@@ -297,8 +301,7 @@ def make_scan_eval(model, mesh: Mesh, *, batch: int, simulated: int = 0, runs: i
       sums = body(variables, take(images), take(labels), take(mask))
       return jax.tree.map(jnp.add, total, sums), None
 
-    zeros = {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32),
-             "count": jnp.zeros((), jnp.int32)}
+    zeros = {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32), "count": jnp.zeros((), jnp.int32)}
     return lax.scan(one_batch, zeros, jnp.arange(images.shape[0] // batch))[0]
 
   return jax.jit(over_runs(run, runs, in_axes=(0, None, None, None)))
@@ -326,15 +329,15 @@ def make_eval_body(model, mesh: Mesh, *, simulated: int = 0) -> Callable:
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     correct = jnp.argmax(logits, -1) == labels
     sums = {
-        "loss": jnp.sum(jnp.where(mask, loss, 0.0)),
-        "correct": jnp.sum(mask & correct),
-        "count": jnp.sum(mask),
+      "loss": jnp.sum(jnp.where(mask, loss, 0.0)),
+      "correct": jnp.sum(mask & correct),
+      "count": jnp.sum(mask),
     }
     return lax.psum(sums, DATA_AXIS)
 
   return jax.shard_map(
-      device_eval,
-      mesh=mesh,
-      in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS)),
-      out_specs=P(),
+    device_eval,
+    mesh=mesh,
+    in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS)),
+    out_specs=P(),
   )

@@ -20,9 +20,9 @@ import jax
 # printed by shared/data/cifar10/prepare.py for the JPEG-derived copy.
 JPEG_COPY_SHA256 = "1defaa5e908aa9e39909a29c85ed8ca54c9070c1eec98d7d928d979957843776"
 JPEG_COPY_NOTE = (
-    "JPEG-derived CIFAR-10 copy (shared/data/cifar10, prepare.py): pixels "
-    "carry JPEG loss, labels and the 50k/10k split are the original's; expect "
-    "test accuracy within about a point of the original files."
+  "JPEG-derived CIFAR-10 copy (shared/data/cifar10, prepare.py): pixels "
+  "carry JPEG loss, labels and the 50k/10k split are the original's; expect "
+  "test accuracy within about a point of the original files."
 )
 
 
@@ -42,14 +42,14 @@ def git_commit() -> str:
   root = Path(__file__).resolve().parents[1]
   try:
     sha = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+      ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
     ).stdout.strip()
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=True,
+      ["git", "status", "--porcelain", "--untracked-files=no"],
+      cwd=root,
+      capture_output=True,
+      text=True,
+      check=True,
     ).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
@@ -72,17 +72,17 @@ def hardware() -> dict:
   import flax  # local: only for the version
 
   return {
-      "backend": jax.default_backend(),
-      "devices": [d.device_kind for d in devices],
-      "device_count": len(devices),
-      "process_count": jax.process_count(),
-      "cpu": _cpu_model(),
-      "cpu_cores": os.cpu_count(),
-      "platform": platform.platform(),
-      "python": platform.python_version(),
-      "jax": jax.__version__,
-      "flax": flax.__version__,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "backend": jax.default_backend(),
+    "devices": [d.device_kind for d in devices],
+    "device_count": len(devices),
+    "process_count": jax.process_count(),
+    "cpu": _cpu_model(),
+    "cpu_cores": os.cpu_count(),
+    "platform": platform.platform(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "flax": flax.__version__,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
 
 

@@ -29,8 +29,8 @@ import numpy as np
 # Wu & He (2018), Table 2 / Figure 1: ResNet-50 on ImageNet, 8 GPUs, BN
 # statistics per GPU. Top-1 validation error (%) by images per GPU.
 PAPER_IMAGENET = {
-    "BN": {32: 23.6, 16: 23.7, 8: 24.8, 4: 27.3, 2: 34.7},
-    "GN": {32: 24.1, 16: 24.2, 8: 24.0, 4: 24.2, 2: 24.1},
+  "BN": {32: 23.6, 16: 23.7, 8: 24.8, 4: 27.3, 2: 34.7},
+  "GN": {32: 24.1, 16: 24.2, 8: 24.0, 4: 24.2, 2: 24.1},
 }
 
 
@@ -113,9 +113,21 @@ def _distinct(values) -> str:
 
 def write_summary_csv(points, path: Path) -> None:
   fields = [
-      "label", "norm", "norm_kwargs", "per_device_batch", "statistics_batch", "num_devices", "seed", "epochs",
-      "final_test_error", "last_test_errors", "train_wall_seconds", "images_per_sec", "hardware", "git_commit",
-      "dataset_sha256",
+    "label",
+    "norm",
+    "norm_kwargs",
+    "per_device_batch",
+    "statistics_batch",
+    "num_devices",
+    "seed",
+    "epochs",
+    "final_test_error",
+    "last_test_errors",
+    "train_wall_seconds",
+    "images_per_sec",
+    "hardware",
+    "git_commit",
+    "dataset_sha256",
   ]
   with path.open("w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=fields)
@@ -123,17 +135,25 @@ def write_summary_csv(points, path: Path) -> None:
     for p in points:
       c = p["config"]
       later = [m["images_per_sec"] for m in p["history"][1:]] or [p["history"][0]["images_per_sec"]]
-      writer.writerow({
-          "label": p["label"], "norm": c["norm"], "norm_kwargs": json.dumps(c["norm_kwargs"]),
-          "per_device_batch": c["per_device_batch"], "statistics_batch": c.get("statistics_batch", 0),
-          "num_devices": c["num_devices"], "seed": c["seed"],
-          "epochs": p["epochs_completed"], "final_test_error": p["final_test_error"],
+      writer.writerow(
+        {
+          "label": p["label"],
+          "norm": c["norm"],
+          "norm_kwargs": json.dumps(c["norm_kwargs"]),
+          "per_device_batch": c["per_device_batch"],
+          "statistics_batch": c.get("statistics_batch", 0),
+          "num_devices": c["num_devices"],
+          "seed": c["seed"],
+          "epochs": p["epochs_completed"],
+          "final_test_error": p["final_test_error"],
           "last_test_errors": json.dumps(p["last_test_errors"]),
           "train_wall_seconds": round(p["train_wall_seconds"], 1),
-          "images_per_sec": round(float(np.median(later)), 1), "hardware": hardware_label(p),
+          "images_per_sec": round(float(np.median(later)), 1),
+          "hardware": hardware_label(p),
           "git_commit": p["git_commit"],
           "dataset_sha256": p["dataset"]["sha256"],
-      })
+        }
+      )
 
 
 def markdown_table(points, title: str = "") -> str:
@@ -152,32 +172,33 @@ def markdown_table(points, title: str = "") -> str:
   for p in points:
     machines[hardware_label(p)] += 1
   lines += [
-      "",
-      f"ResNet-{c['depth']} (width {c['width']}), {c['num_devices']} simulated devices, "
-      f"{_distinct(p['epochs_completed'] for p in points)} epochs, "
-      f"{_distinct(p['train_examples'] for p in points)} training images, {c['schedule']} LR "
-      f"(peak {c['base_lr']}·batch/{c['lr_reference_batch']}), seeds {seeds}. Each cell: median test "
-      f"error of the last {c['report_last_evals']} epoch evaluations"
-      + ("; mean ± std over seeds." if len(seeds) > 1 else "."),
-      "",
-      "Trained on: " + "; ".join(f"{name} ({n} point{'s' if n > 1 else ''})" for name, n in sorted(machines.items()))
-      + ".",
+    "",
+    f"ResNet-{c['depth']} (width {c['width']}), {c['num_devices']} simulated devices, "
+    f"{_distinct(p['epochs_completed'] for p in points)} epochs, "
+    f"{_distinct(p['train_examples'] for p in points)} training images, {c['schedule']} LR "
+    f"(peak {c['base_lr']}·batch/{c['lr_reference_batch']}), seeds {seeds}. Each cell: median test "
+    f"error of the last {c['report_last_evals']} epoch evaluations"
+    + ("; mean ± std over seeds." if len(seeds) > 1 else "."),
+    "",
+    "Trained on: "
+    + "; ".join(f"{name} ({n} point{'s' if n > 1 else ''})" for name, n in sorted(machines.items()))
+    + ".",
   ]
   if _statistics_protocol(points):
     lines += [
-        "",
-        f"Statistics-batch protocol: every point trains with the same global batch of "
-        f"{c['num_devices'] * c['per_device_batch']} images, learning rate and steps; only the "
-        "number of examples over which BN computes its statistics (ghost batches) varies. "
-        "Norms without batch statistics do not depend on it: they train once per seed, and "
-        "that run fills every column.",
+      "",
+      f"Statistics-batch protocol: every point trains with the same global batch of "
+      f"{c['num_devices'] * c['per_device_batch']} images, learning rate and steps; only the "
+      "number of examples over which BN computes its statistics (ghost batches) varies. "
+      "Norms without batch statistics do not depend on it: they train once per seed, and "
+      "that run fills every column.",
     ]
   lines += [
-      "",
-      "Wu & He (2018), ImageNet ResNet-50, top-1 error (%) by images per GPU, for comparison:",
-      "",
-      "| | " + " | ".join(str(s) for s in (32, 16, 8, 4, 2)) + " |",
-      "|---|" + "---|" * 5,
+    "",
+    "Wu & He (2018), ImageNet ResNet-50, top-1 error (%) by images per GPU, for comparison:",
+    "",
+    "| | " + " | ".join(str(s) for s in (32, 16, 8, 4, 2)) + " |",
+    "|---|" + "---|" * 5,
   ]
   for name, row in PAPER_IMAGENET.items():
     lines.append(f"| {name} | " + " | ".join(f"{row[s]}" for s in (32, 16, 8, 4, 2)) + " |")
@@ -189,17 +210,17 @@ def convergence_table(points, longer) -> str:
   and at the longer run's, and the change (the grid point's own seed only)."""
   by_label = {p["label"]: p for p in points}
   lines = [
-      "Convergence check: the same point trained once more with more epochs.",
-      "",
-      "| point | epochs | test error (%) | epochs | test error (%) | change (points) |",
-      "|---|---|---|---|---|---|",
+    "Convergence check: the same point trained once more with more epochs.",
+    "",
+    "| point | epochs | test error (%) | epochs | test error (%) | change (points) |",
+    "|---|---|---|---|---|---|",
   ]
   for run in longer:
     base = by_label[run["label"]]
     short, long_ = 100 * base["final_test_error"], 100 * run["final_test_error"]
     lines.append(
-        f"| {run['label']} ({norm_label(run['config'])}) | {base['epochs_completed']} | {short:.2f} | "
-        f"{run['epochs_completed']} | {long_:.2f} | {long_ - short:+.2f} |"
+      f"| {run['label']} ({norm_label(run['config'])}) | {base['epochs_completed']} | {short:.2f} | "
+      f"{run['epochs_completed']} | {long_:.2f} | {long_ - short:+.2f} |"
     )
   return "\n".join(lines) + "\n"
 
@@ -310,7 +331,8 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import app
+  from absl import flags
 
   _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory.")
   flags.mark_flags_as_required(["workdir"])

@@ -48,8 +48,8 @@ from tqdm import tqdm
 
 from experiments import config as config_lib
 from experiments import data as data_lib
-from experiments import report as report_lib
 from experiments import provenance
+from experiments import report as report_lib
 from experiments import train
 from experiments import xla_cpu
 
@@ -66,8 +66,7 @@ def expand(sweep) -> list[tuple[str, dict, ml_collections.ConfigDict]]:
       for key, value in dict(overrides).items():
         if key not in config:
           raise ValueError(
-              f"sweep: unknown config key {key!r} in axis overrides; valid keys are "
-              f"{sorted(config.keys())}."
+            f"sweep: unknown config key {key!r} in axis overrides; valid keys are {sorted(config.keys())}."
           )
         if key == "norm_kwargs":
           config.norm_kwargs.update(dict(value))
@@ -99,8 +98,8 @@ def convergence_points(sweep, points) -> list[tuple[str, ml_collections.ConfigDi
   for label in check.points:
     if label not in by_label:
       raise ValueError(
-          f"sweep: convergence_check.points names {label!r}, which is not a grid point; valid labels are "
-          f"{sorted(by_label)}."
+        f"sweep: convergence_check.points names {label!r}, which is not a grid point; valid labels are "
+        f"{sorted(by_label)}."
       )
     config = copy.deepcopy(by_label[label])
     config.unlock()
@@ -161,9 +160,9 @@ def run_sweep(sweep, workdir: str | os.PathLike) -> list[dict]:
       raise ValueError(f"sweep point {label}: {e}") from e
   workdir.mkdir(parents=True, exist_ok=True)
   manifest = {
-      "name": sweep.name,
-      "points": [{"label": label, "overrides": overrides} for label, overrides, _ in points],
-      "convergence_check": [{"label": label, "epochs": config.epochs} for label, config in longer],
+    "name": sweep.name,
+    "points": [{"label": label, "overrides": overrides} for label, overrides, _ in points],
+    "convergence_check": [{"label": label, "epochs": config.epochs} for label, config in longer],
   }
   provenance.write_json_atomic(workdir / "sweep.json", manifest)
 
@@ -179,8 +178,9 @@ def run_sweep(sweep, workdir: str | os.PathLike) -> list[dict]:
   # Every training job in order: (label, directory, config, source label).
   jobs = [(label, workdir / "points" / label, config, source[label]) for label, _, config in points]
   jobs += [(label, workdir / "convergence" / label, config, label) for label, config in longer]
-  training = [(label, config) for label, point_dir, config, src in jobs
-              if src == label and not is_complete(point_dir, config)]
+  training = [
+    (label, config) for label, point_dir, config, src in jobs if src == label and not is_complete(point_dir, config)
+  ]
   # With pack_seeds, each point to train lists the points of its group.
   groups: dict[str, list] = {}
   if packs_seeds(sweep):
@@ -191,8 +191,13 @@ def run_sweep(sweep, workdir: str | os.PathLike) -> list[dict]:
   for data_dir, download in sorted({(c.data_dir, c.download) for _, c in training}):
     data_lib.load_cifar10(data_dir or None, download=download)
   # One bar for the whole sweep, in epochs of the points still to train.
-  bar = tqdm(total=sum(config.epochs for _, config in training), desc="sweep", unit="epoch",
-             disable=not (training and training[0][1].progress), position=0)
+  bar = tqdm(
+    total=sum(config.epochs for _, config in training),
+    desc="sweep",
+    unit="epoch",
+    disable=not (training and training[0][1].progress),
+    position=0,
+  )
   with bar:
     for i, (label, point_dir, config, src) in enumerate(jobs):
       name = f"[{i + 1}/{len(jobs)}] {point_dir.parent.name}/{label}"
@@ -206,10 +211,15 @@ def run_sweep(sweep, workdir: str | os.PathLike) -> list[dict]:
         group = [(l, d, c) for l, d, c in group if not is_complete(d, c)]
         bar.set_postfix_str(label)
         if len(group) > 1:
-          bar.write(f"{name}: training ({config.epochs} epochs) with {', '.join(l for l, _, _ in group[1:])}, "
-                    f"seeds {[c.seed for _, _, c in group]} in one program")
-          train.train_group([c for _, _, c in group], [d for _, d, _ in group],
-                            on_epochs=lambda n, runs=len(group): bar.update(n * runs))
+          bar.write(
+            f"{name}: training ({config.epochs} epochs) with {', '.join(l for l, _, _ in group[1:])}, "
+            f"seeds {[c.seed for _, _, c in group]} in one program"
+          )
+          train.train_group(
+            [c for _, _, c in group],
+            [d for _, d, _ in group],
+            on_epochs=lambda n, runs=len(group): bar.update(n * runs),  # noqa: B008 (bound per group)
+          )
         else:
           bar.write(f"{name}: training ({config.epochs} epochs)")
           train.train_and_evaluate(config, point_dir, on_epochs=bar.update)
@@ -231,7 +241,8 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import app
+  from absl import flags
   from ml_collections import config_flags
 
   sys.argv, _NORM_KWARGS = config_lib.split_norm_kwargs_flags(sys.argv, "config.base.norm_kwargs")

@@ -66,9 +66,9 @@ def maybe_initialize_distributed() -> None:
   """
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
     jax.distributed.initialize(
-        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-        num_processes=int(os.environ.get("JAX_NUM_PROCESSES", "1")),
-        process_id=int(os.environ.get("JAX_PROCESS_ID", "0")),
+      coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+      num_processes=int(os.environ.get("JAX_NUM_PROCESSES", "1")),
+      process_id=int(os.environ.get("JAX_PROCESS_ID", "0")),
     )
   elif os.environ.get("JAXNORM_DISTRIBUTED") == "1":
     jax.distributed.initialize()
@@ -87,23 +87,21 @@ def build_model(config) -> CifarResNet:
     config_lib.validate_statistics_batch(config)
     norm_kwargs["virtual_batch_size"] = config.statistics_batch
   return CifarResNet(
-      depth=config.depth,
-      width=config.width,
-      norm=config.norm,
-      norm_kwargs=flax.core.FrozenDict(norm_kwargs),
-      preact=config.preact,
-      shortcut=config.shortcut,
-      zero_init_last=config.zero_init_last,
-      residual=config.residual,
+    depth=config.depth,
+    width=config.width,
+    norm=config.norm,
+    norm_kwargs=flax.core.FrozenDict(norm_kwargs),
+    preact=config.preact,
+    shortcut=config.shortcut,
+    zero_init_last=config.zero_init_last,
+    residual=config.residual,
   )
 
 
 def check_model(model: CifarResNet) -> None:
   """Traces init without compute, so that layer-shape errors surface now."""
   try:
-    jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-    )
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
   except ValueError as e:
     raise ValueError(f"model {model.norm!r} with depth {model.depth}, width {model.width}: {e}") from e
 
@@ -125,13 +123,11 @@ def make_schedule(config, steps_per_epoch: int) -> optax.Schedule:
   """Linear warm-up to the scaled peak, then cosine or step decay."""
   total = config.epochs * steps_per_epoch
   peak = config_lib.peak_learning_rate(config)
-  warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
+  warmup = min(round(config.warmup_epochs * steps_per_epoch), total - 1)
   if config.schedule == "cosine":
     decay = optax.cosine_decay_schedule(peak, max(total - warmup, 1))
   else:
-    decay = optax.piecewise_constant_schedule(
-        peak, {int(0.5 * total) - warmup: 0.1, int(0.75 * total) - warmup: 0.1}
-    )
+    decay = optax.piecewise_constant_schedule(peak, {int(0.5 * total) - warmup: 0.1, int(0.75 * total) - warmup: 0.1})
   if warmup <= 0:
     return decay
   ramp = optax.linear_schedule(0.0, peak, warmup)
@@ -144,8 +140,8 @@ def make_optimizer(config, schedule) -> optax.GradientTransformation:
   if not config.decay_norm_params:  # decay only kernels (rank >= 2)
     mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
   return optax.chain(
-      optax.add_decayed_weights(config.weight_decay, mask),
-      optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov),
+    optax.add_decayed_weights(config.weight_decay, mask),
+    optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov),
   )
 
 
@@ -219,13 +215,19 @@ class _Engine:
     runs, simulated = self.runs, self.simulated
     if mode == "scan":
       self.run_epoch = parallel.make_scan_epoch(
-          model, tx, mesh, simulated=simulated, augment=config.augment, batch=self.batch, steps=self.steps,
-          runs=runs,
+        model,
+        tx,
+        mesh,
+        simulated=simulated,
+        augment=config.augment,
+        batch=self.batch,
+        steps=self.steps,
+        runs=runs,
       )
       self.device_train = parallel.put_replicated({"images": train_images, "labels": train_labels}, mesh)
       padded = list(data_lib.eval_batches(dataset.test_images, dataset.test_labels, config.eval_batch_size))
       self.device_test = parallel.put_replicated(
-          {k: np.concatenate([b[k] for b in padded]) for k in ("images", "labels", "mask")}, mesh
+        {k: np.concatenate([b[k] for b in padded]) for k in ("images", "labels", "mask")}, mesh
       )
       make_eval = functools.partial(parallel.make_scan_eval, model, mesh, batch=config.eval_batch_size, runs=runs)
     else:
@@ -253,13 +255,12 @@ class _Engine:
       state, stacked = self.run_epoch(state, t["images"], t["labels"], root_key, epoch)
       on_steps(self.steps)
       return state, [
-          [{k: v[i] for k, v in run.items()} for i in range(self.steps)]
-          for run in self._per_run(jax.device_get(stacked))
+        [{k: v[i] for k, v in run.items()} for i in range(self.steps)] for run in self._per_run(jax.device_get(stacked))
       ]
     step_metrics = []
     orders = [
-        data_lib.train_batches(self.train_images, self.train_labels, self.batch, seed=seed, epoch=epoch)
-        for seed in self.seeds
+      data_lib.train_batches(self.train_images, self.train_labels, self.batch, seed=seed, epoch=epoch)
+      for seed in self.seeds
     ]
     for host_batches in zip(*orders):
       host_batch = _stack_host(host_batches) if self.runs else host_batches[0]
@@ -285,8 +286,8 @@ class _Engine:
         out = jax.device_get(fn(variables, batch["images"], batch["labels"], batch["mask"]))
         sums = out if sums is None else jax.tree.map(np.add, sums, out)
     return [
-        {"loss": float(s["loss"] / s["count"]), "error": float(1 - s["correct"] / s["count"])}
-        for s in self._per_run(sums)
+      {"loss": float(s["loss"] / s["count"]), "error": float(1 - s["correct"] / s["count"])}
+      for s in self._per_run(sums)
     ]
 
 
@@ -329,15 +330,13 @@ def restore_latest_readable(manager, directory: Path, target: dict):
         quarantine.mkdir(exist_ok=True)
         os.replace(directory / str(step), quarantine / f"{step}-{int(time.time())}")
       warnings.warn(
-          f"checkpoint {directory / str(step)} is unreadable ({reason}); moved it to {quarantine} and "
-          "falling back to the previous checkpoint.",
-          stacklevel=2,
+        f"checkpoint {directory / str(step)} is unreadable ({reason}); moved it to {quarantine} and "
+        "falling back to the previous checkpoint.",
+        stacklevel=2,
       )
       manager.reload()
   if bad:
-    raise RunFailure(
-        "no readable checkpoint: " + "; ".join(bad) + f". Delete {directory} to train from the start."
-    )
+    raise RunFailure("no readable checkpoint: " + "; ".join(bad) + f". Delete {directory} to train from the start.")
   return None
 
 
@@ -348,9 +347,9 @@ def _stop_if_not_finite(step_metrics, epoch: int, steps_per_epoch: int, workdir:
   if bad.size:
     step = epoch * steps_per_epoch + int(bad[0]) + 1
     raise RunFailure(
-        f"training diverged: the loss is {losses[bad[0]]} at step {step} (epoch {epoch + 1}). Nothing "
-        f"of this epoch was saved; {workdir} keeps the checkpoints and metrics up to epoch {epoch}. "
-        "Lower the learning rate (base_lr) or lengthen the warm-up (warmup_epochs)."
+      f"training diverged: the loss is {losses[bad[0]]} at step {step} (epoch {epoch + 1}). Nothing "
+      f"of this epoch was saved; {workdir} keeps the checkpoints and metrics up to epoch {epoch}. "
+      "Lower the learning rate (base_lr) or lengthen the warm-up (warmup_epochs)."
     )
 
 
@@ -365,9 +364,9 @@ def summarize(history: list[dict], last: int) -> dict:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict,
-    workdir: str | os.PathLike,
-    on_epochs: Callable[[int], object] | None = None,
+  config: ml_collections.ConfigDict,
+  workdir: str | os.PathLike,
+  on_epochs: Callable[[int], object] | None = None,
 ) -> dict:
   """Trains, evaluates (``config.eval_every``), checkpoints, and returns the result.
 
@@ -393,8 +392,8 @@ def check_group(configs) -> None:
     if other != first:
       differ = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
       raise ValueError(
-          f"train_group: runs of one group may differ only in the seed; seed {c.seed} also differs in "
-          f"{differ}. Train them in separate groups."
+        f"train_group: runs of one group may differ only in the seed; seed {c.seed} also differs in "
+        f"{differ}. Train them in separate groups."
       )
   if configs[0].diagnostics and len(configs) > 1:
     raise ValueError("train_group: config.diagnostics probes one run; train runs with diagnostics alone.")
@@ -405,8 +404,8 @@ def _restore_group(managers, workdirs, states, root_keys, mesh):
   last epoch all of them have checkpointed (a run killed between the saves
   of its group is at most one epoch ahead, and keeps two checkpoints)."""
   restored = [
-      restore_latest_readable(m, w / "checkpoints", _checkpoint_tree(s, k, mesh))
-      for m, w, s, k in zip(managers, workdirs, states, root_keys)
+    restore_latest_readable(m, w / "checkpoints", _checkpoint_tree(s, k, mesh))
+    for m, w, s, k in zip(managers, workdirs, states, root_keys)
   ]
   if all(r is None for r in restored):
     return 0, states, root_keys
@@ -433,9 +432,9 @@ def _restart_group(managers, workdirs, states, root_keys):
     steps = sorted(manager.all_steps())
     if steps:
       warnings.warn(
-          f"{workdir}: discarding its checkpoints of epochs {steps}: its group has no epoch that every "
-          "run saved, so all its runs train from the start.",
-          stacklevel=3,
+        f"{workdir}: discarding its checkpoints of epochs {steps}: its group has no epoch that every "
+        "run saved, so all its runs train from the start.",
+        stacklevel=3,
       )
       for step in steps:
         manager.delete(step)
@@ -443,9 +442,9 @@ def _restart_group(managers, workdirs, states, root_keys):
 
 
 def train_group(
-    configs: list[ml_collections.ConfigDict],
-    workdirs: list[str | os.PathLike],
-    on_epochs: Callable[[int], object] | None = None,
+  configs: list[ml_collections.ConfigDict],
+  workdirs: list[str | os.PathLike],
+  on_epochs: Callable[[int], object] | None = None,
 ) -> list[dict]:
   """Trains runs that differ only in their seed in one program.
 
@@ -492,8 +491,7 @@ def train_group(
   start_epoch = 0
   if config.checkpoint:
     managers = [
-        ocp.CheckpointManager(w / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2))
-        for w in workdirs
+      ocp.CheckpointManager(w / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2)) for w in workdirs
     ]
     start_epoch, states, root_keys = _restore_group(managers, workdirs, states, root_keys, mesh)
   if on_epochs is not None and start_epoch:
@@ -517,7 +515,9 @@ def train_group(
 
   for epoch in range(start_epoch, config.epochs):
     epoch_start = time.time()
-    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (config.progress and is_main))
+    bar = tqdm(
+      total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (config.progress and is_main)
+    )
     state, step_metrics = engine.train_epoch(state, root_key, epoch, on_steps=bar.update)
     bar.close()
     train_seconds = time.time() - epoch_start
@@ -527,18 +527,18 @@ def train_group(
     evaluating = config_lib.evaluates_after(config, epoch + 1)
     tests = engine.evaluate(variables) if evaluating else [None] * len(configs)
     tests_batch_stats = (
-        engine.evaluate(variables, batch_statistics=True) if evaluating and config.eval_with_batch_stats else None
+      engine.evaluate(variables, batch_statistics=True) if evaluating and config.eval_with_batch_stats else None
     )
     step = int(np.max(jax.device_get(state.step)))
     for r, (history, run_metrics, test) in enumerate(zip(histories, step_metrics, tests)):
       record = {
-          "epoch": epoch + 1,
-          "step": step,
-          "train_loss": float(np.mean([m["loss"] for m in run_metrics])),
-          "train_accuracy": float(np.mean([m["accuracy"] for m in run_metrics])),
-          "learning_rate": float(schedule(step - 1)),
-          "images_per_sec": steps_per_epoch * batch / train_seconds,  # this run's images
-          "epoch_seconds": time.time() - epoch_start,
+        "epoch": epoch + 1,
+        "step": step,
+        "train_loss": float(np.mean([m["loss"] for m in run_metrics])),
+        "train_accuracy": float(np.mean([m["accuracy"] for m in run_metrics])),
+        "learning_rate": float(schedule(step - 1)),
+        "images_per_sec": steps_per_epoch * batch / train_seconds,  # this run's images
+        "epoch_seconds": time.time() - epoch_start,
       }
       if test is not None:
         record["test_loss"], record["test_error"] = test["loss"], test["error"]
@@ -556,8 +556,8 @@ def train_group(
         seed = f" (seed {configs[r].seed})" if grouped else ""
         tested = f"test error {100 * record['test_error']:.2f}%, " if test is not None else ""
         bar.write(
-            f"epoch {epoch + 1}{seed}: train loss {record['train_loss']:.3f}, "
-            f"{tested}{record['images_per_sec']:.0f} img/s"
+          f"epoch {epoch + 1}{seed}: train loss {record['train_loss']:.3f}, "
+          f"{tested}{record['images_per_sec']:.0f} img/s"
         )
     if on_epochs is not None:
       on_epochs(1)
@@ -569,18 +569,18 @@ def train_group(
   results = []
   for c, workdir, history in zip(configs, workdirs, histories):
     result = {
-        **summarize(history, c.report_last_evals),
-        "epochs_completed": len(history),
-        "train_wall_seconds": history[-1]["wall_seconds"] if history else 0.0,
-        "this_invocation_seconds": time.time() - start_time,
-        "execution": mode,
-        "global_batch": batch,
-        "peak_learning_rate": config_lib.peak_learning_rate(c),
-        "train_examples": len(train_images),
-        "config": c.to_dict(),
-        "git_commit": provenance.git_commit(),
-        "hardware": provenance.hardware(),
-        "dataset": {**provenance.dataset_fingerprint(data_dir / data_lib.BATCHES_DIR), "note": c.dataset_note},
+      **summarize(history, c.report_last_evals),
+      "epochs_completed": len(history),
+      "train_wall_seconds": history[-1]["wall_seconds"] if history else 0.0,
+      "this_invocation_seconds": time.time() - start_time,
+      "execution": mode,
+      "global_batch": batch,
+      "peak_learning_rate": config_lib.peak_learning_rate(c),
+      "train_examples": len(train_images),
+      "config": c.to_dict(),
+      "git_commit": provenance.git_commit(),
+      "hardware": provenance.hardware(),
+      "dataset": {**provenance.dataset_fingerprint(data_dir / data_lib.BATCHES_DIR), "note": c.dataset_note},
     }
     if grouped:
       result["trained_with_seeds"] = [other.seed for other in configs]
@@ -620,7 +620,8 @@ def exit_on_user_error(fn: Callable, *args):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import app
+  from absl import flags
   from ml_collections import config_flags
 
   sys.argv, _NORM_KWARGS = config_lib.split_norm_kwargs_flags(sys.argv, "config.norm_kwargs")

@@ -17,7 +17,8 @@ EvoNorm-B0.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,16 +50,14 @@ class BatchStats(NamedTuple):
   count: Array | None = None
 
 
-def check_running_shapes(
-    owner: str, x_shape: tuple[int, ...], feature_shape: tuple[int, ...], axis: Any, **running
-):
+def check_running_shapes(owner: str, x_shape: tuple[int, ...], feature_shape: tuple[int, ...], axis: Any, **running):
   """Raises ValueError if a running statistic is not feature-shaped."""
   for name, value in running.items():
     if value is not None and jnp.shape(value) != feature_shape:
       raise ValueError(
-          f"{owner}: {name} has shape {jnp.shape(value)}; expected the feature "
-          f"shape {feature_shape} of axis={axis!r} for an input of shape "
-          f"{x_shape}."
+        f"{owner}: {name} has shape {jnp.shape(value)}; expected the feature "
+        f"shape {feature_shape} of axis={axis!r} for an input of shape "
+        f"{x_shape}."
       )
 
 
@@ -68,12 +67,12 @@ def ema(old: Array, new: Array, momentum: float) -> Array:
 
 
 def update_running(
-    running: BatchStats,
-    mean: Array,
-    var: Array,
-    *,
-    running_stats: str = "ema",
-    momentum: float = 0.99,
+  running: BatchStats,
+  mean: Array,
+  var: Array,
+  *,
+  running_stats: str = "ema",
+  momentum: float = 0.99,
 ) -> BatchStats:
   r"""The running statistics after one batch with statistics ``mean``, ``var``.
 
@@ -90,9 +89,9 @@ def update_running(
     count = jnp.asarray(0 if running.count is None else running.count)
     weight = 1 / (count + 1)
     return BatchStats(
-        running.mean + (mean - running.mean) * weight,
-        running.var + (var - running.var) * weight,
-        count + 1,
+      running.mean + (mean - running.mean) * weight,
+      running.var + (var - running.var) * weight,
+      count + 1,
     )
   return BatchStats(ema(running.mean, mean, momentum), ema(running.var, var, momentum), running.count)
 
@@ -112,24 +111,24 @@ def _average_virtual_batches(per_batch: Moments, masked: bool) -> tuple[Array, A
 
 
 def _batch_norm(
-    x: Array,
-    scale: Array | None,
-    bias: Array | None,
-    running: BatchStats | None,
-    *,
-    use_running_average: bool,
-    axis: _axes.Axes,
-    momentum: float,
-    epsilon: float,
-    mask: Array | None,
-    axis_name: Any,
-    axis_index_groups: Any,
-    use_fast_variance: bool,
-    dtype: Any,
-    force_float32_reductions: bool,
-    virtual_batch_size: int | None,
-    running_stats: str,
-    owner: str,
+  x: Array,
+  scale: Array | None,
+  bias: Array | None,
+  running: BatchStats | None,
+  *,
+  use_running_average: bool,
+  axis: _axes.Axes,
+  momentum: float,
+  epsilon: float,
+  mask: Array | None,
+  axis_name: Any,
+  axis_index_groups: Any,
+  use_fast_variance: bool,
+  dtype: Any,
+  force_float32_reductions: bool,
+  virtual_batch_size: int | None,
+  running_stats: str,
+  owner: str,
 ) -> tuple[Array, BatchStats | None, Moments | None]:
   """:func:`batch_norm`, also returning the moments of each (virtual) batch.
 
@@ -143,8 +142,12 @@ def _batch_norm(
   feature_shape = tuple(x.shape[a] for a in feature_axes)
   if running is not None:
     check_running_shapes(
-        owner, x.shape, feature_shape, axis,
-        running_mean=running.mean, running_var=running.var,
+      owner,
+      x.shape,
+      feature_shape,
+      axis,
+      running_mean=running.mean,
+      running_var=running.var,
     )
   scale = _param(scale, x.shape, feature_axes, name="scale", owner=owner)
   bias = _param(bias, x.shape, feature_axes, name="bias", owner=owner)
@@ -152,9 +155,9 @@ def _batch_norm(
   if use_running_average or running_stats == "frozen":
     if running is None:
       raise ValueError(
-          f"{owner}: use_running_average=True needs running_mean and "
-          f"running_var (so does running_stats='frozen'); pass them or set "
-          f"use_running_average=False."
+        f"{owner}: use_running_average=True needs running_mean and "
+        f"running_var (so does running_stats='frozen'); pass them or set "
+        f"use_running_average=False."
       )
     full = tuple(s if a in feature_axes else 1 for a, s in enumerate(x.shape))
     mean, var = (jnp.asarray(s).reshape(full) for s in running[:2])
@@ -164,9 +167,9 @@ def _batch_norm(
   groups = _axes.check_virtual_batch(x.shape[0], virtual_batch_size, owner=owner)
   if virtual_batch_size is not None and 0 in feature_axes:
     raise ValueError(
-        f"{owner}: axis={axis!r} includes the batch axis 0, which "
-        f"virtual_batch_size={virtual_batch_size} splits into virtual "
-        f"batches; choose feature axes other than 0."
+      f"{owner}: axis={axis!r} includes the batch axis 0, which "
+      f"virtual_batch_size={virtual_batch_size} splits into virtual "
+      f"batches; choose feature axes other than 0."
     )
   mask = _axes.check_mask(mask, x.shape, owner=owner)
 
@@ -183,19 +186,19 @@ def _batch_norm(
   grouped_features = tuple(a + 1 for a in feature_axes)
   reduced = _reduction_axes.batch_norm_axes(xg.ndim, grouped_features)
   y, stats = moments_and_normalize(
-      xg,
-      split(scale),
-      split(bias),
-      reduction_axes=reduced,
-      feature_axes=grouped_features,
-      epsilon=epsilon,
-      mask=split(mask),
-      axis_name=axis_name,
-      axis_index_groups=axis_index_groups,
-      use_mean=True,
-      use_fast_variance=use_fast_variance,
-      dtype=dtype,
-      force_float32_reductions=force_float32_reductions,
+    xg,
+    split(scale),
+    split(bias),
+    reduction_axes=reduced,
+    feature_axes=grouped_features,
+    epsilon=epsilon,
+    mask=split(mask),
+    axis_name=axis_name,
+    axis_index_groups=axis_index_groups,
+    use_mean=True,
+    use_fast_variance=use_fast_variance,
+    dtype=dtype,
+    force_float32_reductions=force_float32_reductions,
   )
   y = y.reshape(x.shape)
   per_batch = Moments(*(s.reshape((groups,) + feature_shape) for s in stats))
@@ -207,25 +210,25 @@ def _batch_norm(
 
 
 def batch_norm(
-    x: Array,
-    scale: Array | None = None,
-    bias: Array | None = None,
-    running_mean: Array | None = None,
-    running_var: Array | None = None,
-    *,
-    use_running_average: bool = False,
-    axis: _axes.Axes = -1,
-    momentum: float = 0.99,
-    epsilon: float = 1e-5,
-    mask: Array | None = None,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
-    use_fast_variance: bool = False,
-    dtype: Any = None,
-    force_float32_reductions: bool = True,
-    virtual_batch_size: int | None = None,
-    running_stats: str = "ema",
-    running_count: Array | None = None,
+  x: Array,
+  scale: Array | None = None,
+  bias: Array | None = None,
+  running_mean: Array | None = None,
+  running_var: Array | None = None,
+  *,
+  use_running_average: bool = False,
+  axis: _axes.Axes = -1,
+  momentum: float = 0.99,
+  epsilon: float = 1e-5,
+  mask: Array | None = None,
+  axis_name: Any = None,
+  axis_index_groups: Any = None,
+  use_fast_variance: bool = False,
+  dtype: Any = None,
+  force_float32_reductions: bool = True,
+  virtual_batch_size: int | None = None,
+  running_stats: str = "ema",
+  running_count: Array | None = None,
 ) -> tuple[Array, BatchStats]:
   r"""Batch normalization (Ioffe & Szegedy, 2015), optionally with ghost batches.
 
@@ -295,23 +298,23 @@ def batch_norm(
   if running_mean is not None and running_var is not None:
     running = BatchStats(running_mean, running_var, running_count)
   y, new, _ = _batch_norm(
-      x,
-      scale,
-      bias,
-      running,
-      use_running_average=use_running_average,
-      axis=axis,
-      momentum=momentum,
-      epsilon=epsilon,
-      mask=mask,
-      axis_name=axis_name,
-      axis_index_groups=axis_index_groups,
-      use_fast_variance=use_fast_variance,
-      dtype=dtype,
-      force_float32_reductions=force_float32_reductions,
-      virtual_batch_size=virtual_batch_size,
-      running_stats=running_stats,
-      owner="batch_norm",
+    x,
+    scale,
+    bias,
+    running,
+    use_running_average=use_running_average,
+    axis=axis,
+    momentum=momentum,
+    epsilon=epsilon,
+    mask=mask,
+    axis_name=axis_name,
+    axis_index_groups=axis_index_groups,
+    use_fast_variance=use_fast_variance,
+    dtype=dtype,
+    force_float32_reductions=force_float32_reductions,
+    virtual_batch_size=virtual_batch_size,
+    running_stats=running_stats,
+    owner="batch_norm",
   )
   return y, new
 

@@ -19,6 +19,7 @@ from jax import lax
 from jax.nn import initializers
 
 from jaxnorm import _axes
+from jaxnorm import _stateful
 from jaxnorm._batch_norm import BatchStats
 from jaxnorm._batch_norm import check_running_shapes
 from jaxnorm._batch_norm import update_running
@@ -26,7 +27,6 @@ from jaxnorm._functional import _param
 from jaxnorm._functional import _prepare
 from jaxnorm._functional import normalize
 from jaxnorm._functional import output_dtype
-from jaxnorm import _stateful
 from jaxnorm._modules import scale_and_bias
 from jaxnorm._moments import Moments
 from jaxnorm._moments import moments
@@ -42,21 +42,21 @@ def _check_schedule(r_max, d_max, warmup_delay, r_warmup, d_warmup, *, owner):
   _axes.check_at_least(r_max, 1.0, name="r_max", owner=owner, fix=_R_MAX_FIX)
   _axes.check_at_least(d_max, 0.0, name="d_max", owner=owner, fix=_D_MAX_FIX)
   for name, value in (
-      ("warmup_delay", warmup_delay),
-      ("r_max_warmup_steps", r_warmup),
-      ("d_max_warmup_steps", d_warmup),
+    ("warmup_delay", warmup_delay),
+    ("r_max_warmup_steps", r_warmup),
+    ("d_max_warmup_steps", d_warmup),
   ):
     _axes.check_non_negative_int(value, name=name, owner=owner)
 
 
 def batch_renorm_limits(
-    step: Array | int,
-    *,
-    r_max: float = 3.0,
-    d_max: float = 5.0,
-    warmup_delay: int = 0,
-    r_max_warmup_steps: int = 0,
-    d_max_warmup_steps: int = 0,
+  step: Array | int,
+  *,
+  r_max: float = 3.0,
+  d_max: float = 5.0,
+  warmup_delay: int = 0,
+  r_max_warmup_steps: int = 0,
+  d_max_warmup_steps: int = 0,
 ) -> tuple[Array, Array]:
   r"""The clipping limits ``(r_max, d_max)`` at training step ``step``.
 
@@ -76,8 +76,12 @@ def batch_renorm_limits(
     Batch-Normalized Models <https://arxiv.org/abs/1702.03275>`_, 2017.
   """
   _check_schedule(
-      r_max, d_max, warmup_delay, r_max_warmup_steps, d_max_warmup_steps,
-      owner="batch_renorm_limits",
+    r_max,
+    d_max,
+    warmup_delay,
+    r_max_warmup_steps,
+    d_max_warmup_steps,
+    owner="batch_renorm_limits",
   )
   t = jnp.asarray(step, jnp.float32) - warmup_delay
 
@@ -90,25 +94,25 @@ def batch_renorm_limits(
 
 
 def _batch_renorm(
-    x: Array,
-    scale: Array | None,
-    bias: Array | None,
-    running_mean: Array,
-    running_var: Array,
-    *,
-    use_running_average: bool,
-    r_max: Array | float,
-    d_max: Array | float,
-    axis: _axes.Axes,
-    momentum: float,
-    epsilon: float,
-    mask: Array | None,
-    axis_name: Any,
-    axis_index_groups: Any,
-    use_fast_variance: bool,
-    dtype: Any,
-    force_float32_reductions: bool,
-    owner: str,
+  x: Array,
+  scale: Array | None,
+  bias: Array | None,
+  running_mean: Array,
+  running_var: Array,
+  *,
+  use_running_average: bool,
+  r_max: Array | float,
+  d_max: Array | float,
+  axis: _axes.Axes,
+  momentum: float,
+  epsilon: float,
+  mask: Array | None,
+  axis_name: Any,
+  axis_index_groups: Any,
+  use_fast_variance: bool,
+  dtype: Any,
+  force_float32_reductions: bool,
+  owner: str,
 ) -> tuple[Array, BatchStats, Moments | None]:
   """:func:`batch_renorm`, also returning the batch moments (None at eval)."""
   x = _prepare(x, owner)
@@ -118,13 +122,17 @@ def _batch_renorm(
   feature_shape = tuple(x.shape[a] for a in feature_axes)
   if running_mean is None or running_var is None:
     raise ValueError(
-        f"{owner}: running_mean and running_var are required (r and d "
-        f"compare the batch statistics with them); pass the running "
-        f"statistics, e.g. zeros and ones at the start of training."
+      f"{owner}: running_mean and running_var are required (r and d "
+      f"compare the batch statistics with them); pass the running "
+      f"statistics, e.g. zeros and ones at the start of training."
     )
   check_running_shapes(
-      owner, x.shape, feature_shape, axis,
-      running_mean=running_mean, running_var=running_var,
+    owner,
+    x.shape,
+    feature_shape,
+    axis,
+    running_mean=running_mean,
+    running_var=running_var,
   )
   scale = _param(scale, x.shape, feature_axes, name="scale", owner=owner)
   bias = _param(bias, x.shape, feature_axes, name="bias", owner=owner)
@@ -135,15 +143,15 @@ def _batch_renorm(
     return y, BatchStats(running_mean, running_var), None
 
   stats = moments(
-      x,
-      tuple(a for a in range(x.ndim) if a not in feature_axes),
-      mask=_axes.check_mask(mask, x.shape, owner=owner),
-      axis_name=axis_name,
-      axis_index_groups=axis_index_groups,
-      use_fast_variance=use_fast_variance,
-      dtype=dtype,
-      force_float32_reductions=force_float32_reductions,
-      keepdims=True,
+    x,
+    tuple(a for a in range(x.ndim) if a not in feature_axes),
+    mask=_axes.check_mask(mask, x.shape, owner=owner),
+    axis_name=axis_name,
+    axis_index_groups=axis_index_groups,
+    use_fast_variance=use_fast_variance,
+    dtype=dtype,
+    force_float32_reductions=force_float32_reductions,
+    keepdims=True,
   )
   inv_sigma = lax.rsqrt(var + epsilon)
   r = jnp.clip(jnp.sqrt(stats.var + epsilon) * inv_sigma, 1 / r_max, r_max)
@@ -156,32 +164,30 @@ def _batch_renorm(
   out = output_dtype(x, scale, bias, dtype=dtype)
   y = normalize(x, stats.mean, stats.var, gamma, beta, epsilon=epsilon, dtype=out)
   batch_mean, batch_var = stats.mean.reshape(feature_shape), stats.var.reshape(feature_shape)
-  new = update_running(
-      BatchStats(running_mean, running_var), batch_mean, batch_var, momentum=momentum
-  )
+  new = update_running(BatchStats(running_mean, running_var), batch_mean, batch_var, momentum=momentum)
   per_batch = Moments(*(s.reshape((1,) + feature_shape) for s in stats))
   return y, new, per_batch
 
 
 def batch_renorm(
-    x: Array,
-    scale: Array | None,
-    bias: Array | None,
-    running_mean: Array,
-    running_var: Array,
-    *,
-    use_running_average: bool = False,
-    r_max: Array | float = 3.0,
-    d_max: Array | float = 5.0,
-    axis: _axes.Axes = -1,
-    momentum: float = 0.99,
-    epsilon: float = 1e-5,
-    mask: Array | None = None,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
-    use_fast_variance: bool = False,
-    dtype: Any = None,
-    force_float32_reductions: bool = True,
+  x: Array,
+  scale: Array | None,
+  bias: Array | None,
+  running_mean: Array,
+  running_var: Array,
+  *,
+  use_running_average: bool = False,
+  r_max: Array | float = 3.0,
+  d_max: Array | float = 5.0,
+  axis: _axes.Axes = -1,
+  momentum: float = 0.99,
+  epsilon: float = 1e-5,
+  mask: Array | None = None,
+  axis_name: Any = None,
+  axis_index_groups: Any = None,
+  use_fast_variance: bool = False,
+  dtype: Any = None,
+  force_float32_reductions: bool = True,
 ) -> tuple[Array, BatchStats]:
   r"""Batch renormalization (Ioffe, 2017).
 
@@ -221,24 +227,24 @@ def batch_renorm(
     Batch-Normalized Models <https://arxiv.org/abs/1702.03275>`_, 2017.
   """
   y, new, _ = _batch_renorm(
-      x,
-      scale,
-      bias,
-      running_mean,
-      running_var,
-      use_running_average=use_running_average,
-      r_max=r_max,
-      d_max=d_max,
-      axis=axis,
-      momentum=momentum,
-      epsilon=epsilon,
-      mask=mask,
-      axis_name=axis_name,
-      axis_index_groups=axis_index_groups,
-      use_fast_variance=use_fast_variance,
-      dtype=dtype,
-      force_float32_reductions=force_float32_reductions,
-      owner="batch_renorm",
+    x,
+    scale,
+    bias,
+    running_mean,
+    running_var,
+    use_running_average=use_running_average,
+    r_max=r_max,
+    d_max=d_max,
+    axis=axis,
+    momentum=momentum,
+    epsilon=epsilon,
+    mask=mask,
+    axis_name=axis_name,
+    axis_index_groups=axis_index_groups,
+    use_fast_variance=use_fast_variance,
+    dtype=dtype,
+    force_float32_reductions=force_float32_reductions,
+    owner="batch_renorm",
   )
   return y, new
 
@@ -246,16 +252,32 @@ def batch_renorm(
 def _batch_renorm_compute(module, x, params, state, *, use_running_average, mask, axis_name):
   owner = "BatchRenorm"
   r_max, d_max = batch_renorm_limits(
-      state["steps"], r_max=module.r_max, d_max=module.d_max, warmup_delay=module.warmup_delay,
-      r_max_warmup_steps=module.r_max_warmup_steps, d_max_warmup_steps=module.d_max_warmup_steps,
+    state["steps"],
+    r_max=module.r_max,
+    d_max=module.d_max,
+    warmup_delay=module.warmup_delay,
+    r_max_warmup_steps=module.r_max_warmup_steps,
+    d_max_warmup_steps=module.d_max_warmup_steps,
   )
   y, new, per_batch = _batch_renorm(
-      x, params["scale"], params["bias"], state["mean"], state["var"],
-      use_running_average=use_running_average, r_max=r_max, d_max=d_max,
-      axis=_axes.canonicalize_axes(module.axis, jnp.ndim(x), name="axis", owner=owner),
-      momentum=module.momentum, epsilon=module.epsilon, mask=mask, axis_name=axis_name,
-      axis_index_groups=module.axis_index_groups, use_fast_variance=module.use_fast_variance,
-      dtype=module.dtype, force_float32_reductions=module.force_float32_reductions, owner=owner,
+    x,
+    params["scale"],
+    params["bias"],
+    state["mean"],
+    state["var"],
+    use_running_average=use_running_average,
+    r_max=r_max,
+    d_max=d_max,
+    axis=_axes.canonicalize_axes(module.axis, jnp.ndim(x), name="axis", owner=owner),
+    momentum=module.momentum,
+    epsilon=module.epsilon,
+    mask=mask,
+    axis_name=axis_name,
+    axis_index_groups=module.axis_index_groups,
+    use_fast_variance=module.use_fast_variance,
+    dtype=module.dtype,
+    force_float32_reductions=module.force_float32_reductions,
+    owner=owner,
   )
   return y, {"mean": new.mean, "var": new.var, "steps": state["steps"] + 1}, per_batch
 
@@ -268,19 +290,23 @@ def _batch_renorm_features(module, x) -> tuple[int, ...]:
 # Running state: the averages and the count of training steps that drives
 # the clipping schedule.
 BATCH_RENORM = _stateful.StatefulNorm(
+  owner="BatchRenorm",
+  params=scale_and_bias,
+  state=lambda module: (
+    _stateful.RunningStat("mean", jnp.zeros),
+    _stateful.RunningStat("var", jnp.ones),
+    _stateful.RunningStat("steps", per_feature=False),
+  ),
+  features=_batch_renorm_features,
+  compute=_batch_renorm_compute,
+  validate=lambda module: _check_schedule(
+    module.r_max,
+    module.d_max,
+    module.warmup_delay,
+    module.r_max_warmup_steps,
+    module.d_max_warmup_steps,
     owner="BatchRenorm",
-    params=scale_and_bias,
-    state=lambda module: (
-        _stateful.RunningStat("mean", jnp.zeros),
-        _stateful.RunningStat("var", jnp.ones),
-        _stateful.RunningStat("steps", per_feature=False),
-    ),
-    features=_batch_renorm_features,
-    compute=_batch_renorm_compute,
-    validate=lambda module: _check_schedule(
-        module.r_max, module.d_max, module.warmup_delay, module.r_max_warmup_steps, module.d_max_warmup_steps,
-        owner="BatchRenorm",
-    ),
+  ),
 )
 
 
@@ -336,11 +362,11 @@ class BatchRenorm(nn.Module):
 
   @nn.compact
   def __call__(
-      self,
-      x: Array,
-      use_running_average: bool | None = None,
-      *,
-      mask: Array | None = None,
+    self,
+    x: Array,
+    use_running_average: bool | None = None,
+    *,
+    mask: Array | None = None,
   ) -> Array:
     """Normalizes ``x``; updates ``batch_stats`` (and the step) in training."""
     return _stateful.linen_apply(BATCH_RENORM, self, x, use_running_average, mask)

@@ -67,18 +67,12 @@ AUTO_PALLAS: dict[str, Callable[[tuple[int, ...], tuple[int, ...], tuple[int, ..
 
 def auto_pallas_platforms(shape, reduction_axes, feature_axes) -> tuple[str, ...]:
   """The lowering platforms on which ``"auto"`` takes the Pallas kernels."""
-  return tuple(
-      platform
-      for platform, rule in sorted(AUTO_PALLAS.items())
-      if rule(shape, reduction_axes, feature_axes)
-  )
+  return tuple(platform for platform, rule in sorted(AUTO_PALLAS.items()) if rule(shape, reduction_axes, feature_axes))
 
 
 def _default() -> str:
   name = os.environ.get("JAXNORM_IMPLEMENTATION", "auto")
-  _axes.check_choice(
-      name, IMPLEMENTATIONS, name="JAXNORM_IMPLEMENTATION", owner="jaxnorm"
-  )
+  _axes.check_choice(name, IMPLEMENTATIONS, name="JAXNORM_IMPLEMENTATION", owner="jaxnorm")
   return name
 
 
@@ -91,15 +85,15 @@ def _register_state():
   trace. A state is thread-local inside ``with`` blocks, like JAX's own.
   """
   try:
-    from jax._src import config as jax_config  # noqa: PLC0415
+    from jax._src import config as jax_config
 
     return jax_config.enum_state(
-        name="jaxnorm_implementation",
-        enum_values=IMPLEMENTATIONS,
-        default=_default(),
-        help="Which implementation computes jaxnorm's standardizing normalizers.",
-        include_in_jit_key=True,
-        include_in_trace_context=True,
+      name="jaxnorm_implementation",
+      enum_values=IMPLEMENTATIONS,
+      default=_default(),
+      help="Which implementation computes jaxnorm's standardizing normalizers.",
+      include_in_jit_key=True,
+      include_in_trace_context=True,
     )
   except (ImportError, AttributeError, TypeError):  # a JAX without the API
     return None
@@ -121,7 +115,7 @@ def set_implementation(name: str) -> None:
   """Sets the implementation globally: one of :data:`IMPLEMENTATIONS`."""
   _axes.check_choice(name, IMPLEMENTATIONS, name="name", owner="set_implementation")
   if _STATE is not None:
-    import jax  # noqa: PLC0415
+    import jax
 
     jax.config.update("jaxnorm_implementation", name)
   _GLOBAL[0] = name

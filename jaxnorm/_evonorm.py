@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax.nn import initializers
 
 from jaxnorm import _axes
+from jaxnorm import _stateful
 from jaxnorm._batch_norm import check_running_shapes
 from jaxnorm._batch_norm import ema
 from jaxnorm._filter_response import _per_example_channel_axes
@@ -25,7 +26,6 @@ from jaxnorm._functional import group_layout
 from jaxnorm._functional import normalize
 from jaxnorm._functional import output_dtype
 from jaxnorm._modules import _feature_params
-from jaxnorm import _stateful
 from jaxnorm._modules import scale_and_bias
 from jaxnorm._moments import Moments
 from jaxnorm._moments import moments
@@ -33,24 +33,25 @@ from jaxnorm._moments import moments
 Array = jax.Array
 Initializer = Any
 
+
 def _evonorm_b0(
-    x: Array,
-    scale: Array | None,
-    bias: Array | None,
-    v: Array | None,
-    running_var: Array | None,
-    *,
-    use_running_average: bool,
-    channel_axis: int,
-    momentum: float,
-    epsilon: float,
-    mask: Array | None,
-    axis_name: Any,
-    axis_index_groups: Any,
-    use_fast_variance: bool,
-    dtype: Any,
-    force_float32_reductions: bool,
-    owner: str,
+  x: Array,
+  scale: Array | None,
+  bias: Array | None,
+  v: Array | None,
+  running_var: Array | None,
+  *,
+  use_running_average: bool,
+  channel_axis: int,
+  momentum: float,
+  epsilon: float,
+  mask: Array | None,
+  axis_name: Any,
+  axis_index_groups: Any,
+  use_fast_variance: bool,
+  dtype: Any,
+  force_float32_reductions: bool,
+  owner: str,
 ) -> tuple[Array, Array | None, Moments | None]:
   """:func:`evonorm_b0`, also returning the batch moments (None at eval)."""
   x = _prepare(x, owner)
@@ -58,33 +59,31 @@ def _evonorm_b0(
   features = (x.shape[c],)
   check_running_shapes(owner, x.shape, features, channel_axis, running_var=running_var)
   scale, bias, v = (
-      _param(p, x.shape, (c,), name=n, owner=owner)
-      for p, n in ((scale, "scale"), (bias, "bias"), (v, "v"))
+    _param(p, x.shape, (c,), name=n, owner=owner) for p, n in ((scale, "scale"), (bias, "bias"), (v, "v"))
   )
   mask = _axes.check_mask(mask, x.shape, owner=owner)
   engine = dict(
-      use_fast_variance=use_fast_variance,
-      dtype=dtype,
-      force_float32_reductions=force_float32_reductions,
-      keepdims=True,
+    use_fast_variance=use_fast_variance,
+    dtype=dtype,
+    force_float32_reductions=force_float32_reductions,
+    keepdims=True,
   )
   per_batch = None
   new_var = running_var
   if use_running_average:
     if running_var is None:
       raise ValueError(
-          f"{owner}: use_running_average=True needs running_var; pass it or "
-          f"set use_running_average=False."
+        f"{owner}: use_running_average=True needs running_var; pass it or set use_running_average=False."
       )
     batch_var = _param(running_var, x.shape, (c,), name="running_var", owner=owner)
   else:
     stats = moments(
-        x,
-        (0,) + spatial,
-        mask=mask,
-        axis_name=axis_name,
-        axis_index_groups=axis_index_groups,
-        **engine,
+      x,
+      (0,) + spatial,
+      mask=mask,
+      axis_name=axis_name,
+      axis_index_groups=axis_index_groups,
+      **engine,
     )
     batch_var = stats.var
     per_batch = Moments(*(s.reshape((1,) + features) for s in stats))
@@ -95,8 +94,8 @@ def _evonorm_b0(
   out = output_dtype(x, scale, bias, v, dtype=dtype)
   numerator_gain = 1.0 if v is None else v
   den = jnp.maximum(
-      jnp.sqrt(batch_var + epsilon),
-      x * numerator_gain + jnp.sqrt(instance.var + epsilon),
+    jnp.sqrt(batch_var + epsilon),
+    x * numerator_gain + jnp.sqrt(instance.var + epsilon),
   )
   y = x / den
   if scale is not None:
@@ -107,22 +106,22 @@ def _evonorm_b0(
 
 
 def evonorm_b0(
-    x: Array,
-    scale: Array | None = None,
-    bias: Array | None = None,
-    v: Array | None = None,
-    running_var: Array | None = None,
-    *,
-    use_running_average: bool = False,
-    channel_axis: int = -1,
-    momentum: float = 0.99,
-    epsilon: float = 1e-5,
-    mask: Array | None = None,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
-    use_fast_variance: bool = False,
-    dtype: Any = None,
-    force_float32_reductions: bool = True,
+  x: Array,
+  scale: Array | None = None,
+  bias: Array | None = None,
+  v: Array | None = None,
+  running_var: Array | None = None,
+  *,
+  use_running_average: bool = False,
+  channel_axis: int = -1,
+  momentum: float = 0.99,
+  epsilon: float = 1e-5,
+  mask: Array | None = None,
+  axis_name: Any = None,
+  axis_index_groups: Any = None,
+  use_fast_variance: bool = False,
+  dtype: Any = None,
+  force_float32_reductions: bool = True,
 ) -> tuple[Array, Array]:
   r"""EvoNorm-B0 (Liu et al., 2020).
 
@@ -154,36 +153,40 @@ def evonorm_b0(
     <https://arxiv.org/abs/2004.02967>`_, 2020.
   """
   y, var, _ = _evonorm_b0(
-      x, scale, bias, v, running_var,
-      use_running_average=use_running_average,
-      channel_axis=channel_axis,
-      momentum=momentum,
-      epsilon=epsilon,
-      mask=mask,
-      axis_name=axis_name,
-      axis_index_groups=axis_index_groups,
-      use_fast_variance=use_fast_variance,
-      dtype=dtype,
-      force_float32_reductions=force_float32_reductions,
-      owner="evonorm_b0",
+    x,
+    scale,
+    bias,
+    v,
+    running_var,
+    use_running_average=use_running_average,
+    channel_axis=channel_axis,
+    momentum=momentum,
+    epsilon=epsilon,
+    mask=mask,
+    axis_name=axis_name,
+    axis_index_groups=axis_index_groups,
+    use_fast_variance=use_fast_variance,
+    dtype=dtype,
+    force_float32_reductions=force_float32_reductions,
+    owner="evonorm_b0",
   )
   return y, var
 
 
 def evonorm_s0(
-    x: Array,
-    scale: Array | None = None,
-    bias: Array | None = None,
-    v: Array | None = None,
-    *,
-    num_groups: int | None = 32,
-    group_size: int | None = None,
-    channel_axis: int = -1,
-    epsilon: float = 1e-5,
-    mask: Array | None = None,
-    use_fast_variance: bool = False,
-    dtype: Any = None,
-    force_float32_reductions: bool = True,
+  x: Array,
+  scale: Array | None = None,
+  bias: Array | None = None,
+  v: Array | None = None,
+  *,
+  num_groups: int | None = 32,
+  group_size: int | None = None,
+  channel_axis: int = -1,
+  epsilon: float = 1e-5,
+  mask: Array | None = None,
+  use_fast_variance: bool = False,
+  dtype: Any = None,
+  force_float32_reductions: bool = True,
 ) -> Array:
   r"""EvoNorm-S0 (Liu et al., 2020).
 
@@ -215,33 +218,37 @@ def evonorm_s0(
   x = _prepare(x, owner)
   c, _ = _per_example_channel_axes(x, channel_axis, owner)
   layout = group_layout(
-      x.shape,
-      num_groups=num_groups,
-      group_size=group_size,
-      channel_axis=c,
-      reduction_axes=None,
-      owner=owner,
+    x.shape,
+    num_groups=num_groups,
+    group_size=group_size,
+    channel_axis=c,
+    reduction_axes=None,
+    owner=owner,
   )
   scale, bias, v = (
-      layout.split(_param(p, x.shape, (c,), name=n, owner=owner))
-      for p, n in ((scale, "scale"), (bias, "bias"), (v, "v"))
+    layout.split(_param(p, x.shape, (c,), name=n, owner=owner)) for p, n in ((scale, "scale"), (bias, "bias"), (v, "v"))
   )
   xg = layout.split(x)
   stats = moments(
-      xg,
-      layout.reduction_axes,
-      mask=layout.split(_axes.check_mask(mask, x.shape, owner=owner)),
-      use_fast_variance=use_fast_variance,
-      dtype=dtype,
-      force_float32_reductions=force_float32_reductions,
-      keepdims=True,
+    xg,
+    layout.reduction_axes,
+    mask=layout.split(_axes.check_mask(mask, x.shape, owner=owner)),
+    use_fast_variance=use_fast_variance,
+    dtype=dtype,
+    force_float32_reductions=force_float32_reductions,
+    keepdims=True,
   )
   numerator = xg * jax.nn.sigmoid(xg if v is None else v * xg)
   out = output_dtype(x, scale, bias, v, dtype=dtype)
   # x σ(vx) / sqrt(s² + ε) · γ + β: normalization of the numerator, uncentred.
   y = normalize(
-      numerator, jnp.zeros((), stats.var.dtype), stats.var, scale, bias,
-      epsilon=epsilon, dtype=out,
+    numerator,
+    jnp.zeros((), stats.var.dtype),
+    stats.var,
+    scale,
+    bias,
+    epsilon=epsilon,
+    dtype=out,
   )
   return y.reshape(x.shape)
 
@@ -249,11 +256,22 @@ def evonorm_s0(
 def _evonorm_b0_compute(module, x, params, state, *, use_running_average, mask, axis_name):
   c, _ = _per_example_channel_axes(x, module.channel_axis, "EvoNormB0")
   y, new_var, per_batch = _evonorm_b0(
-      x, params["scale"], params["bias"], params["v"], state["var"],
-      use_running_average=use_running_average, channel_axis=c, momentum=module.momentum,
-      epsilon=module.epsilon, mask=mask, axis_name=axis_name, axis_index_groups=module.axis_index_groups,
-      use_fast_variance=module.use_fast_variance, dtype=module.dtype,
-      force_float32_reductions=module.force_float32_reductions, owner="EvoNormB0",
+    x,
+    params["scale"],
+    params["bias"],
+    params["v"],
+    state["var"],
+    use_running_average=use_running_average,
+    channel_axis=c,
+    momentum=module.momentum,
+    epsilon=module.epsilon,
+    mask=mask,
+    axis_name=axis_name,
+    axis_index_groups=module.axis_index_groups,
+    use_fast_variance=module.use_fast_variance,
+    dtype=module.dtype,
+    force_float32_reductions=module.force_float32_reductions,
+    owner="EvoNormB0",
   )
   return y, {"var": new_var}, per_batch
 
@@ -265,11 +283,11 @@ def _channels(module, x) -> tuple[int, ...]:
 
 # Running state: the batch variance's average (evaluation uses it).
 EVONORM_B0 = _stateful.StatefulNorm(
-    owner="EvoNormB0",
-    params=lambda module: scale_and_bias(module) + (("v", "v_init"),),
-    state=lambda module: (_stateful.RunningStat("var", jnp.ones),),
-    features=_channels,
-    compute=_evonorm_b0_compute,
+  owner="EvoNormB0",
+  params=lambda module: scale_and_bias(module) + (("v", "v_init"),),
+  state=lambda module: (_stateful.RunningStat("var", jnp.ones),),
+  features=_channels,
+  compute=_evonorm_b0_compute,
 )
 
 
@@ -321,11 +339,11 @@ class EvoNormB0(nn.Module):
 
   @nn.compact
   def __call__(
-      self,
-      x: Array,
-      use_running_average: bool | None = None,
-      *,
-      mask: Array | None = None,
+    self,
+    x: Array,
+    use_running_average: bool | None = None,
+    *,
+    mask: Array | None = None,
   ) -> Array:
     return _stateful.linen_apply(EVONORM_B0, self, x, use_running_average, mask)
 
@@ -378,21 +396,19 @@ class EvoNormS0(nn.Module):
     channels = jnp.shape(x)[c]
     # Validate before creating parameters, so init fails with our message.
     _axes.resolve_groups(channels, self.num_groups, self.group_size, owner=owner)
-    scale, bias = _feature_params(
-        self, (channels,), use_scale=self.use_scale, use_bias=self.use_bias
-    )
+    scale, bias = _feature_params(self, (channels,), use_scale=self.use_scale, use_bias=self.use_bias)
     v = self.param("v", self.v_init, (channels,), self.param_dtype)
     return evonorm_s0(
-        x,
-        scale,
-        bias,
-        v,
-        num_groups=self.num_groups,
-        group_size=self.group_size,
-        channel_axis=c,
-        epsilon=self.epsilon,
-        mask=mask,
-        use_fast_variance=self.use_fast_variance,
-        dtype=self.dtype,
-        force_float32_reductions=self.force_float32_reductions,
+      x,
+      scale,
+      bias,
+      v,
+      num_groups=self.num_groups,
+      group_size=self.group_size,
+      channel_axis=c,
+      epsilon=self.epsilon,
+      mask=mask,
+      use_fast_variance=self.use_fast_variance,
+      dtype=self.dtype,
+      force_float32_reductions=self.force_float32_reductions,
     )

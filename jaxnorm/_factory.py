@@ -11,16 +11,17 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import flax
 import flax.linen as nn
-from flax import nnx
 import jax
+from flax import nnx
 
 from jaxnorm import _axes
-from jaxnorm import nnx as jaxnorm_nnx
 from jaxnorm import _reduction_axes
+from jaxnorm import nnx as jaxnorm_nnx
 from jaxnorm._batch_renorm import BatchRenorm
 from jaxnorm._evonorm import EvoNormB0
 from jaxnorm._evonorm import EvoNormS0
@@ -60,19 +61,19 @@ class _Entry(NamedTuple):
 
 
 _REGISTRY: dict[str, _Entry] = {
-    "bn": _Entry(BatchNorm, batch_stats=True),
-    "bn+ws": _Entry(BatchNorm, conv=StandardizedConv, batch_stats=True),
-    "brn": _Entry(BatchRenorm, batch_stats=True),
-    "ghost_bn": _Entry(BatchNorm, required=("virtual_batch_size",), batch_stats=True),
-    "gn": _Entry(GroupNorm),
-    "gn+ws": _Entry(GroupNorm, conv=StandardizedConv),
-    "ln": _Entry(LayerNorm, _PER_EXAMPLE),
-    "in": _Entry(InstanceNorm),
-    "rms": _Entry(RMSNorm, _PER_EXAMPLE),
-    "frn": _Entry(FilterResponseNorm),
-    "evonorm_b0": _Entry(EvoNormB0, batch_stats=True),
-    "evonorm_s0": _Entry(EvoNormS0),
-    "none": _Entry(_Identity),
+  "bn": _Entry(BatchNorm, batch_stats=True),
+  "bn+ws": _Entry(BatchNorm, conv=StandardizedConv, batch_stats=True),
+  "brn": _Entry(BatchRenorm, batch_stats=True),
+  "ghost_bn": _Entry(BatchNorm, required=("virtual_batch_size",), batch_stats=True),
+  "gn": _Entry(GroupNorm),
+  "gn+ws": _Entry(GroupNorm, conv=StandardizedConv),
+  "ln": _Entry(LayerNorm, _PER_EXAMPLE),
+  "in": _Entry(InstanceNorm),
+  "rms": _Entry(RMSNorm, _PER_EXAMPLE),
+  "frn": _Entry(FilterResponseNorm),
+  "evonorm_b0": _Entry(EvoNormB0, batch_stats=True),
+  "evonorm_s0": _Entry(EvoNormS0),
+  "none": _Entry(_Identity),
 }
 
 NORM_NAMES: tuple[str, ...] = tuple(_REGISTRY)
@@ -140,9 +141,7 @@ class NormSpec:
     """
     if self.is_identity:
       return self.module(name=name)
-    _axes.check_keywords(
-        overrides, _fields(self.module), owner=f"NormSpec({self.name!r}).layer"
-    )
+    _axes.check_keywords(overrides, _fields(self.module), owner=f"NormSpec({self.name!r}).layer")
     kwargs = _with_groups({**self.kwargs, **overrides})
     if "use_running_average" in {f.name for f in dataclasses.fields(self.module)}:
       kwargs["use_running_average"] = not train
@@ -230,10 +229,7 @@ def create_norm(name: str, **kwargs) -> NormSpec:
   owner = "create_norm"
   if not isinstance(name, str) or name.strip().lower() not in _REGISTRY:
     valid = ", ".join(repr(n) for n in NORM_NAMES)
-    raise ValueError(
-        f"{owner}: name={name!r} is not a known normalizer; valid names are "
-        f"{valid}."
-    )
+    raise ValueError(f"{owner}: name={name!r} is not a known normalizer; valid names are {valid}.")
   name = name.strip().lower()
   entry = _REGISTRY[name]
   identity = entry.module is _Identity
@@ -243,15 +239,13 @@ def create_norm(name: str, **kwargs) -> NormSpec:
   if missing:
     example = ", ".join(f"{k}=..." for k in missing)
     raise TypeError(
-        f"{owner}: missing required keyword arguments {missing}; pass them, "
-        f"e.g. create_norm({name!r}, {example})."
+      f"{owner}: missing required keyword arguments {missing}; pass them, e.g. create_norm({name!r}, {example})."
     )
   return NormSpec(
-      name=name,
-      conv=entry.conv,
-      has_batch_stats=entry.batch_stats,
-      is_identity=identity,
-      module=entry.module,
-      kwargs=flax.core.FrozenDict(_with_groups({**entry.defaults, **kwargs})),
+    name=name,
+    conv=entry.conv,
+    has_batch_stats=entry.batch_stats,
+    is_identity=identity,
+    module=entry.module,
+    kwargs=flax.core.FrozenDict(_with_groups({**entry.defaults, **kwargs})),
   )
-

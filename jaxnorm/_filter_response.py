@@ -29,30 +29,28 @@ Initializer = Any
 
 def _per_example_channel_axes(x: Array, channel_axis: int, owner: str):
   """(channel axis, spatial axes) of ``x``, whose leading axis is the batch."""
-  (c,) = _axes.canonicalize_axes(
-      channel_axis, x.ndim, name="channel_axis", owner=owner
-  )
+  (c,) = _axes.canonicalize_axes(channel_axis, x.ndim, name="channel_axis", owner=owner)
   if c == 0:
     raise ValueError(
-        f"{owner}: channel_axis={channel_axis} is the batch axis 0; "
-        f"statistics are per example, so choose the channel axis (e.g. -1 "
-        f"for NHWC, 1 for NCHW)."
+      f"{owner}: channel_axis={channel_axis} is the batch axis 0; "
+      f"statistics are per example, so choose the channel axis (e.g. -1 "
+      f"for NHWC, 1 for NCHW)."
     )
   return c, _reduction_axes.filter_response_norm_axes(x.ndim, c)
 
 
 def filter_response_norm(
-    x: Array,
-    scale: Array | None = None,
-    bias: Array | None = None,
-    tau: Array | None = None,
-    *,
-    epsilon: float = 1e-6,
-    learned_epsilon: Array | None = None,
-    channel_axis: int = -1,
-    mask: Array | None = None,
-    dtype: Any = None,
-    force_float32_reductions: bool = True,
+  x: Array,
+  scale: Array | None = None,
+  bias: Array | None = None,
+  tau: Array | None = None,
+  *,
+  epsilon: float = 1e-6,
+  learned_epsilon: Array | None = None,
+  channel_axis: int = -1,
+  mask: Array | None = None,
+  dtype: Any = None,
+  force_float32_reductions: bool = True,
 ) -> Array:
   r"""Filter response normalization and TLU (Singh & Krishnan, 2020).
 
@@ -100,25 +98,24 @@ def filter_response_norm(
     learned = jnp.asarray(learned_epsilon)
     if learned.size != 1:
       raise ValueError(
-          f"{owner}: learned_epsilon has shape {learned.shape}; ε is a scalar, "
-          f"give learned_epsilon the shape () or (1,)."
+        f"{owner}: learned_epsilon has shape {learned.shape}; ε is a scalar, give learned_epsilon the shape () or (1,)."
       )
     eps = epsilon + jnp.abs(learned).reshape((1,) * x.ndim)
   y = _standardize(
-      x,
-      scale,
-      bias,
-      reduction_axes=spatial,
-      feature_axes=(c,),
-      owner=owner,
-      epsilon=eps,
-      mask=mask,
-      axis_name=None,
-      axis_index_groups=None,
-      use_mean=False,
-      use_fast_variance=False,
-      dtype=dtype,
-      force_float32_reductions=force_float32_reductions,
+    x,
+    scale,
+    bias,
+    reduction_axes=spatial,
+    feature_axes=(c,),
+    owner=owner,
+    epsilon=eps,
+    mask=mask,
+    axis_name=None,
+    axis_index_groups=None,
+    use_mean=False,
+    use_fast_variance=False,
+    dtype=dtype,
+    force_float32_reductions=force_float32_reductions,
   )
   if tau is not None:
     y = jnp.maximum(y, _param(tau, x.shape, (c,), name="tau", owner=owner))
@@ -173,9 +170,7 @@ class FilterResponseNorm(nn.Module):
     _axes.check_floating(x, owner="FilterResponseNorm")
     c, _ = _per_example_channel_axes(x, self.channel_axis, "FilterResponseNorm")
     features = (jnp.shape(x)[c],)
-    scale, bias = _feature_params(
-        self, features, use_scale=self.use_scale, use_bias=self.use_bias
-    )
+    scale, bias = _feature_params(self, features, use_scale=self.use_scale, use_bias=self.use_bias)
     tau = None
     if self.use_tlu:
       tau = self.param("tau", self.tau_init, features, self.param_dtype)
@@ -183,14 +178,14 @@ class FilterResponseNorm(nn.Module):
     if self.learn_epsilon:
       learned = self.param("epsilon", self.epsilon_init, (), self.param_dtype)
     return filter_response_norm(
-        x,
-        scale,
-        bias,
-        tau,
-        epsilon=self.epsilon,
-        learned_epsilon=learned,
-        channel_axis=c,
-        mask=mask,
-        dtype=self.dtype,
-        force_float32_reductions=self.force_float32_reductions,
+      x,
+      scale,
+      bias,
+      tau,
+      epsilon=self.epsilon,
+      learned_epsilon=learned,
+      channel_axis=c,
+      mask=mask,
+      dtype=self.dtype,
+      force_float32_reductions=self.force_float32_reductions,
     )

@@ -18,11 +18,11 @@ Array = jax.Array
 
 
 def fold_batch_norm(
-    layer_params: Mapping[str, Array],
-    norm_params: Mapping[str, Array] | None,
-    norm_stats: Mapping[str, Array],
-    *,
-    epsilon: float = 1e-5,
+  layer_params: Mapping[str, Array],
+  norm_params: Mapping[str, Array] | None,
+  norm_stats: Mapping[str, Array],
+  *,
+  epsilon: float = 1e-5,
 ) -> dict[str, Array]:
   r"""Folds an evaluation-mode batch norm into the preceding Conv or Dense.
 
@@ -65,31 +65,28 @@ def fold_batch_norm(
   norm_params = {} if norm_params is None else norm_params
   if "kernel" not in layer_params:
     raise ValueError(
-        f"{owner}: layer_params has no 'kernel' (keys: {sorted(layer_params)}); "
-        f"pass the params of the nn.Conv or nn.Dense that precedes the batch "
-        f"norm."
+      f"{owner}: layer_params has no 'kernel' (keys: {sorted(layer_params)}); "
+      f"pass the params of the nn.Conv or nn.Dense that precedes the batch "
+      f"norm."
     )
   kernel = jnp.asarray(layer_params["kernel"])
   features = kernel.shape[-1:]
   entries = {
-      "norm_stats['mean']": norm_stats.get("mean"),
-      "norm_stats['var']": norm_stats.get("var"),
-      "norm_params['scale']": norm_params.get("scale"),
-      "norm_params['bias']": norm_params.get("bias"),
-      "layer_params['bias']": layer_params.get("bias"),
+    "norm_stats['mean']": norm_stats.get("mean"),
+    "norm_stats['var']": norm_stats.get("var"),
+    "norm_params['scale']": norm_params.get("scale"),
+    "norm_params['bias']": norm_params.get("bias"),
+    "layer_params['bias']": layer_params.get("bias"),
   }
   for name, value in entries.items():
     if value is None and name.startswith("norm_stats"):
-      raise ValueError(
-          f"{owner}: {name} is missing; pass the batch norm's batch_stats "
-          f"(with 'mean' and 'var')."
-      )
+      raise ValueError(f"{owner}: {name} is missing; pass the batch norm's batch_stats (with 'mean' and 'var').")
     if value is not None and jnp.shape(value) != features:
       raise ValueError(
-          f"{owner}: {name} has shape {jnp.shape(value)}, but the kernel of "
-          f"shape {kernel.shape} has {features[0]} output channels (last "
-          f"axis); fold a batch norm over the layer's output channels "
-          f"(axis=-1)."
+        f"{owner}: {name} has shape {jnp.shape(value)}, but the kernel of "
+        f"shape {kernel.shape} has {features[0]} output channels (last "
+        f"axis); fold a batch norm over the layer's output channels "
+        f"(axis=-1)."
       )
   (mean, var, scale, shift, bias) = entries.values()
   acc = jnp.promote_types(kernel.dtype, jnp.float32)
@@ -104,8 +101,7 @@ def fold_batch_norm(
   new_kernel = jnp.asarray(kernel, acc) * mul.reshape((1,) * (kernel.ndim - 1) + features)
   bias_dtype = kernel.dtype if bias is None else jnp.result_type(bias)
   return {
-      **layer_params,
-      "kernel": new_kernel.astype(kernel.dtype),
-      "bias": new_bias.astype(bias_dtype),
+    **layer_params,
+    "kernel": new_kernel.astype(kernel.dtype),
+    "bias": new_bias.astype(bias_dtype),
   }
-

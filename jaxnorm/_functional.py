@@ -20,17 +20,18 @@ averages, lives in :mod:`jaxnorm._batch_norm`. Parameters (``scale``,
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jaxnorm import _axes
-from jaxnorm import _reduction_axes
 from jaxnorm import _dispatch
 from jaxnorm import _fused
 from jaxnorm import _pallas
+from jaxnorm import _reduction_axes
 from jaxnorm._moments import Moments
 from jaxnorm._moments import accumulation_dtype
 from jaxnorm._moments import moments
@@ -49,14 +50,14 @@ def output_dtype(*arrays: Any, dtype: Any = None):
 
 
 def normalize(
-    x: Array,
-    mean: Array,
-    var: Array,
-    scale: Array | None = None,
-    bias: Array | None = None,
-    *,
-    epsilon: float,
-    dtype: Any = None,
+  x: Array,
+  mean: Array,
+  var: Array,
+  scale: Array | None = None,
+  bias: Array | None = None,
+  *,
+  epsilon: float,
+  dtype: Any = None,
 ) -> Array:
   r"""Applies given statistics: :math:`y = (x - \mu)\,\gamma / \sqrt{\sigma^2 + \epsilon} + \beta`.
 
@@ -78,12 +79,12 @@ def normalize(
 
 
 def _param(
-    p: Array | None,
-    shape: tuple[int, ...],
-    feature_axes: tuple[int, ...],
-    *,
-    name: str,
-    owner: str,
+  p: Array | None,
+  shape: tuple[int, ...],
+  feature_axes: tuple[int, ...],
+  *,
+  name: str,
+  owner: str,
 ) -> Array | None:
   """Reshapes a per-feature parameter to broadcast against ``shape``.
 
@@ -100,9 +101,9 @@ def _param(
   if p.ndim == len(shape) and all(d in (1, s) for d, s in zip(p.shape, shape)):
     return p
   raise ValueError(
-      f"{owner}: {name} has shape {p.shape}, but the input of shape {shape} "
-      f"has features {compact} on axes {feature_axes}; give {name} the shape "
-      f"{compact}."
+    f"{owner}: {name} has shape {p.shape}, but the input of shape {shape} "
+    f"has features {compact} on axes {feature_axes}; give {name} the shape "
+    f"{compact}."
   )
 
 
@@ -113,14 +114,14 @@ def _fast_path_applies(name, x, scale, bias, acc, *, reduction_axes, epsilon, ma
   variance, a real dtype and a fixed ε.
   """
   return not (
-      name == "reference"
-      or mask is not None
-      or axis_name is not None
-      or use_fast_variance
-      or not reduction_axes
-      or not jnp.issubdtype(acc, jnp.floating)
-      or not isinstance(epsilon, (int, float))
-      or jnp.result_type(acc, *(p for p in (scale, bias) if p is not None)) != acc
+    name == "reference"
+    or mask is not None
+    or axis_name is not None
+    or use_fast_variance
+    or not reduction_axes
+    or not jnp.issubdtype(acc, jnp.floating)
+    or not isinstance(epsilon, (int, float))
+    or jnp.result_type(acc, *(p for p in (scale, bias) if p is not None)) != acc
   )
 
 
@@ -139,28 +140,28 @@ def _fast_standardize(name, x, scale, bias, **kwargs):
   if name == "pallas" and covered:
     return _pallas.standardize(x, scale, bias, **kwargs)
   platforms = _dispatch.auto_pallas_platforms(x.shape, *axes) if name == "auto" and covered else ()
-  fused = lambda x, scale, bias: _fused.standardize(x, scale, bias, **kwargs)  # noqa: E731
+  fused = lambda x, scale, bias: _fused.standardize(x, scale, bias, **kwargs)
   if not platforms:
     return fused(x, scale, bias)
-  pallas = lambda x, scale, bias: _pallas.standardize(x, scale, bias, **kwargs)  # noqa: E731
-  return lax.platform_dependent(x, scale, bias, default=fused, **{p: pallas for p in platforms})
+  pallas = lambda x, scale, bias: _pallas.standardize(x, scale, bias, **kwargs)
+  return lax.platform_dependent(x, scale, bias, default=fused, **dict.fromkeys(platforms, pallas))
 
 
 def moments_and_normalize(
-    x: Array,
-    scale: Array | None,
-    bias: Array | None,
-    *,
-    reduction_axes: tuple[int, ...],
-    feature_axes: tuple[int, ...],
-    epsilon: Any,
-    mask: Array | None,
-    axis_name: Any,
-    axis_index_groups: Any,
-    use_mean: bool,
-    use_fast_variance: bool,
-    dtype: Any,
-    force_float32_reductions: bool,
+  x: Array,
+  scale: Array | None,
+  bias: Array | None,
+  *,
+  reduction_axes: tuple[int, ...],
+  feature_axes: tuple[int, ...],
+  epsilon: Any,
+  mask: Array | None,
+  axis_name: Any,
+  axis_index_groups: Any,
+  use_mean: bool,
+  use_fast_variance: bool,
+  dtype: Any,
+  force_float32_reductions: bool,
 ) -> tuple[Array, Moments]:
   """Statistics over ``reduction_axes``, then ``normalize``: ``(y, Moments)``.
 
@@ -172,54 +173,59 @@ def moments_and_normalize(
   name = _dispatch.get_implementation()
   acc = accumulation_dtype(jnp.result_type(x), dtype, force_float32_reductions)
   if _fast_path_applies(
-      name, x, scale, bias, acc,
-      reduction_axes=reduction_axes, epsilon=epsilon, mask=mask,
-      axis_name=axis_name, use_fast_variance=use_fast_variance,
+    name,
+    x,
+    scale,
+    bias,
+    acc,
+    reduction_axes=reduction_axes,
+    epsilon=epsilon,
+    mask=mask,
+    axis_name=axis_name,
+    use_fast_variance=use_fast_variance,
   ):
     kwargs = dict(
-        reduction_axes=reduction_axes,
-        feature_axes=feature_axes,
-        epsilon=float(epsilon),
-        use_mean=use_mean,
-        acc_dtype=acc,
-        out_dtype=output_dtype(x, scale, bias, dtype=dtype),
+      reduction_axes=reduction_axes,
+      feature_axes=feature_axes,
+      epsilon=float(epsilon),
+      use_mean=use_mean,
+      acc_dtype=acc,
+      out_dtype=output_dtype(x, scale, bias, dtype=dtype),
     )
     y, mean, var = _fast_standardize(name, x, scale, bias, **kwargs)
     count = jnp.full(mean.shape, math.prod(x.shape[a] for a in reduction_axes), var.dtype)
     return y, Moments(count, mean, var)
   stats = moments(
-      x,
-      reduction_axes,
-      mask=mask,
-      axis_name=axis_name,
-      axis_index_groups=axis_index_groups,
-      use_mean=use_mean,
-      use_fast_variance=use_fast_variance,
-      dtype=dtype,
-      force_float32_reductions=force_float32_reductions,
-      keepdims=True,
+    x,
+    reduction_axes,
+    mask=mask,
+    axis_name=axis_name,
+    axis_index_groups=axis_index_groups,
+    use_mean=use_mean,
+    use_fast_variance=use_fast_variance,
+    dtype=dtype,
+    force_float32_reductions=force_float32_reductions,
+    keepdims=True,
   )
   y = normalize(x, stats.mean, stats.var, scale, bias, epsilon=epsilon, dtype=dtype)
   return y, stats
 
 
 def _standardize(
-    x: Array,
-    scale: Array | None,
-    bias: Array | None,
-    *,
-    reduction_axes: tuple[int, ...],
-    feature_axes: tuple[int, ...],
-    owner: str,
-    **kwargs,
+  x: Array,
+  scale: Array | None,
+  bias: Array | None,
+  *,
+  reduction_axes: tuple[int, ...],
+  feature_axes: tuple[int, ...],
+  owner: str,
+  **kwargs,
 ) -> Array:
   """Shared body of the per-example normalizers: check, then standardize."""
   scale = _param(scale, x.shape, feature_axes, name="scale", owner=owner)
   bias = _param(bias, x.shape, feature_axes, name="bias", owner=owner)
   kwargs["mask"] = _axes.check_mask(kwargs["mask"], x.shape, owner=owner)
-  y, _ = moments_and_normalize(
-      x, scale, bias, reduction_axes=reduction_axes, feature_axes=feature_axes, **kwargs
-  )
+  y, _ = moments_and_normalize(x, scale, bias, reduction_axes=reduction_axes, feature_axes=feature_axes, **kwargs)
   return y
 
 
@@ -232,34 +238,30 @@ def _per_example_norm(x, scale, bias, *, owner, reduction_axes, feature_axes, **
   """layer_norm and rms_norm: validate the two axis arguments, standardize."""
   x = _prepare(x, owner)
   return _standardize(
-      x,
-      scale,
-      bias,
-      reduction_axes=_axes.canonicalize_axes(
-          reduction_axes, x.ndim, name="reduction_axes", owner=owner
-      ),
-      feature_axes=_axes.canonicalize_axes(
-          feature_axes, x.ndim, name="feature_axes", owner=owner
-      ),
-      owner=owner,
-      **kwargs,
+    x,
+    scale,
+    bias,
+    reduction_axes=_axes.canonicalize_axes(reduction_axes, x.ndim, name="reduction_axes", owner=owner),
+    feature_axes=_axes.canonicalize_axes(feature_axes, x.ndim, name="feature_axes", owner=owner),
+    owner=owner,
+    **kwargs,
   )
 
 
 def layer_norm(
-    x: Array,
-    scale: Array | None = None,
-    bias: Array | None = None,
-    *,
-    reduction_axes: _axes.Axes = -1,
-    feature_axes: _axes.Axes = -1,
-    epsilon: float = 1e-6,
-    mask: Array | None = None,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
-    use_fast_variance: bool = False,
-    dtype: Any = None,
-    force_float32_reductions: bool = True,
+  x: Array,
+  scale: Array | None = None,
+  bias: Array | None = None,
+  *,
+  reduction_axes: _axes.Axes = -1,
+  feature_axes: _axes.Axes = -1,
+  epsilon: float = 1e-6,
+  mask: Array | None = None,
+  axis_name: Any = None,
+  axis_index_groups: Any = None,
+  use_fast_variance: bool = False,
+  dtype: Any = None,
+  force_float32_reductions: bool = True,
 ) -> Array:
   r"""Layer normalization (Ba et al., 2016).
 
@@ -273,35 +275,35 @@ def layer_norm(
     <https://arxiv.org/abs/1607.06450>`_, 2016.
   """
   return _per_example_norm(
-      x,
-      scale,
-      bias,
-      owner="layer_norm",
-      reduction_axes=reduction_axes,
-      feature_axes=feature_axes,
-      use_mean=True,
-      epsilon=epsilon,
-      mask=mask,
-      axis_name=axis_name,
-      axis_index_groups=axis_index_groups,
-      use_fast_variance=use_fast_variance,
-      dtype=dtype,
-      force_float32_reductions=force_float32_reductions,
+    x,
+    scale,
+    bias,
+    owner="layer_norm",
+    reduction_axes=reduction_axes,
+    feature_axes=feature_axes,
+    use_mean=True,
+    epsilon=epsilon,
+    mask=mask,
+    axis_name=axis_name,
+    axis_index_groups=axis_index_groups,
+    use_fast_variance=use_fast_variance,
+    dtype=dtype,
+    force_float32_reductions=force_float32_reductions,
   )
 
 
 def rms_norm(
-    x: Array,
-    scale: Array | None = None,
-    *,
-    reduction_axes: _axes.Axes = -1,
-    feature_axes: _axes.Axes = -1,
-    epsilon: float = 1e-6,
-    mask: Array | None = None,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
-    dtype: Any = None,
-    force_float32_reductions: bool = True,
+  x: Array,
+  scale: Array | None = None,
+  *,
+  reduction_axes: _axes.Axes = -1,
+  feature_axes: _axes.Axes = -1,
+  epsilon: float = 1e-6,
+  mask: Array | None = None,
+  axis_name: Any = None,
+  axis_index_groups: Any = None,
+  dtype: Any = None,
+  force_float32_reductions: bool = True,
 ) -> Array:
   r"""Root-mean-square normalization (Zhang & Sennrich, 2019).
 
@@ -314,37 +316,37 @@ def rms_norm(
     <https://arxiv.org/abs/1910.07467>`_, 2019.
   """
   return _per_example_norm(
-      x,
-      scale,
-      None,
-      owner="rms_norm",
-      reduction_axes=reduction_axes,
-      feature_axes=feature_axes,
-      use_mean=False,
-      epsilon=epsilon,
-      mask=mask,
-      axis_name=axis_name,
-      axis_index_groups=axis_index_groups,
-      use_fast_variance=False,
-      dtype=dtype,
-      force_float32_reductions=force_float32_reductions,
+    x,
+    scale,
+    None,
+    owner="rms_norm",
+    reduction_axes=reduction_axes,
+    feature_axes=feature_axes,
+    use_mean=False,
+    epsilon=epsilon,
+    mask=mask,
+    axis_name=axis_name,
+    axis_index_groups=axis_index_groups,
+    use_fast_variance=False,
+    dtype=dtype,
+    force_float32_reductions=force_float32_reductions,
   )
 
 
 def instance_norm(
-    x: Array,
-    scale: Array | None = None,
-    bias: Array | None = None,
-    *,
-    feature_axes: _axes.Axes = -1,
-    batch_axis: int = 0,
-    epsilon: float = 1e-6,
-    mask: Array | None = None,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
-    use_fast_variance: bool = False,
-    dtype: Any = None,
-    force_float32_reductions: bool = True,
+  x: Array,
+  scale: Array | None = None,
+  bias: Array | None = None,
+  *,
+  feature_axes: _axes.Axes = -1,
+  batch_axis: int = 0,
+  epsilon: float = 1e-6,
+  mask: Array | None = None,
+  axis_name: Any = None,
+  axis_index_groups: Any = None,
+  use_fast_variance: bool = False,
+  dtype: Any = None,
+  force_float32_reductions: bool = True,
 ) -> Array:
   r"""Instance normalization (Ulyanov et al., 2016).
 
@@ -360,37 +362,36 @@ def instance_norm(
   """
   owner = "instance_norm"
   x = _prepare(x, owner)
-  feature_axes = _axes.canonicalize_axes(
-      feature_axes, x.ndim, name="feature_axes", owner=owner
-  )
-  (batch_axis,) = _axes.canonicalize_axes(
-      batch_axis, x.ndim, name="batch_axis", owner=owner
-  )
+  feature_axes = _axes.canonicalize_axes(feature_axes, x.ndim, name="feature_axes", owner=owner)
+  (batch_axis,) = _axes.canonicalize_axes(batch_axis, x.ndim, name="batch_axis", owner=owner)
   if batch_axis in feature_axes:
     raise ValueError(
-        f"{owner}: "
-        + ("The channel axes cannot include the leading dimension as this is assumed to be the batch axis. "
-           if batch_axis == 0 else "")  # flax's sentence for its (leading) batch axis
-        + f"feature_axes={feature_axes} include the batch axis "
-        f"{batch_axis}; statistics are per example, so choose feature axes "
-        f"other than batch_axis={batch_axis}."
+      f"{owner}: "
+      + (
+        "The channel axes cannot include the leading dimension as this is assumed to be the batch axis. "
+        if batch_axis == 0
+        else ""
+      )  # flax's sentence for its (leading) batch axis
+      + f"feature_axes={feature_axes} include the batch axis "
+      f"{batch_axis}; statistics are per example, so choose feature axes "
+      f"other than batch_axis={batch_axis}."
     )
   reduction_axes = _reduction_axes.instance_norm_axes(x.ndim, batch_axis, feature_axes)
   return _standardize(
-      x,
-      scale,
-      bias,
-      reduction_axes=reduction_axes,
-      feature_axes=feature_axes,
-      owner=owner,
-      epsilon=epsilon,
-      mask=mask,
-      axis_name=axis_name,
-      axis_index_groups=axis_index_groups,
-      use_mean=True,
-      use_fast_variance=use_fast_variance,
-      dtype=dtype,
-      force_float32_reductions=force_float32_reductions,
+    x,
+    scale,
+    bias,
+    reduction_axes=reduction_axes,
+    feature_axes=feature_axes,
+    owner=owner,
+    epsilon=epsilon,
+    mask=mask,
+    axis_name=axis_name,
+    axis_index_groups=axis_index_groups,
+    use_mean=True,
+    use_fast_variance=use_fast_variance,
+    dtype=dtype,
+    force_float32_reductions=force_float32_reductions,
   )
 
 
@@ -417,13 +418,13 @@ class GroupLayout(NamedTuple):
 
 
 def group_layout(
-    shape: tuple[int, ...],
-    *,
-    num_groups: int | None,
-    group_size: int | None,
-    channel_axis: int,
-    reduction_axes: _axes.Axes | None,
-    owner: str,
+  shape: tuple[int, ...],
+  *,
+  num_groups: int | None,
+  group_size: int | None,
+  channel_axis: int,
+  reduction_axes: _axes.Axes | None,
+  owner: str,
 ) -> GroupLayout:
   """Validates a grouping of the channels of an input of ``shape``.
 
@@ -432,20 +433,16 @@ def group_layout(
   is given.
   """
   ndim = len(shape)
-  (c,) = _axes.canonicalize_axes(
-      channel_axis, ndim, name="channel_axis", owner=owner
-  )
+  (c,) = _axes.canonicalize_axes(channel_axis, ndim, name="channel_axis", owner=owner)
   if reduction_axes is None:
     reduction_axes = _reduction_axes.group_norm_axes(ndim, c)
   else:
-    reduction_axes = _axes.canonicalize_axes(
-        reduction_axes, ndim, name="reduction_axes", owner=owner
-    )
+    reduction_axes = _axes.canonicalize_axes(reduction_axes, ndim, name="reduction_axes", owner=owner)
     if c not in reduction_axes:
       raise ValueError(
-          f"{owner}: reduction_axes={reduction_axes} must include the channel "
-          f"axis {c} (channel_axis={channel_axis}); groups are reduced over "
-          f"their channels."
+        f"{owner}: reduction_axes={reduction_axes} must include the channel "
+        f"axis {c} (channel_axis={channel_axis}); groups are reduced over "
+        f"their channels."
       )
   groups, size = _axes.resolve_groups(shape[c], num_groups, group_size, owner=owner)
   # After the split, axis c holds the group and c + 1 the channel within it:
@@ -455,21 +452,21 @@ def group_layout(
 
 
 def group_norm(
-    x: Array,
-    scale: Array | None = None,
-    bias: Array | None = None,
-    *,
-    num_groups: int | None = 32,
-    group_size: int | None = None,
-    channel_axis: int = -1,
-    reduction_axes: _axes.Axes | None = None,
-    epsilon: float = 1e-6,
-    mask: Array | None = None,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
-    use_fast_variance: bool = False,
-    dtype: Any = None,
-    force_float32_reductions: bool = True,
+  x: Array,
+  scale: Array | None = None,
+  bias: Array | None = None,
+  *,
+  num_groups: int | None = 32,
+  group_size: int | None = None,
+  channel_axis: int = -1,
+  reduction_axes: _axes.Axes | None = None,
+  epsilon: float = 1e-6,
+  mask: Array | None = None,
+  axis_name: Any = None,
+  axis_index_groups: Any = None,
+  use_fast_variance: bool = False,
+  dtype: Any = None,
+  force_float32_reductions: bool = True,
 ) -> Array:
   r"""Group normalization (Wu & He, 2018).
 
@@ -509,31 +506,31 @@ def group_norm(
   owner = "group_norm"
   x = _prepare(x, owner)
   layout = group_layout(
-      x.shape,
-      num_groups=num_groups,
-      group_size=group_size,
-      channel_axis=channel_axis,
-      reduction_axes=reduction_axes,
-      owner=owner,
+    x.shape,
+    num_groups=num_groups,
+    group_size=group_size,
+    channel_axis=channel_axis,
+    reduction_axes=reduction_axes,
+    owner=owner,
   )
   c = layout.channel_axis
   scale = _param(scale, x.shape, (c,), name="scale", owner=owner)
   bias = _param(bias, x.shape, (c,), name="bias", owner=owner)
   mask = _axes.check_mask(mask, x.shape, owner=owner)
   y = _standardize(
-      layout.split(x),
-      layout.split(scale),
-      layout.split(bias),
-      reduction_axes=layout.reduction_axes,
-      feature_axes=(c, c + 1),
-      owner=owner,
-      epsilon=epsilon,
-      mask=layout.split(mask),
-      axis_name=axis_name,
-      axis_index_groups=axis_index_groups,
-      use_mean=True,
-      use_fast_variance=use_fast_variance,
-      dtype=dtype,
-      force_float32_reductions=force_float32_reductions,
+    layout.split(x),
+    layout.split(scale),
+    layout.split(bias),
+    reduction_axes=layout.reduction_axes,
+    feature_axes=(c, c + 1),
+    owner=owner,
+    epsilon=epsilon,
+    mask=layout.split(mask),
+    axis_name=axis_name,
+    axis_index_groups=axis_index_groups,
+    use_mean=True,
+    use_fast_variance=use_fast_variance,
+    dtype=dtype,
+    force_float32_reductions=force_float32_reductions,
   )
   return y.reshape(x.shape)

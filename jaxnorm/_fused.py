@@ -130,9 +130,7 @@ class XlaPasses:
         runs.append([a])
     self.view_shape = tuple(math.prod(shape[a] for a in run) for run in runs)
     self.view_inner = tuple(i for i, run in enumerate(runs) if run[0] in inner)
-    self.view_partial_shape = tuple(
-        1 if i in self.view_inner else n for i, n in enumerate(self.view_shape)
-    )
+    self.view_partial_shape = tuple(1 if i in self.view_inner else n for i, n in enumerate(self.view_shape))
 
   def _view(self, x: Array) -> Array:
     return x.reshape(self.view_shape).astype(self.acc_dtype)
@@ -180,17 +178,17 @@ class XlaPasses:
 
 
 def standardize(
-    x: Array,
-    scale: Array | None,
-    bias: Array | None,
-    *,
-    reduction_axes: tuple[int, ...],
-    feature_axes: tuple[int, ...],
-    epsilon: float,
-    use_mean: bool,
-    acc_dtype: Any,
-    out_dtype: Any,
-    passes: Any = None,
+  x: Array,
+  scale: Array | None,
+  bias: Array | None,
+  *,
+  reduction_axes: tuple[int, ...],
+  feature_axes: tuple[int, ...],
+  epsilon: float,
+  use_mean: bool,
+  acc_dtype: Any,
+  out_dtype: Any,
+  passes: Any = None,
 ) -> tuple[Array, Array, Array]:
   """Normalized ``x`` and its statistics, with a custom derivative rule.
 

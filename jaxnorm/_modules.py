@@ -36,11 +36,11 @@ Initializer = Any
 
 
 def _feature_params(
-    mdl: nn.Module,
-    features: tuple[int, ...],
-    *,
-    use_scale: bool,
-    use_bias: bool,
+  mdl: nn.Module,
+  features: tuple[int, ...],
+  *,
+  use_scale: bool,
+  use_bias: bool,
 ) -> tuple[Array | None, Array | None]:
   """Creates ``scale``/``bias`` exactly as flax does (names, shapes, dtype)."""
   scale = bias = None
@@ -68,28 +68,37 @@ def _batch_norm_state(module) -> tuple[_stateful.RunningStat, ...]:
 
 def _batch_norm_compute(module, x, params, state, *, use_running_average, mask, axis_name):
   y, new, per_batch = _batch_norm._batch_norm(
-      x, params["scale"], params["bias"],
-      _batch_norm.BatchStats(state["mean"], state["var"], state.get("count")),
-      use_running_average=use_running_average,
-      axis=_axes.canonicalize_axes(module.axis, jnp.ndim(x), name="axis", owner="BatchNorm"),
-      momentum=module.momentum, epsilon=module.epsilon, mask=mask, axis_name=axis_name,
-      axis_index_groups=module.axis_index_groups, use_fast_variance=module.use_fast_variance,
-      dtype=module.dtype, force_float32_reductions=module.force_float32_reductions,
-      virtual_batch_size=module.virtual_batch_size, running_stats=module.running_stats, owner="BatchNorm",
+    x,
+    params["scale"],
+    params["bias"],
+    _batch_norm.BatchStats(state["mean"], state["var"], state.get("count")),
+    use_running_average=use_running_average,
+    axis=_axes.canonicalize_axes(module.axis, jnp.ndim(x), name="axis", owner="BatchNorm"),
+    momentum=module.momentum,
+    epsilon=module.epsilon,
+    mask=mask,
+    axis_name=axis_name,
+    axis_index_groups=module.axis_index_groups,
+    use_fast_variance=module.use_fast_variance,
+    dtype=module.dtype,
+    force_float32_reductions=module.force_float32_reductions,
+    virtual_batch_size=module.virtual_batch_size,
+    running_stats=module.running_stats,
+    owner="BatchNorm",
   )
   return y, {"mean": new.mean, "var": new.var, "count": new.count}, per_batch
 
 
 BATCH_NORM = _stateful.StatefulNorm(
-    owner="BatchNorm",
-    params=scale_and_bias,
-    state=_batch_norm_state,
-    features=_batch_norm_features,
-    compute=_batch_norm_compute,
-    always_running=lambda module: module.running_stats == "frozen",
-    validate=lambda module: _axes.check_choice(
-        module.running_stats, _batch_norm.RUNNING_STATS, name="running_stats", owner="BatchNorm"
-    ),
+  owner="BatchNorm",
+  params=scale_and_bias,
+  state=_batch_norm_state,
+  features=_batch_norm_features,
+  compute=_batch_norm_compute,
+  always_running=lambda module: module.running_stats == "frozen",
+  validate=lambda module: _axes.check_choice(
+    module.running_stats, _batch_norm.RUNNING_STATS, name="running_stats", owner="BatchNorm"
+  ),
 )
 
 
@@ -152,11 +161,11 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(
-      self,
-      x: Array,
-      use_running_average: bool | None = None,
-      *,
-      mask: Array | None = None,
+    self,
+    x: Array,
+    use_running_average: bool | None = None,
+    *,
+    mask: Array | None = None,
   ) -> Array:
     """Normalizes ``x``; updates ``batch_stats`` when training.
 
@@ -179,12 +188,12 @@ class _PerExampleNorm(nn.Module):
 
   def _engine_kwargs(self, mask):
     return dict(
-        epsilon=self.epsilon,
-        mask=mask,
-        axis_name=self.axis_name,
-        axis_index_groups=self.axis_index_groups,
-        dtype=self.dtype,
-        force_float32_reductions=self.force_float32_reductions,
+      epsilon=self.epsilon,
+      mask=mask,
+      axis_name=self.axis_name,
+      axis_index_groups=self.axis_index_groups,
+      dtype=self.dtype,
+      force_float32_reductions=self.force_float32_reductions,
     )
 
 
@@ -215,21 +224,17 @@ class LayerNorm(_PerExampleNorm):
 
   @nn.compact
   def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
-    feature_axes = _axes.canonicalize_axes(
-        self.feature_axes, jnp.ndim(x), name="feature_axes", owner="LayerNorm"
-    )
+    feature_axes = _axes.canonicalize_axes(self.feature_axes, jnp.ndim(x), name="feature_axes", owner="LayerNorm")
     features = tuple(jnp.shape(x)[a] for a in feature_axes)
-    scale, bias = _feature_params(
-        self, features, use_scale=self.use_scale, use_bias=self.use_bias
-    )
+    scale, bias = _feature_params(self, features, use_scale=self.use_scale, use_bias=self.use_bias)
     return F.layer_norm(
-        x,
-        scale,
-        bias,
-        reduction_axes=self.reduction_axes,
-        feature_axes=feature_axes,
-        use_fast_variance=self.use_fast_variance,
-        **self._engine_kwargs(mask),
+      x,
+      scale,
+      bias,
+      reduction_axes=self.reduction_axes,
+      feature_axes=feature_axes,
+      use_fast_variance=self.use_fast_variance,
+      **self._engine_kwargs(mask),
     )
 
 
@@ -259,19 +264,15 @@ class RMSNorm(_PerExampleNorm):
 
   @nn.compact
   def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
-    feature_axes = _axes.canonicalize_axes(
-        self.feature_axes, jnp.ndim(x), name="feature_axes", owner="RMSNorm"
-    )
+    feature_axes = _axes.canonicalize_axes(self.feature_axes, jnp.ndim(x), name="feature_axes", owner="RMSNorm")
     features = tuple(jnp.shape(x)[a] for a in feature_axes)
-    scale, _ = _feature_params(
-        self, features, use_scale=self.use_scale, use_bias=False
-    )
+    scale, _ = _feature_params(self, features, use_scale=self.use_scale, use_bias=False)
     return F.rms_norm(
-        x,
-        scale,
-        reduction_axes=self.reduction_axes,
-        feature_axes=feature_axes,
-        **self._engine_kwargs(mask),
+      x,
+      scale,
+      reduction_axes=self.reduction_axes,
+      feature_axes=feature_axes,
+      **self._engine_kwargs(mask),
     )
 
 
@@ -301,21 +302,17 @@ class InstanceNorm(_PerExampleNorm):
 
   @nn.compact
   def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
-    feature_axes = _axes.canonicalize_axes(
-        self.feature_axes, jnp.ndim(x), name="feature_axes", owner="InstanceNorm"
-    )
+    feature_axes = _axes.canonicalize_axes(self.feature_axes, jnp.ndim(x), name="feature_axes", owner="InstanceNorm")
     features = tuple(jnp.shape(x)[a] for a in feature_axes)
-    scale, bias = _feature_params(
-        self, features, use_scale=self.use_scale, use_bias=self.use_bias
-    )
+    scale, bias = _feature_params(self, features, use_scale=self.use_scale, use_bias=self.use_bias)
     return F.instance_norm(
-        x,
-        scale,
-        bias,
-        feature_axes=feature_axes,
-        batch_axis=0,
-        use_fast_variance=self.use_fast_variance,
-        **self._engine_kwargs(mask),
+      x,
+      scale,
+      bias,
+      feature_axes=feature_axes,
+      batch_axis=0,
+      use_fast_variance=self.use_fast_variance,
+      **self._engine_kwargs(mask),
     )
 
 
@@ -360,25 +357,19 @@ class GroupNorm(_PerExampleNorm):
 
   @nn.compact
   def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
-    (c,) = _axes.canonicalize_axes(
-        self.channel_axis, jnp.ndim(x), name="channel_axis", owner="GroupNorm"
-    )
+    (c,) = _axes.canonicalize_axes(self.channel_axis, jnp.ndim(x), name="channel_axis", owner="GroupNorm")
     channels = jnp.shape(x)[c]
     # Validate before creating parameters, so init fails with our message.
-    _axes.resolve_groups(
-        channels, self.num_groups, self.group_size, owner="GroupNorm"
-    )
-    scale, bias = _feature_params(
-        self, (channels,), use_scale=self.use_scale, use_bias=self.use_bias
-    )
+    _axes.resolve_groups(channels, self.num_groups, self.group_size, owner="GroupNorm")
+    scale, bias = _feature_params(self, (channels,), use_scale=self.use_scale, use_bias=self.use_bias)
     return F.group_norm(
-        x,
-        scale,
-        bias,
-        num_groups=self.num_groups,
-        group_size=self.group_size,
-        channel_axis=c,
-        reduction_axes=self.reduction_axes,
-        use_fast_variance=self.use_fast_variance,
-        **self._engine_kwargs(mask),
+      x,
+      scale,
+      bias,
+      num_groups=self.num_groups,
+      group_size=self.group_size,
+      channel_axis=c,
+      reduction_axes=self.reduction_axes,
+      use_fast_variance=self.use_fast_variance,
+      **self._engine_kwargs(mask),
     )

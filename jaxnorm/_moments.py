@@ -13,7 +13,8 @@ keeps a private copy. It handles
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,9 +41,7 @@ class Moments(NamedTuple):
   var: Array
 
 
-def accumulation_dtype(
-    x_dtype: Any, dtype: Any = None, force_float32_reductions: bool = True
-):
+def accumulation_dtype(x_dtype: Any, dtype: Any = None, force_float32_reductions: bool = True):
   """The dtype statistics are computed in (flax's rule).
 
   ``dtype`` (default: the input's) promoted to at least float32 when
@@ -62,17 +61,17 @@ def _abs_sq(x: Array) -> Array:
 
 
 def moments(
-    x: Array,
-    axes: _axes.Axes,
-    *,
-    mask: Array | None = None,
-    axis_name: str | tuple[str, ...] | None = None,
-    axis_index_groups: Any = None,
-    use_mean: bool = True,
-    use_fast_variance: bool = False,
-    dtype: Any = None,
-    force_float32_reductions: bool = True,
-    keepdims: bool = False,
+  x: Array,
+  axes: _axes.Axes,
+  *,
+  mask: Array | None = None,
+  axis_name: str | tuple[str, ...] | None = None,
+  axis_index_groups: Any = None,
+  use_mean: bool = True,
+  use_fast_variance: bool = False,
+  dtype: Any = None,
+  force_float32_reductions: bool = True,
+  keepdims: bool = False,
 ) -> Moments:
   r"""Count, mean and variance of ``x`` over ``axes``.
 

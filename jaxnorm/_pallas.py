@@ -73,7 +73,7 @@ def _view_3d(shape, reduction_axes, feature_axes):
   ranks = [order[k] for k, _, _ in kind]
   if ranks != sorted(ranks) or 1 not in ranks:
     return None
-  size = lambda which: math.prod(n for k, n, _ in kind if k == which)  # noqa: E731
+  size = lambda which: math.prod(n for k, n, _ in kind if k == which)
   channels = [(n, a) for k, n, a in kind if k == "channel"]
   grouped = [a in reduction_axes for _, a in channels]
   if grouped != sorted(grouped):  # the grouped channel axes must trail
@@ -153,17 +153,17 @@ class PallasPasses:
 
     def run(interpret):
       return pl.pallas_call(
-          kernel,
-          out_shape=out_shapes,
-          grid=(self.batch, self.tiles),
-          in_specs=[self._tile()] * len(full) + [self._row()] * len(per_channel),
-          out_specs=out_specs,
-          interpret=interpret,
-          # Triton, not Mosaic GPU: its copies are not limited to 256 rows.
-          compiler_params=None if interpret else pallas_triton.CompilerParams(num_warps=4),
+        kernel,
+        out_shape=out_shapes,
+        grid=(self.batch, self.tiles),
+        in_specs=[self._tile()] * len(full) + [self._row()] * len(per_channel),
+        out_specs=out_specs,
+        interpret=interpret,
+        # Triton, not Mosaic GPU: its copies are not limited to 256 rows.
+        compiler_params=None if interpret else pallas_triton.CompilerParams(num_warps=4),
       )(*inputs)
 
-    compiled = lambda: run(False)  # noqa: E731
+    compiled = lambda: run(False)
     return lax.platform_dependent(cuda=compiled, rocm=compiled, default=lambda: run(True))
 
   def _full(self, x: Array) -> Array:
@@ -222,12 +222,12 @@ def standardize(x, scale, bias, *, reduction_axes, feature_axes, acc_dtype, **kw
   """:func:`jaxnorm._fused.standardize` with the passes run by Pallas kernels."""
   passes = PallasPasses(x.shape, reduction_axes, feature_axes, acc_dtype)
   return _fused.standardize(
-      x,
-      scale,
-      bias,
-      reduction_axes=reduction_axes,
-      feature_axes=feature_axes,
-      acc_dtype=acc_dtype,
-      passes=passes,
-      **kwargs,
+    x,
+    scale,
+    bias,
+    reduction_axes=reduction_axes,
+    feature_axes=feature_axes,
+    acc_dtype=acc_dtype,
+    passes=passes,
+    **kwargs,
   )

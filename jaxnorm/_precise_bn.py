@@ -15,7 +15,8 @@ momentum, and it is exact: no EMA is involved.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from collections.abc import Iterable
 from typing import Any
 
 import flax
@@ -61,10 +62,10 @@ class _Population:
 
 
 def precise_batch_stats(
-    apply_fn: Callable[..., Any],
-    variables: Any,
-    batches: Iterable[Any],
-    num_batches: int,
+  apply_fn: Callable[..., Any],
+  variables: Any,
+  batches: Iterable[Any],
+  num_batches: int,
 ) -> dict:
   r"""Population statistics of every BN-like layer over ``num_batches`` batches.
 
@@ -111,9 +112,9 @@ def precise_batch_stats(
   variables = flax.core.unfreeze(variables)
   if "batch_stats" not in variables:
     raise ValueError(
-        f"{owner}: variables have no 'batch_stats' collection (collections: "
-        f"{sorted(variables)}); pass the variables of a model with BN-like "
-        f"layers."
+      f"{owner}: variables have no 'batch_stats' collection (collections: "
+      f"{sorted(variables)}); pass the variables of a model with BN-like "
+      f"layers."
     )
 
   @jax.jit
@@ -136,14 +137,14 @@ def precise_batch_stats(
     seen += 1
   if seen < num_batches:
     raise ValueError(
-        f"{owner}: num_batches={num_batches} but the batches ran out after "
-        f"{seen}; pass more batches or a smaller num_batches."
+      f"{owner}: num_batches={num_batches} but the batches ran out after "
+      f"{seen}; pass more batches or a smaller num_batches."
     )
   if not populations:
     raise ValueError(
-        f"{owner}: no layer reported batch moments; apply_fn must run the "
-        f"model in training mode (e.g. functools.partial(model.apply, "
-        f"train=True)) and its BN-like layers must be jaxnorm's."
+      f"{owner}: no layer reported batch moments; apply_fn must run the "
+      f"model in training mode (e.g. functools.partial(model.apply, "
+      f"train=True)) and its BN-like layers must be jaxnorm's."
     )
 
   stats = traverse_util.flatten_dict(variables["batch_stats"])
@@ -151,7 +152,5 @@ def precise_batch_stats(
     for key, value in (("mean", pop.mean), ("var", pop.var), ("count", pop.batches)):
       if layer + (key,) in stats:
         old = stats[layer + (key,)]
-        stats[layer + (key,)] = jax.numpy.asarray(
-            np.broadcast_to(value, np.shape(old)), old.dtype
-        )
+        stats[layer + (key,)] = jax.numpy.asarray(np.broadcast_to(value, np.shape(old)), old.dtype)
   return traverse_util.unflatten_dict(stats)

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -104,7 +105,7 @@ def linen_apply(spec: StatefulNorm, module, x, use_running_average: bool | None,
   parameters, as flax orders them), never updates state during ``init``
   (where ``axis_name`` is ignored, as in flax), and reports the batch
   moments for :func:`jaxnorm.precise_batch_stats`."""
-  import flax.linen as nn  # noqa: PLC0415  (the NNX path needs no linen)
+  import flax.linen as nn
 
   spec.validate(module)
   if spec.always_running(module):
@@ -114,18 +115,21 @@ def linen_apply(spec: StatefulNorm, module, x, use_running_average: bool | None,
   _axes.check_floating(x, owner=spec.owner)
   features = spec.features(module, x)
   variables = {
-      stat.name: module.variable("batch_stats", stat.name, initial_state, module, stat, features)
-      for stat in spec.state(module)
+    stat.name: module.variable("batch_stats", stat.name, initial_state, module, stat, features)
+    for stat in spec.state(module)
   }
   params = {
-      name: module.param(name, getattr(module, init), features, module.param_dtype)
-      for name, init in spec.params(module)
+    name: module.param(name, getattr(module, init), features, module.param_dtype) for name, init in spec.params(module)
   }
   initializing = module.is_initializing()
   y, new, per_batch = spec.compute(
-      module, x, _with_defaults(params), {k: v.value for k, v in variables.items()},
-      use_running_average=use_running_average, mask=mask,
-      axis_name=None if initializing else module.axis_name,
+    module,
+    x,
+    _with_defaults(params),
+    {k: v.value for k, v in variables.items()},
+    use_running_average=use_running_average,
+    mask=mask,
+    axis_name=None if initializing else module.axis_name,
   )
   if not use_running_average and not initializing:
     for name, variable in variables.items():
@@ -149,8 +153,8 @@ def nnx_apply(spec: StatefulNorm, module, x, use_running_average: bool | None, m
       use_running_average = module.use_running_average
     if use_running_average is None:
       raise ValueError(
-          f"{spec.owner}: use_running_average is None both in the constructor and in the call; pass "
-          "use_running_average=True/False to either, or use model.train() / model.eval()."
+        f"{spec.owner}: use_running_average is None both in the constructor and in the call; pass "
+        "use_running_average=True/False to either, or use model.train() / model.eval()."
       )
   _axes.check_floating(x, owner=spec.owner)
   stats = spec.state(module)
@@ -164,13 +168,18 @@ def nnx_apply(spec: StatefulNorm, module, x, use_running_average: bool | None, m
     state.update(zip(promoted, values[1 : 1 + len(promoted)]))
     params = dict(zip(params, values[1 + len(promoted) :]))
   y, new, _ = spec.compute(
-      module, x, _with_defaults(params), state,
-      use_running_average=use_running_average, mask=mask, axis_name=module.axis_name,
+    module,
+    x,
+    _with_defaults(params),
+    state,
+    use_running_average=use_running_average,
+    mask=mask,
+    axis_name=module.axis_name,
   )
   if not use_running_average:
     for stat in stats:
       variable = getattr(module, stat.name)
-      variable.set_value(jax.lax.stop_gradient(store(new[stat.name], variable[...].dtype)))
+      variable[...] = jax.lax.stop_gradient(store(new[stat.name], variable[...].dtype))
   return y
 
 

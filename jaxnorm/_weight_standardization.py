@@ -27,16 +27,16 @@ Initializer = Any
 
 
 def standardize_weight(
-    kernel: Array,
-    gain: Array | None = None,
-    *,
-    fan_in_axes: _axes.Axes | None = None,
-    scaled: bool = False,
-    activation_gain: float = 1.0,
-    epsilon: float = 1e-6,
-    mask: Array | None = None,
-    force_float32_reductions: bool = True,
-    owner: str = "standardize_weight",
+  kernel: Array,
+  gain: Array | None = None,
+  *,
+  fan_in_axes: _axes.Axes | None = None,
+  scaled: bool = False,
+  activation_gain: float = 1.0,
+  epsilon: float = 1e-6,
+  mask: Array | None = None,
+  force_float32_reductions: bool = True,
+  owner: str = "standardize_weight",
 ) -> Array:
   r"""Standardizes a kernel per output channel over its fan-in.
 
@@ -88,23 +88,21 @@ def standardize_weight(
   kernel = jnp.asarray(kernel)
   if fan_in_axes is None:
     fan_in_axes = tuple(range(kernel.ndim - 1))
-  fan_in_axes = _axes.canonicalize_axes(
-      fan_in_axes, kernel.ndim, name="fan_in_axes", owner=owner
-  )
+  fan_in_axes = _axes.canonicalize_axes(fan_in_axes, kernel.ndim, name="fan_in_axes", owner=owner)
   fan_in = math.prod(kernel.shape[a] for a in fan_in_axes)
   if fan_in <= 1:
     raise ValueError(
-        f"{owner}: kernel of shape {kernel.shape} has fan-in {fan_in} over "
-        f"axes {fan_in_axes}: each output channel has a single weight, whose "
-        f"variance is 0, so standardization is meaningless; use a larger "
-        f"kernel or more input features, or an unstandardized layer."
+      f"{owner}: kernel of shape {kernel.shape} has fan-in {fan_in} over "
+      f"axes {fan_in_axes}: each output channel has a single weight, whose "
+      f"variance is 0, so standardization is meaningless; use a larger "
+      f"kernel or more input features, or an unstandardized layer."
     )
   stats = moments(
-      kernel,
-      fan_in_axes,
-      mask=mask,
-      force_float32_reductions=force_float32_reductions,
-      keepdims=True,
+    kernel,
+    fan_in_axes,
+    mask=mask,
+    force_float32_reductions=force_float32_reductions,
+    keepdims=True,
   )
   spread = stats.count * stats.var if scaled else stats.var
   mul = lax.rsqrt(spread + epsilon) * activation_gain
@@ -165,11 +163,11 @@ class StandardizedConv(nn.Conv):
     if self.scaled:
       gain = super().param("gain", self.gain_init, (value.shape[-1],), self.param_dtype)
     return standardize_weight(
-        value,
-        gain,
-        scaled=self.scaled,
-        activation_gain=self.activation_gain,
-        epsilon=self.epsilon,
-        mask=self.mask,
-        owner=type(self).__name__,
+      value,
+      gain,
+      scaled=self.scaled,
+      activation_gain=self.activation_gain,
+      epsilon=self.epsilon,
+      mask=self.mask,
+      owner=type(self).__name__,
     )

@@ -33,8 +33,9 @@ functions underneath, and :class:`StandardizedConv` is a drop-in for
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -56,8 +57,16 @@ Array = jax.Array
 Initializer = Any
 
 __all__ = (
-    "BatchNorm", "BatchRenorm", "EvoNormB0", "EvoNormS0", "FilterResponseNorm", "GroupNorm", "InstanceNorm",
-    "LayerNorm", "RMSNorm", "StandardizedConv",
+  "BatchNorm",
+  "BatchRenorm",
+  "EvoNormB0",
+  "EvoNormS0",
+  "FilterResponseNorm",
+  "GroupNorm",
+  "InstanceNorm",
+  "LayerNorm",
+  "RMSNorm",
+  "StandardizedConv",
 )
 
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
@@ -69,21 +78,30 @@ def _features(num_features, owner: str) -> tuple[int, ...]:
   shape = num_features if isinstance(num_features, tuple) else (num_features,)
   if not shape or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
     raise ValueError(
-        f"{owner}: num_features={num_features!r}; expected a positive integer (the size of the feature axis)."
+      f"{owner}: num_features={num_features!r}; expected a positive integer (the size of the feature axis)."
     )
   return shape
 
 
-def _feature_params(owner: nnx.Module, shape, *, rngs: nnx.Rngs, use_scale: bool, use_bias: bool,
-                    scale_init, bias_init, param_dtype, scale_metadata, bias_metadata) -> None:
+def _feature_params(
+  owner: nnx.Module,
+  shape,
+  *,
+  rngs: nnx.Rngs,
+  use_scale: bool,
+  use_bias: bool,
+  scale_init,
+  bias_init,
+  param_dtype,
+  scale_metadata,
+  bias_metadata,
+) -> None:
   """``scale`` then ``bias`` as flax.nnx creates them: each an ``nnx.Param``
   from its own ``rngs.params()`` key, or ``None``."""
   owner.scale = (
-      nnx.Param(scale_init(rngs.params(), shape, param_dtype), **scale_metadata) if use_scale else nnx.data(None)
+    nnx.Param(scale_init(rngs.params(), shape, param_dtype), **scale_metadata) if use_scale else nnx.data(None)
   )
-  owner.bias = (
-      nnx.Param(bias_init(rngs.params(), shape, param_dtype), **bias_metadata) if use_bias else nnx.data(None)
-  )
+  owner.bias = nnx.Param(bias_init(rngs.params(), shape, param_dtype), **bias_metadata) if use_bias else nnx.data(None)
 
 
 def _value(variable):
@@ -126,29 +144,29 @@ class BatchNorm(_ModeMixin, nnx.Module):
   """
 
   def __init__(
-      self,
-      num_features: int,
-      *,
-      use_running_average: bool | None = False,
-      axis: int = -1,
-      momentum: float = 0.99,
-      epsilon: float = 1e-5,
-      dtype: Any = None,
-      param_dtype: Any = jnp.float32,
-      use_bias: bool = True,
-      use_scale: bool = True,
-      bias_init: Initializer = initializers.zeros,
-      scale_init: Initializer = initializers.ones,
-      axis_name: Any = None,
-      axis_index_groups: Any = None,
-      use_fast_variance: bool = False,
-      promote_dtype: Any = _nnx_dtypes.promote_dtype,
-      rngs: nnx.Rngs,
-      bias_metadata: Mapping[str, Any] = _NO_METADATA,
-      scale_metadata: Mapping[str, Any] = _NO_METADATA,
-      force_float32_reductions: bool = True,
-      virtual_batch_size: int | None = None,
-      running_stats: str = "ema",
+    self,
+    num_features: int,
+    *,
+    use_running_average: bool | None = False,
+    axis: int = -1,
+    momentum: float = 0.99,
+    epsilon: float = 1e-5,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    use_bias: bool = True,
+    use_scale: bool = True,
+    bias_init: Initializer = initializers.zeros,
+    scale_init: Initializer = initializers.ones,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    use_fast_variance: bool = False,
+    promote_dtype: Any = _nnx_dtypes.promote_dtype,
+    rngs: nnx.Rngs,
+    bias_metadata: Mapping[str, Any] = _NO_METADATA,
+    scale_metadata: Mapping[str, Any] = _NO_METADATA,
+    force_float32_reductions: bool = True,
+    virtual_batch_size: int | None = None,
+    running_stats: str = "ema",
   ):
     owner = "BatchNorm"
     _axes.check_choice(running_stats, _batch_norm.RUNNING_STATS, name="running_stats", owner=owner)
@@ -156,9 +174,18 @@ class BatchNorm(_ModeMixin, nnx.Module):
     self.mean = _running_stat(jnp.zeros, shape, force_float32_reductions, param_dtype)
     self.var = _running_stat(jnp.ones, shape, force_float32_reductions, param_dtype)
     self.count = nnx.BatchStat(jnp.zeros((), jnp.int32)) if running_stats == "cumulative" else nnx.data(None)
-    _feature_params(self, shape, rngs=rngs, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
-                    bias_init=bias_init, param_dtype=param_dtype, scale_metadata=scale_metadata,
-                    bias_metadata=bias_metadata)
+    _feature_params(
+      self,
+      shape,
+      rngs=rngs,
+      use_scale=use_scale,
+      use_bias=use_bias,
+      scale_init=scale_init,
+      bias_init=bias_init,
+      param_dtype=param_dtype,
+      scale_metadata=scale_metadata,
+      bias_metadata=bias_metadata,
+    )
     self.num_features = num_features
     self.use_running_average = use_running_average
     self.axis = axis
@@ -193,12 +220,34 @@ class _PerExampleNorm(nnx.Module):
   share: parameters as flax.nnx creates them, and the engine's keyword
   arguments."""
 
-  def _init_common(self, num_features, owner, *, rngs, use_scale, use_bias, scale_init, bias_init,
-                   param_dtype, scale_metadata, bias_metadata, **fields):
+  def _init_common(
+    self,
+    num_features,
+    owner,
+    *,
+    rngs,
+    use_scale,
+    use_bias,
+    scale_init,
+    bias_init,
+    param_dtype,
+    scale_metadata,
+    bias_metadata,
+    **fields,
+  ):
     shape = _features(num_features, owner)
-    _feature_params(self, shape, rngs=rngs, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
-                    bias_init=bias_init, param_dtype=param_dtype, scale_metadata=scale_metadata,
-                    bias_metadata=bias_metadata)
+    _feature_params(
+      self,
+      shape,
+      rngs=rngs,
+      use_scale=use_scale,
+      use_bias=use_bias,
+      scale_init=scale_init,
+      bias_init=bias_init,
+      param_dtype=param_dtype,
+      scale_metadata=scale_metadata,
+      bias_metadata=bias_metadata,
+    )
     self.num_features = num_features
     self.param_dtype = param_dtype
     self.use_scale = use_scale
@@ -210,9 +259,14 @@ class _PerExampleNorm(nnx.Module):
     return self.promote_dtype((x, _value(self.scale), _value(self.bias)), dtype=self.dtype)
 
   def _engine_kwargs(self, mask):
-    return dict(epsilon=self.epsilon, mask=mask, axis_name=self.axis_name,
-                axis_index_groups=self.axis_index_groups, dtype=self.dtype,
-                force_float32_reductions=self.force_float32_reductions)
+    return dict(
+      epsilon=self.epsilon,
+      mask=mask,
+      axis_name=self.axis_name,
+      axis_index_groups=self.axis_index_groups,
+      dtype=self.dtype,
+      force_float32_reductions=self.force_float32_reductions,
+    )
 
 
 class LayerNorm(_PerExampleNorm):
@@ -222,39 +276,60 @@ class LayerNorm(_PerExampleNorm):
   ``use_fast_variance`` defaults to False (stable)."""
 
   def __init__(
-      self,
-      num_features: int,
-      *,
-      epsilon: float = 1e-6,
-      dtype: Any = None,
-      param_dtype: Any = jnp.float32,
-      use_bias: bool = True,
-      use_scale: bool = True,
-      bias_init: Initializer = initializers.zeros,
-      scale_init: Initializer = initializers.ones,
-      reduction_axes: _axes.Axes = -1,
-      feature_axes: _axes.Axes = -1,
-      axis_name: Any = None,
-      axis_index_groups: Any = None,
-      use_fast_variance: bool = False,
-      promote_dtype: Any = _nnx_dtypes.promote_dtype,
-      rngs: nnx.Rngs,
-      bias_metadata: Mapping[str, Any] = _NO_METADATA,
-      scale_metadata: Mapping[str, Any] = _NO_METADATA,
-      force_float32_reductions: bool = True,
+    self,
+    num_features: int,
+    *,
+    epsilon: float = 1e-6,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    use_bias: bool = True,
+    use_scale: bool = True,
+    bias_init: Initializer = initializers.zeros,
+    scale_init: Initializer = initializers.ones,
+    reduction_axes: _axes.Axes = -1,
+    feature_axes: _axes.Axes = -1,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    use_fast_variance: bool = False,
+    promote_dtype: Any = _nnx_dtypes.promote_dtype,
+    rngs: nnx.Rngs,
+    bias_metadata: Mapping[str, Any] = _NO_METADATA,
+    scale_metadata: Mapping[str, Any] = _NO_METADATA,
+    force_float32_reductions: bool = True,
   ):
     self._init_common(
-        num_features, "LayerNorm", rngs=rngs, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
-        bias_init=bias_init, param_dtype=param_dtype, scale_metadata=scale_metadata, bias_metadata=bias_metadata,
-        epsilon=epsilon, dtype=dtype, reduction_axes=reduction_axes, feature_axes=feature_axes,
-        axis_name=axis_name, axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance,
-        promote_dtype=promote_dtype, force_float32_reductions=force_float32_reductions,
+      num_features,
+      "LayerNorm",
+      rngs=rngs,
+      use_scale=use_scale,
+      use_bias=use_bias,
+      scale_init=scale_init,
+      bias_init=bias_init,
+      param_dtype=param_dtype,
+      scale_metadata=scale_metadata,
+      bias_metadata=bias_metadata,
+      epsilon=epsilon,
+      dtype=dtype,
+      reduction_axes=reduction_axes,
+      feature_axes=feature_axes,
+      axis_name=axis_name,
+      axis_index_groups=axis_index_groups,
+      use_fast_variance=use_fast_variance,
+      promote_dtype=promote_dtype,
+      force_float32_reductions=force_float32_reductions,
     )
 
   def __call__(self, x, *, mask: Array | None = None):
     x, scale, bias = self._promoted(x)
-    return F.layer_norm(x, scale, bias, reduction_axes=self.reduction_axes, feature_axes=self.feature_axes,
-                        use_fast_variance=self.use_fast_variance, **self._engine_kwargs(mask))
+    return F.layer_norm(
+      x,
+      scale,
+      bias,
+      reduction_axes=self.reduction_axes,
+      feature_axes=self.feature_axes,
+      use_fast_variance=self.use_fast_variance,
+      **self._engine_kwargs(mask),
+    )
 
 
 class RMSNorm(_PerExampleNorm):
@@ -264,30 +339,44 @@ class RMSNorm(_PerExampleNorm):
   has no effect (there is no mean to subtract)."""
 
   def __init__(
-      self,
-      num_features: int,
-      *,
-      epsilon: float = 1e-6,
-      dtype: Any = None,
-      param_dtype: Any = jnp.float32,
-      use_scale: bool = True,
-      scale_init: Initializer = initializers.ones,
-      reduction_axes: _axes.Axes = -1,
-      feature_axes: _axes.Axes = -1,
-      axis_name: Any = None,
-      axis_index_groups: Any = None,
-      use_fast_variance: bool = False,
-      promote_dtype: Any = _nnx_dtypes.promote_dtype,
-      rngs: nnx.Rngs,
-      scale_metadata: Mapping[str, Any] = _NO_METADATA,
-      force_float32_reductions: bool = True,
+    self,
+    num_features: int,
+    *,
+    epsilon: float = 1e-6,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    use_scale: bool = True,
+    scale_init: Initializer = initializers.ones,
+    reduction_axes: _axes.Axes = -1,
+    feature_axes: _axes.Axes = -1,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    use_fast_variance: bool = False,
+    promote_dtype: Any = _nnx_dtypes.promote_dtype,
+    rngs: nnx.Rngs,
+    scale_metadata: Mapping[str, Any] = _NO_METADATA,
+    force_float32_reductions: bool = True,
   ):
     self._init_common(
-        num_features, "RMSNorm", rngs=rngs, use_scale=use_scale, use_bias=False, scale_init=scale_init,
-        bias_init=None, param_dtype=param_dtype, scale_metadata=scale_metadata, bias_metadata=_NO_METADATA,
-        epsilon=epsilon, dtype=dtype, reduction_axes=reduction_axes, feature_axes=feature_axes,
-        axis_name=axis_name, axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance,
-        promote_dtype=promote_dtype, force_float32_reductions=force_float32_reductions,
+      num_features,
+      "RMSNorm",
+      rngs=rngs,
+      use_scale=use_scale,
+      use_bias=False,
+      scale_init=scale_init,
+      bias_init=None,
+      param_dtype=param_dtype,
+      scale_metadata=scale_metadata,
+      bias_metadata=_NO_METADATA,
+      epsilon=epsilon,
+      dtype=dtype,
+      reduction_axes=reduction_axes,
+      feature_axes=feature_axes,
+      axis_name=axis_name,
+      axis_index_groups=axis_index_groups,
+      use_fast_variance=use_fast_variance,
+      promote_dtype=promote_dtype,
+      force_float32_reductions=force_float32_reductions,
     )
     del self.bias  # flax.nnx's RMSNorm has no bias attribute
 
@@ -296,8 +385,9 @@ class RMSNorm(_PerExampleNorm):
 
   def __call__(self, x, mask: Array | None = None):
     x, scale = self._promoted(x)
-    return F.rms_norm(x, scale, reduction_axes=self.reduction_axes, feature_axes=self.feature_axes,
-                      **self._engine_kwargs(mask))
+    return F.rms_norm(
+      x, scale, reduction_axes=self.reduction_axes, feature_axes=self.feature_axes, **self._engine_kwargs(mask)
+    )
 
 
 class InstanceNorm(_PerExampleNorm):
@@ -306,38 +396,58 @@ class InstanceNorm(_PerExampleNorm):
   axes. ``feature_axes`` may be any non-leading axes (NHWC or NCHW)."""
 
   def __init__(
-      self,
-      num_features: int,
-      *,
-      epsilon: float = 1e-6,
-      dtype: Any = None,
-      param_dtype: Any = jnp.float32,
-      use_bias: bool = True,
-      use_scale: bool = True,
-      bias_init: Initializer = initializers.zeros,
-      scale_init: Initializer = initializers.ones,
-      feature_axes: _axes.Axes = -1,
-      axis_name: Any = None,
-      axis_index_groups: Any = None,
-      use_fast_variance: bool = False,
-      promote_dtype: Any = _nnx_dtypes.promote_dtype,
-      rngs: nnx.Rngs,
-      bias_metadata: Mapping[str, Any] = _NO_METADATA,
-      scale_metadata: Mapping[str, Any] = _NO_METADATA,
-      force_float32_reductions: bool = True,
+    self,
+    num_features: int,
+    *,
+    epsilon: float = 1e-6,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    use_bias: bool = True,
+    use_scale: bool = True,
+    bias_init: Initializer = initializers.zeros,
+    scale_init: Initializer = initializers.ones,
+    feature_axes: _axes.Axes = -1,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    use_fast_variance: bool = False,
+    promote_dtype: Any = _nnx_dtypes.promote_dtype,
+    rngs: nnx.Rngs,
+    bias_metadata: Mapping[str, Any] = _NO_METADATA,
+    scale_metadata: Mapping[str, Any] = _NO_METADATA,
+    force_float32_reductions: bool = True,
   ):
     self._init_common(
-        num_features, "InstanceNorm", rngs=rngs, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
-        bias_init=bias_init, param_dtype=param_dtype, scale_metadata=scale_metadata, bias_metadata=bias_metadata,
-        epsilon=epsilon, dtype=dtype, feature_axes=feature_axes, axis_name=axis_name,
-        axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance, promote_dtype=promote_dtype,
-        force_float32_reductions=force_float32_reductions,
+      num_features,
+      "InstanceNorm",
+      rngs=rngs,
+      use_scale=use_scale,
+      use_bias=use_bias,
+      scale_init=scale_init,
+      bias_init=bias_init,
+      param_dtype=param_dtype,
+      scale_metadata=scale_metadata,
+      bias_metadata=bias_metadata,
+      epsilon=epsilon,
+      dtype=dtype,
+      feature_axes=feature_axes,
+      axis_name=axis_name,
+      axis_index_groups=axis_index_groups,
+      use_fast_variance=use_fast_variance,
+      promote_dtype=promote_dtype,
+      force_float32_reductions=force_float32_reductions,
     )
 
   def __call__(self, x, *, mask: Array | None = None):
     x, scale, bias = self._promoted(x)
-    return F.instance_norm(x, scale, bias, feature_axes=self.feature_axes, batch_axis=0,
-                           use_fast_variance=self.use_fast_variance, **self._engine_kwargs(mask))
+    return F.instance_norm(
+      x,
+      scale,
+      bias,
+      feature_axes=self.feature_axes,
+      batch_axis=0,
+      use_fast_variance=self.use_fast_variance,
+      **self._engine_kwargs(mask),
+    )
 
 
 class GroupNorm(_PerExampleNorm):
@@ -354,46 +464,68 @@ class GroupNorm(_PerExampleNorm):
   """
 
   def __init__(
-      self,
-      num_features: int,
-      num_groups: int | None = 32,
-      group_size: int | None = None,
-      *,
-      epsilon: float = 1e-6,
-      dtype: Any = None,
-      param_dtype: Any = jnp.float32,
-      use_bias: bool = True,
-      use_scale: bool = True,
-      bias_init: Initializer = initializers.zeros,
-      scale_init: Initializer = initializers.ones,
-      reduction_axes: _axes.Axes | None = None,
-      axis_name: Any = None,
-      axis_index_groups: Any = None,
-      use_fast_variance: bool = False,
-      promote_dtype: Any = _nnx_dtypes.promote_dtype,
-      rngs: nnx.Rngs,
-      bias_metadata: Mapping[str, Any] = _NO_METADATA,
-      scale_metadata: Mapping[str, Any] = _NO_METADATA,
-      force_float32_reductions: bool = True,
-      channel_axis: int = -1,
+    self,
+    num_features: int,
+    num_groups: int | None = 32,
+    group_size: int | None = None,
+    *,
+    epsilon: float = 1e-6,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    use_bias: bool = True,
+    use_scale: bool = True,
+    bias_init: Initializer = initializers.zeros,
+    scale_init: Initializer = initializers.ones,
+    reduction_axes: _axes.Axes | None = None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    use_fast_variance: bool = False,
+    promote_dtype: Any = _nnx_dtypes.promote_dtype,
+    rngs: nnx.Rngs,
+    bias_metadata: Mapping[str, Any] = _NO_METADATA,
+    scale_metadata: Mapping[str, Any] = _NO_METADATA,
+    force_float32_reductions: bool = True,
+    channel_axis: int = -1,
   ):
     owner = "GroupNorm"
     (channels,) = _features(num_features, owner)
     # Validate before creating parameters; resolves num_groups and group_size as flax.nnx stores them.
     self.num_groups, self.group_size = _axes.resolve_groups(channels, num_groups, group_size, owner=owner)
     self._init_common(
-        num_features, owner, rngs=rngs, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
-        bias_init=bias_init, param_dtype=param_dtype, scale_metadata=scale_metadata, bias_metadata=bias_metadata,
-        epsilon=epsilon, dtype=dtype, reduction_axes=reduction_axes, axis_name=axis_name,
-        axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance, promote_dtype=promote_dtype,
-        force_float32_reductions=force_float32_reductions, channel_axis=channel_axis,
+      num_features,
+      owner,
+      rngs=rngs,
+      use_scale=use_scale,
+      use_bias=use_bias,
+      scale_init=scale_init,
+      bias_init=bias_init,
+      param_dtype=param_dtype,
+      scale_metadata=scale_metadata,
+      bias_metadata=bias_metadata,
+      epsilon=epsilon,
+      dtype=dtype,
+      reduction_axes=reduction_axes,
+      axis_name=axis_name,
+      axis_index_groups=axis_index_groups,
+      use_fast_variance=use_fast_variance,
+      promote_dtype=promote_dtype,
+      force_float32_reductions=force_float32_reductions,
+      channel_axis=channel_axis,
     )
 
   def __call__(self, x, *, mask: Array | None = None):
     x, scale, bias = self._promoted(x)
-    return F.group_norm(x, scale, bias, num_groups=self.num_groups, group_size=None,
-                        channel_axis=self.channel_axis, reduction_axes=self.reduction_axes,
-                        use_fast_variance=self.use_fast_variance, **self._engine_kwargs(mask))
+    return F.group_norm(
+      x,
+      scale,
+      bias,
+      num_groups=self.num_groups,
+      group_size=None,
+      channel_axis=self.channel_axis,
+      reduction_axes=self.reduction_axes,
+      use_fast_variance=self.use_fast_variance,
+      **self._engine_kwargs(mask),
+    )
 
 
 # jaxnorm's own normalizers, with the linen modules' fields (after
@@ -416,40 +548,48 @@ class BatchRenorm(_ModeMixin, nnx.Module):
   """
 
   def __init__(
-      self,
-      num_features: int,
-      *,
-      use_running_average: bool | None = False,
-      axis: int = -1,
-      momentum: float = 0.99,
-      epsilon: float = 1e-5,
-      dtype: Any = None,
-      param_dtype: Any = jnp.float32,
-      use_bias: bool = True,
-      use_scale: bool = True,
-      bias_init: Initializer = initializers.zeros,
-      scale_init: Initializer = initializers.ones,
-      axis_name: Any = None,
-      axis_index_groups: Any = None,
-      use_fast_variance: bool = False,
-      force_float32_reductions: bool = True,
-      r_max: float = 3.0,
-      d_max: float = 5.0,
-      warmup_delay: int = 0,
-      r_max_warmup_steps: int = 0,
-      d_max_warmup_steps: int = 0,
-      rngs: nnx.Rngs,
+    self,
+    num_features: int,
+    *,
+    use_running_average: bool | None = False,
+    axis: int = -1,
+    momentum: float = 0.99,
+    epsilon: float = 1e-5,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    use_bias: bool = True,
+    use_scale: bool = True,
+    bias_init: Initializer = initializers.zeros,
+    scale_init: Initializer = initializers.ones,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    use_fast_variance: bool = False,
+    force_float32_reductions: bool = True,
+    r_max: float = 3.0,
+    d_max: float = 5.0,
+    warmup_delay: int = 0,
+    r_max_warmup_steps: int = 0,
+    d_max_warmup_steps: int = 0,
+    rngs: nnx.Rngs,
   ):
     owner = "BatchRenorm"
-    _batch_renorm_lib._check_schedule(r_max, d_max, warmup_delay, r_max_warmup_steps, d_max_warmup_steps,
-                                      owner=owner)
+    _batch_renorm_lib._check_schedule(r_max, d_max, warmup_delay, r_max_warmup_steps, d_max_warmup_steps, owner=owner)
     shape = _features(num_features, owner)
     self.mean = _running_stat(jnp.zeros, shape, force_float32_reductions, param_dtype)
     self.var = _running_stat(jnp.ones, shape, force_float32_reductions, param_dtype)
     self.steps = nnx.BatchStat(jnp.zeros((), jnp.int32))
-    _feature_params(self, shape, rngs=rngs, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
-                    bias_init=bias_init, param_dtype=param_dtype, scale_metadata=_NO_METADATA,
-                    bias_metadata=_NO_METADATA)
+    _feature_params(
+      self,
+      shape,
+      rngs=rngs,
+      use_scale=use_scale,
+      use_bias=use_bias,
+      scale_init=scale_init,
+      bias_init=bias_init,
+      param_dtype=param_dtype,
+      scale_metadata=_NO_METADATA,
+      bias_metadata=_NO_METADATA,
+    )
     self.num_features, self.use_running_average, self.axis = num_features, use_running_average, axis
     self.momentum, self.epsilon, self.dtype, self.param_dtype = momentum, epsilon, dtype, param_dtype
     self.use_bias, self.use_scale = use_bias, use_scale
@@ -470,31 +610,40 @@ class EvoNormB0(_ModeMixin, nnx.Module):
   ``v``. Replaces the normalization and its activation."""
 
   def __init__(
-      self,
-      num_features: int,
-      *,
-      use_running_average: bool | None = False,
-      momentum: float = 0.99,
-      epsilon: float = 1e-5,
-      dtype: Any = None,
-      param_dtype: Any = jnp.float32,
-      use_bias: bool = True,
-      use_scale: bool = True,
-      bias_init: Initializer = initializers.zeros,
-      scale_init: Initializer = initializers.ones,
-      v_init: Initializer = initializers.ones,
-      channel_axis: int = -1,
-      axis_name: Any = None,
-      axis_index_groups: Any = None,
-      use_fast_variance: bool = False,
-      force_float32_reductions: bool = True,
-      rngs: nnx.Rngs,
+    self,
+    num_features: int,
+    *,
+    use_running_average: bool | None = False,
+    momentum: float = 0.99,
+    epsilon: float = 1e-5,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    use_bias: bool = True,
+    use_scale: bool = True,
+    bias_init: Initializer = initializers.zeros,
+    scale_init: Initializer = initializers.ones,
+    v_init: Initializer = initializers.ones,
+    channel_axis: int = -1,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    use_fast_variance: bool = False,
+    force_float32_reductions: bool = True,
+    rngs: nnx.Rngs,
   ):
     shape = _features(num_features, "EvoNormB0")
     self.var = _running_stat(jnp.ones, shape, force_float32_reductions, param_dtype)
-    _feature_params(self, shape, rngs=rngs, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
-                    bias_init=bias_init, param_dtype=param_dtype, scale_metadata=_NO_METADATA,
-                    bias_metadata=_NO_METADATA)
+    _feature_params(
+      self,
+      shape,
+      rngs=rngs,
+      use_scale=use_scale,
+      use_bias=use_bias,
+      scale_init=scale_init,
+      bias_init=bias_init,
+      param_dtype=param_dtype,
+      scale_metadata=_NO_METADATA,
+      bias_metadata=_NO_METADATA,
+    )
     self.v = _extra_param(v_init, shape, param_dtype, rngs)
     self.num_features, self.use_running_average, self.momentum = num_features, use_running_average, momentum
     self.epsilon, self.dtype, self.param_dtype = epsilon, dtype, param_dtype
@@ -512,30 +661,39 @@ class EvoNormS0(nnx.Module):
   ``scale``, ``bias``, ``v``."""
 
   def __init__(
-      self,
-      num_features: int,
-      num_groups: int | None = 32,
-      group_size: int | None = None,
-      *,
-      epsilon: float = 1e-5,
-      dtype: Any = None,
-      param_dtype: Any = jnp.float32,
-      use_bias: bool = True,
-      use_scale: bool = True,
-      bias_init: Initializer = initializers.zeros,
-      scale_init: Initializer = initializers.ones,
-      v_init: Initializer = initializers.ones,
-      channel_axis: int = -1,
-      use_fast_variance: bool = False,
-      force_float32_reductions: bool = True,
-      rngs: nnx.Rngs,
+    self,
+    num_features: int,
+    num_groups: int | None = 32,
+    group_size: int | None = None,
+    *,
+    epsilon: float = 1e-5,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    use_bias: bool = True,
+    use_scale: bool = True,
+    bias_init: Initializer = initializers.zeros,
+    scale_init: Initializer = initializers.ones,
+    v_init: Initializer = initializers.ones,
+    channel_axis: int = -1,
+    use_fast_variance: bool = False,
+    force_float32_reductions: bool = True,
+    rngs: nnx.Rngs,
   ):
     owner = "EvoNormS0"
     (channels,) = _features(num_features, owner)
     _axes.resolve_groups(channels, num_groups, group_size, owner=owner)
-    _feature_params(self, (channels,), rngs=rngs, use_scale=use_scale, use_bias=use_bias,
-                    scale_init=scale_init, bias_init=bias_init, param_dtype=param_dtype,
-                    scale_metadata=_NO_METADATA, bias_metadata=_NO_METADATA)
+    _feature_params(
+      self,
+      (channels,),
+      rngs=rngs,
+      use_scale=use_scale,
+      use_bias=use_bias,
+      scale_init=scale_init,
+      bias_init=bias_init,
+      param_dtype=param_dtype,
+      scale_metadata=_NO_METADATA,
+      bias_metadata=_NO_METADATA,
+    )
     self.v = _extra_param(v_init, (channels,), param_dtype, rngs)
     self.num_features, self.num_groups, self.group_size = num_features, num_groups, group_size
     self.epsilon, self.dtype, self.param_dtype = epsilon, dtype, param_dtype
@@ -547,10 +705,18 @@ class EvoNormS0(nnx.Module):
     _axes.check_floating(x, owner=owner)
     c, _ = _filter_response_lib._per_example_channel_axes(x, self.channel_axis, owner)
     return _evonorm_lib.evonorm_s0(
-        x, _value(self.scale), _value(self.bias), self.v[...], num_groups=self.num_groups,
-        group_size=self.group_size, channel_axis=c, epsilon=self.epsilon, mask=mask,
-        use_fast_variance=self.use_fast_variance, dtype=self.dtype,
-        force_float32_reductions=self.force_float32_reductions,
+      x,
+      _value(self.scale),
+      _value(self.bias),
+      self.v[...],
+      num_groups=self.num_groups,
+      group_size=self.group_size,
+      channel_axis=c,
+      epsilon=self.epsilon,
+      mask=mask,
+      use_fast_variance=self.use_fast_variance,
+      dtype=self.dtype,
+      force_float32_reductions=self.force_float32_reductions,
     )
 
 
@@ -563,28 +729,37 @@ class FilterResponseNorm(nnx.Module):
   as ``epsilon`` is the field)."""
 
   def __init__(
-      self,
-      num_features: int,
-      *,
-      epsilon: float = 1e-6,
-      dtype: Any = None,
-      param_dtype: Any = jnp.float32,
-      use_bias: bool = True,
-      use_scale: bool = True,
-      use_tlu: bool = True,
-      bias_init: Initializer = initializers.zeros,
-      scale_init: Initializer = initializers.ones,
-      tau_init: Initializer = initializers.zeros,
-      learn_epsilon: bool = False,
-      epsilon_init: Initializer = initializers.constant(1e-4),
-      channel_axis: int = -1,
-      force_float32_reductions: bool = True,
-      rngs: nnx.Rngs,
+    self,
+    num_features: int,
+    *,
+    epsilon: float = 1e-6,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    use_bias: bool = True,
+    use_scale: bool = True,
+    use_tlu: bool = True,
+    bias_init: Initializer = initializers.zeros,
+    scale_init: Initializer = initializers.ones,
+    tau_init: Initializer = initializers.zeros,
+    learn_epsilon: bool = False,
+    epsilon_init: Initializer = initializers.constant(1e-4),  # noqa: B008 (flax.nnx signatures do this too)
+    channel_axis: int = -1,
+    force_float32_reductions: bool = True,
+    rngs: nnx.Rngs,
   ):
     shape = _features(num_features, "FilterResponseNorm")
-    _feature_params(self, shape, rngs=rngs, use_scale=use_scale, use_bias=use_bias, scale_init=scale_init,
-                    bias_init=bias_init, param_dtype=param_dtype, scale_metadata=_NO_METADATA,
-                    bias_metadata=_NO_METADATA)
+    _feature_params(
+      self,
+      shape,
+      rngs=rngs,
+      use_scale=use_scale,
+      use_bias=use_bias,
+      scale_init=scale_init,
+      bias_init=bias_init,
+      param_dtype=param_dtype,
+      scale_metadata=_NO_METADATA,
+      bias_metadata=_NO_METADATA,
+    )
     self.tau = _extra_param(tau_init, shape, param_dtype, rngs) if use_tlu else nnx.data(None)
     self.epsilon_param = _extra_param(epsilon_init, (), param_dtype, rngs) if learn_epsilon else nnx.data(None)
     self.num_features, self.epsilon, self.dtype, self.param_dtype = num_features, epsilon, dtype, param_dtype
@@ -596,9 +771,16 @@ class FilterResponseNorm(nnx.Module):
     _axes.check_floating(x, owner=owner)
     c, _ = _filter_response_lib._per_example_channel_axes(x, self.channel_axis, owner)
     return _filter_response_lib.filter_response_norm(
-        x, _value(self.scale), _value(self.bias), _value(self.tau), epsilon=self.epsilon,
-        learned_epsilon=_value(self.epsilon_param), channel_axis=c, mask=mask, dtype=self.dtype,
-        force_float32_reductions=self.force_float32_reductions,
+      x,
+      _value(self.scale),
+      _value(self.bias),
+      _value(self.tau),
+      epsilon=self.epsilon,
+      learned_epsilon=_value(self.epsilon_param),
+      channel_axis=c,
+      mask=mask,
+      dtype=self.dtype,
+      force_float32_reductions=self.force_float32_reductions,
     )
 
 
@@ -617,9 +799,20 @@ class StandardizedConv(nnx.Conv):
   forward pass (padding, dilation, groups, masks) unchanged.
   """
 
-  def __init__(self, in_features: int, out_features: int, kernel_size, strides=1, *, epsilon: float = 1e-6,
-               scaled: bool = False, activation_gain: float = 1.0, gain_init: Initializer = initializers.ones,
-               rngs: nnx.Rngs, **conv_kwargs):
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size,
+    strides=1,
+    *,
+    epsilon: float = 1e-6,
+    scaled: bool = False,
+    activation_gain: float = 1.0,
+    gain_init: Initializer = initializers.ones,
+    rngs: nnx.Rngs,
+    **conv_kwargs,
+  ):
     super().__init__(in_features, out_features, kernel_size, strides, rngs=rngs, **conv_kwargs)
     self.gain = _extra_param(gain_init, (out_features,), self.param_dtype, rngs) if scaled else nnx.data(None)
     self.epsilon, self.scaled, self.activation_gain = epsilon, scaled, activation_gain
@@ -629,8 +822,15 @@ class StandardizedConv(nnx.Conv):
 
     def standardizing_promote(arrays, dtype=None):
       x, kernel, bias = arrays
-      kernel = standardize_weight(kernel, gain, scaled=self.scaled, activation_gain=self.activation_gain,
-                                  epsilon=self.epsilon, mask=mask, owner="StandardizedConv")
+      kernel = standardize_weight(
+        kernel,
+        gain,
+        scaled=self.scaled,
+        activation_gain=self.activation_gain,
+        epsilon=self.epsilon,
+        mask=mask,
+        owner="StandardizedConv",
+      )
       if mask is not None:
         kernel = kernel * mask  # nnx.Conv masked before the hook; keep masked taps at zero
       return promote((x, kernel, bias), dtype=dtype)

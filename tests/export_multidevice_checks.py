@@ -20,21 +20,24 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from test_export import PLATFORMS
+from test_export import TRITON
+from test_export import export_for
+from test_export import with_device
+from train_multidevice_checks import small_config
 
 import jaxnorm
 from experiments import config as config_lib
 from experiments import parallel
 from experiments import train
-from test_export import PLATFORMS, TRITON, export_for, with_device
-from train_multidevice_checks import small_config
 
 # variant -> (config overrides, physical devices, implementation)
 VARIANTS = {
-    "per_device_bn": ({}, 8, "auto"),  # the GN paper's per-device statistics
-    "synced_bn": ({"sync_batch_stats": True}, 8, "auto"),  # SyncBN: psum over 'data'
-    # 8 simulated devices on 2 physical ones: vmapped inside shard_map.
-    "per_device_bn_4_per_device": ({}, 2, "auto"),
-    "per_device_bn_pallas": ({}, 8, "pallas"),
+  "per_device_bn": ({}, 8, "auto"),  # the GN paper's per-device statistics
+  "synced_bn": ({"sync_batch_stats": True}, 8, "auto"),  # SyncBN: psum over 'data'
+  # 8 simulated devices on 2 physical ones: vmapped inside shard_map.
+  "per_device_bn_4_per_device": ({}, 2, "auto"),
+  "per_device_bn_pallas": ({}, 8, "pallas"),
 }
 
 
@@ -44,7 +47,10 @@ def abstract_inputs(config, mesh):
   tx = train.make_optimizer(config, train.make_schedule(config, 10))
 
   replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(parallel.DATA_AXIS))
-  state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), jax.eval_shape(lambda: parallel.init_state(model, tx, jax.random.key(0))))
+  state = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+    jax.eval_shape(lambda: parallel.init_state(model, tx, jax.random.key(0))),
+  )
   n = config_lib.global_batch(config)
   images = jax.ShapeDtypeStruct((n, 32, 32, 3), jnp.uint8, sharding=split)
   labels = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=split)
@@ -67,14 +73,14 @@ def export_step(overrides, devices, implementation, platform) -> dict:
   module = exported.mlir_module()
   n_state = len(jax.tree.leaves(args[0]))
   return {
-      "platforms": list(exported.platforms),
-      "nr_devices": exported.nr_devices,
-      "mesh_devices": mesh.size,
-      "all_reduce": module.count("stablehlo.all_reduce"),
-      "triton": module.count(TRITON),
-      "inputs": len(exported.in_avals),
-      "state_inputs": n_state,
-      "data_sharded_inputs": data_sharded_inputs(module),
+    "platforms": list(exported.platforms),
+    "nr_devices": exported.nr_devices,
+    "mesh_devices": mesh.size,
+    "all_reduce": module.count("stablehlo.all_reduce"),
+    "triton": module.count(TRITON),
+    "inputs": len(exported.in_avals),
+    "state_inputs": n_state,
+    "data_sharded_inputs": data_sharded_inputs(module),
   }
 
 

@@ -11,11 +11,13 @@ import warnings
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxnorm as jn
-from references import f64, standardize
+from references import f64
+from references import standardize
 
 # As pyproject.toml's filterwarnings (pytest does not reach this subprocess):
 # a DeprecationWarning attributed to jaxnorm or experiments is an error.
@@ -46,9 +48,9 @@ def main():
   xv = f64(x)[valid]
 
   m = shard_map(
-      lambda xd, md: jn.moments(xd, 0, mask=md, axis_name="data", keepdims=True),
-      (P("data"), P("data")),
-      P("data"),
+    lambda xd, md: jn.moments(xd, 0, mask=md, axis_name="data", keepdims=True),
+    (P("data"), P("data")),
+    P("data"),
   )(x, mask)
   results["unequal_counts_mean"] = err(m.mean, np.tile(xv.mean(0), (D, 1)))
   results["unequal_counts_var"] = err(m.var, np.tile(xv.var(0), (D, 1)))
@@ -61,11 +63,9 @@ def main():
   bn_sync = jn.BatchNorm(use_running_average=False, axis_name="data", momentum=0.9)
   variables = bn_sync.init(jax.random.key(0), xb[:4])
 
-
   def sync_step(xd):
     y, upd = bn_sync.apply(variables, xd, mutable=["batch_stats"])
     return y, upd["batch_stats"]["mean"][None], upd["batch_stats"]["var"][None]
-
 
   y, mean, var = shard_map(sync_step, P("data"), (P("data"), P("data"), P("data")))(xb)
   z, gmean, gvar = standardize(xb, (0, 1, 2), 1e-5)
@@ -75,26 +75,22 @@ def main():
 
   # 3. Per-device BN (no axis_name) equals BN over each device's ghost batch.
   bn_local = jn.BatchNorm(use_running_average=False)
-  y = shard_map(
-      lambda xd: bn_local.apply(variables, xd, mutable=["batch_stats"])[0], P("data"), P("data")
-  )(xb)
+  y = shard_map(lambda xd: bn_local.apply(variables, xd, mutable=["batch_stats"])[0], P("data"), P("data"))(xb)
   ghost = np.concatenate([standardize(xb[d * 4 : (d + 1) * 4], (0, 1, 2), 1e-5)[0] for d in range(D)])
   results["per_device_bn_output"] = err(y, ghost)
 
   # 4. pmap with axis_index_groups: two groups of four devices reduce separately.
   xp = rng.normal(size=(D, 3, 4)).astype(np.float32) + np.arange(D)[:, None, None]
   groups = [[0, 1, 2, 3], [4, 5, 6, 7]]
-  mp = jax.pmap(
-      lambda xd: jn.moments(xd, 0, axis_name="data", axis_index_groups=groups), axis_name="data"
-  )(xp)
+  mp = jax.pmap(lambda xd: jn.moments(xd, 0, axis_name="data", axis_index_groups=groups), axis_name="data")(xp)
   expected = np.stack([f64(xp[:4]).reshape(-1, 4).mean(0)] * 4 + [f64(xp[4:]).reshape(-1, 4).mean(0)] * 4)
   expected_var = np.stack([f64(xp[:4]).reshape(-1, 4).var(0)] * 4 + [f64(xp[4:]).reshape(-1, 4).var(0)] * 4)
   results["axis_index_groups_mean"] = err(mp.mean, expected)
   results["axis_index_groups_var"] = err(mp.var, expected_var)
-  ybn = jax.pmap(
-      lambda xd: jn.batch_norm(xd, axis_name="data", axis_index_groups=groups)[0], axis_name="data"
-  )(xp)
-  zg = np.concatenate([standardize(xp[:4].reshape(-1, 4), (0,), 1e-5)[0], standardize(xp[4:].reshape(-1, 4), (0,), 1e-5)[0]])
+  ybn = jax.pmap(lambda xd: jn.batch_norm(xd, axis_name="data", axis_index_groups=groups)[0], axis_name="data")(xp)
+  zg = np.concatenate(
+    [standardize(xp[:4].reshape(-1, 4), (0,), 1e-5)[0], standardize(xp[4:].reshape(-1, 4), (0,), 1e-5)[0]]
+  )
   results["axis_index_groups_batch_norm"] = err(ybn.reshape(-1, 4), zg)
 
   # 5. SPMD jit on a sharded global array: no axis_name, XLA inserts the
@@ -154,9 +150,7 @@ def nnx_checks(shard_map, xb, rng):
   umean, uvar = kept.mean((0, 1, 2)), kept.var((0, 1, 2))
   out["nnx_unequal_counts_running_mean"] = err(ours[1], np.tile(0.1 * umean, (D, 1)))
   out["nnx_unequal_counts_running_var"] = err(ours[2], np.tile(0.9 + 0.1 * uvar, (D, 1)))
-  out["nnx_unequal_counts_output"] = err(
-      np.asarray(ours[0])[valid], (f64(xu)[valid] - umean) / np.sqrt(uvar + 1e-5)
-  )
+  out["nnx_unequal_counts_output"] = err(np.asarray(ours[0])[valid], (f64(xu)[valid] - umean) / np.sqrt(uvar + 1e-5))
   out["flax_nnx_unequal_counts_mean_error"] = err(theirs[1], np.tile(0.1 * umean, (D, 1)))
   return out
 

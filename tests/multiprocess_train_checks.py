@@ -71,11 +71,15 @@ def main():
     runs = []
     for d, result in zip(dirs, results):
       history = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
-      runs.append({
-          "process_count": jax.process_count(), "device_count": jax.device_count(),
-          "train_loss": [m["train_loss"] for m in history], "test_error": [m["test_error"] for m in history],
+      runs.append(
+        {
+          "process_count": jax.process_count(),
+          "device_count": jax.device_count(),
+          "train_loss": [m["train_loss"] for m in history],
+          "test_error": [m["test_error"] for m in history],
           "epochs_completed": result["epochs_completed"],
-      })
+        }
+      )
     print("RESULT " + json.dumps(runs if group else runs[0]))
 
 

@@ -11,10 +11,7 @@ def standardize(x, axes, eps, mask=None, centre=True):
   """(x - mean) / sqrt(var + eps) over `axes`, only masked-in entries counted."""
   x = f64(x)
   axes = tuple(axes)
-  if mask is None:
-    w = np.ones_like(x)
-  else:
-    w = np.broadcast_to(np.asarray(mask, np.float64), x.shape)
+  w = np.ones_like(x) if mask is None else np.broadcast_to(np.asarray(mask, np.float64), x.shape)
   n = w.sum(axes, keepdims=True)
   safe = np.maximum(n, 1)
   mean = (w * x).sum(axes, keepdims=True) / safe if centre else 0.0 * n

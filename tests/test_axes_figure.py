@@ -1,7 +1,6 @@
 """The axes figure reads the same reduction-axes definitions the normalizers use."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -18,12 +17,12 @@ def shaded_counts() -> dict[str, int]:
 
 def test_each_panel_shades_one_statistic_of_the_right_size():
   assert shaded_counts() == {
-      "Batch Norm": N * H * W,
-      "Ghost BN": axes_figure.VIRTUAL_BATCH * H * W,
-      "Layer Norm": C * H * W,
-      "Instance Norm": H * W,
-      "Group Norm": C // axes_figure.NUM_GROUPS * H * W,
-      "FRN": H * W,
+    "Batch Norm": N * H * W,
+    "Ghost BN": axes_figure.VIRTUAL_BATCH * H * W,
+    "Layer Norm": C * H * W,
+    "Instance Norm": H * W,
+    "Group Norm": C // axes_figure.NUM_GROUPS * H * W,
+    "FRN": H * W,
   }
 
 
@@ -42,10 +41,10 @@ def test_shaded_elements_are_what_batch_norm_pools():
 
 # (definition, a normalizer that computes with it, the panels drawn from it)
 PATCHES = [
-    ("instance_norm_axes", lambda x: jaxnorm.instance_norm(x, feature_axes=1), {"Instance Norm", "FRN"}),
-    ("group_norm_axes", lambda x: jaxnorm.group_norm(x, num_groups=3, channel_axis=1), {"Group Norm"}),
-    ("batch_norm_axes", lambda x: jaxnorm.batch_norm(x, axis=1)[0], {"Batch Norm", "Ghost BN"}),
-    ("filter_response_norm_axes", lambda x: jaxnorm.filter_response_norm(x, channel_axis=1), {"FRN"}),
+  ("instance_norm_axes", lambda x: jaxnorm.instance_norm(x, feature_axes=1), {"Instance Norm", "FRN"}),
+  ("group_norm_axes", lambda x: jaxnorm.group_norm(x, num_groups=3, channel_axis=1), {"Group Norm"}),
+  ("batch_norm_axes", lambda x: jaxnorm.batch_norm(x, axis=1)[0], {"Batch Norm", "Ghost BN"}),
+  ("filter_response_norm_axes", lambda x: jaxnorm.filter_response_norm(x, channel_axis=1), {"FRN"}),
 ]
 IDS = [p[0] for p in PATCHES]
 

@@ -26,8 +26,8 @@ def randn(*shape, loc=0.5, scale=2.0, seed=0):
 
 
 @pytest.mark.parametrize(
-    "shape,v,axis",
-    [((8, 5), 2, -1), ((8, 3, 3, 4), 4, -1), ((6, 4, 3, 3), 3, 1), ((4, 2, 2, 3), 1, -1)],
+  "shape,v,axis",
+  [((8, 5), 2, -1), ((8, 3, 3, 4), 4, -1), ((6, 4, 3, 3), 3, 1), ((4, 2, 2, 3), 1, -1)],
 )
 def test_ghost_batch_norm_matches_per_group_formula(shape, v, axis):
   x = randn(*shape)
@@ -35,9 +35,7 @@ def test_ghost_batch_norm_matches_per_group_formula(shape, v, axis):
   rng = np.random.default_rng(1)
   scale, bias = rng.uniform(0.5, 1.5, shape[c]), rng.normal(size=shape[c])
   rm, rv = rng.normal(size=shape[c]), rng.uniform(0.5, 2.0, shape[c])
-  y, stats = jn.batch_norm(
-      x, scale, bias, rm, rv, axis=axis, momentum=0.8, epsilon=1e-3, virtual_batch_size=v
-  )
+  y, stats = jn.batch_norm(x, scale, bias, rm, rv, axis=axis, momentum=0.8, epsilon=1e-3, virtual_batch_size=v)
   z, mean, var = ref.ghost_batch_norm(x, v, 1e-3, channel_axis=c)
   cs = ref.channel_shape(len(shape), c, shape[c])
   np.testing.assert_allclose(y, z * scale.reshape(cs) + bias.reshape(cs), rtol=1e-4, atol=1e-5)
@@ -76,12 +74,12 @@ def test_ghost_module_equals_per_device_batch_norm_with_averaged_stats():
 
 @hypothesis.settings(max_examples=10)
 @given(
-    groups=st.integers(1, 4),
-    v=st.integers(1, 3),
-    spatial=st.sampled_from([(), (2,), (3, 2)]),
-    channels=st.integers(1, 3),
-    offset=st.sampled_from([0.0, 1e3]),
-    seed=st.integers(0, 100),
+  groups=st.integers(1, 4),
+  v=st.integers(1, 3),
+  spatial=st.sampled_from([(), (2,), (3, 2)]),
+  channels=st.integers(1, 3),
+  offset=st.sampled_from([0.0, 1e3]),
+  seed=st.integers(0, 100),
 )
 def test_property_ghost_batch_norm(groups, v, spatial, channels, offset, seed):
   x = randn(groups * v, *spatial, channels, loc=offset, seed=seed)
@@ -119,21 +117,33 @@ def test_ghost_batch_norm_grads_jit_and_vmap():
 
 
 @pytest.mark.parametrize(
-    "call,match",
-    [
-        (lambda: jn.batch_norm(jnp.ones((8, 3)), virtual_batch_size=3),
-         r"batch_norm: virtual_batch_size=3 does not divide the batch of 8 examples"),
-        (lambda: jn.BatchNorm(use_running_average=False, virtual_batch_size=5).init(KEY, jnp.ones((8, 3))),
-         r"BatchNorm: virtual_batch_size=5 does not divide the batch of 8 examples \(axis 0\); choose a divisor of 8"),
-        (lambda: jn.batch_norm(jnp.ones((8, 3)), virtual_batch_size=0),
-         r"virtual_batch_size=0; expected a positive integer"),
-        (lambda: jn.batch_norm(jnp.ones((8, 3)), axis=(0, 1), virtual_batch_size=2),
-         r"axis=\(0, 1\) includes the batch axis 0"),
-        (lambda: jn.batch_norm(jnp.ones((8, 3)), running_stats="ewma"),
-         r"batch_norm: running_stats='ewma' is not a valid choice; choose one of 'ema', 'cumulative', 'frozen'"),
-        (lambda: jn.batch_norm(jnp.ones((8, 3)), running_stats="frozen"),
-         r"use_running_average=True needs running_mean and running_var \(so does running_stats='frozen'\)"),
-    ],
+  "call,match",
+  [
+    (
+      lambda: jn.batch_norm(jnp.ones((8, 3)), virtual_batch_size=3),
+      r"batch_norm: virtual_batch_size=3 does not divide the batch of 8 examples",
+    ),
+    (
+      lambda: jn.BatchNorm(use_running_average=False, virtual_batch_size=5).init(KEY, jnp.ones((8, 3))),
+      r"BatchNorm: virtual_batch_size=5 does not divide the batch of 8 examples \(axis 0\); choose a divisor of 8",
+    ),
+    (
+      lambda: jn.batch_norm(jnp.ones((8, 3)), virtual_batch_size=0),
+      r"virtual_batch_size=0; expected a positive integer",
+    ),
+    (
+      lambda: jn.batch_norm(jnp.ones((8, 3)), axis=(0, 1), virtual_batch_size=2),
+      r"axis=\(0, 1\) includes the batch axis 0",
+    ),
+    (
+      lambda: jn.batch_norm(jnp.ones((8, 3)), running_stats="ewma"),
+      r"batch_norm: running_stats='ewma' is not a valid choice; choose one of 'ema', 'cumulative', 'frozen'",
+    ),
+    (
+      lambda: jn.batch_norm(jnp.ones((8, 3)), running_stats="frozen"),
+      r"use_running_average=True needs running_mean and running_var \(so does running_stats='frozen'\)",
+    ),
+  ],
 )
 def test_errors(call, match):
   with pytest.raises(ValueError, match=match):

@@ -32,9 +32,7 @@ def setup(shape=(8, 3, 3, 4), seed=0):
 @pytest.mark.parametrize("r_max,d_max", [(1.5, 0.5), (3.0, 5.0), (1.0, 0.0), (1.2, 2.0)])
 def test_matches_algorithm_1(r_max, d_max):
   x, gamma, beta, mean, var = setup()
-  y, stats = jn.batch_renorm(
-      x, gamma, beta, mean, var, r_max=r_max, d_max=d_max, momentum=0.9, epsilon=EPS
-  )
+  y, stats = jn.batch_renorm(x, gamma, beta, mean, var, r_max=r_max, d_max=d_max, momentum=0.9, epsilon=EPS)
   expected, r, d = ref.batch_renorm(x, gamma, beta, mean, var, r_max, d_max, EPS)
   np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
   axes = (0, 1, 2)
@@ -120,9 +118,15 @@ PAPER = dict(r_max=3.0, d_max=5.0, warmup_delay=5000, r_max_warmup_steps=35000, 
 
 
 @pytest.mark.parametrize(
-    "step,r_max,d_max",
-    [(0, 1.0, 0.0), (5000, 1.0, 0.0), (15000, 1 + 2 * 10 / 35, 2.5), (25000, 1 + 2 * 20 / 35, 5.0),
-     (40000, 3.0, 5.0), (10**6, 3.0, 5.0)],
+  "step,r_max,d_max",
+  [
+    (0, 1.0, 0.0),
+    (5000, 1.0, 0.0),
+    (15000, 1 + 2 * 10 / 35, 2.5),
+    (25000, 1 + 2 * 20 / 35, 5.0),
+    (40000, 3.0, 5.0),
+    (10**6, 3.0, 5.0),
+  ],
 )
 def test_paper_schedule(step, r_max, d_max):
   r, d = jn.batch_renorm_limits(step, **PAPER)
@@ -141,8 +145,8 @@ def test_module_variables_steps_and_warmup():
   mod = jn.BatchRenorm(use_running_average=False, momentum=0.5, epsilon=EPS, **PAPER)
   variables = mod.init(KEY, x)
   assert jax.tree.map(jnp.shape, variables) == {
-      "params": {"scale": (4,), "bias": (4,)},
-      "batch_stats": {"mean": (4,), "var": (4,), "steps": ()},
+    "params": {"scale": (4,), "bias": (4,)},
+    "batch_stats": {"mean": (4,), "var": (4,), "steps": ()},
   }
   assert int(variables["batch_stats"]["steps"]) == 0  # init does not count
   stats = {"mean": jnp.full(4, 5.0), "var": jnp.full(4, 9.0), "steps": jnp.zeros((), jnp.int32)}
@@ -173,29 +177,43 @@ def test_module_fields_extend_batch_norm_in_order():
 
 
 def test_bfloat16_input_keeps_dtype():
-  x, gamma, beta, mean, var = setup()
+  x, _, _, mean, var = setup()
   y, _ = jn.batch_renorm(jnp.asarray(x, jnp.bfloat16), None, None, mean, var)
   assert y.dtype == jnp.bfloat16
 
 
 @pytest.mark.parametrize(
-    "call,match",
-    [
-        (lambda: jn.batch_renorm(jnp.ones((4, 3)), None, None, jnp.zeros(3), jnp.ones(3), r_max=0.5),
-         r"batch_renorm: r_max=0.5 is less than 1.0; r is clipped to \[1/r_max, r_max\], so use r_max >= 1"),
-        (lambda: jn.batch_renorm(jnp.ones((4, 3)), None, None, jnp.zeros(3), jnp.ones(3), d_max=-1.0),
-         r"batch_renorm: d_max=-1.0 is less than 0.0; d is clipped to \[-d_max, d_max\], so use d_max >= 0"),
-        (lambda: jn.BatchRenorm(use_running_average=False, r_max=0.9).init(KEY, jnp.ones((4, 3))),
-         r"BatchRenorm: r_max=0.9 is less than 1.0"),
-        (lambda: jn.BatchRenorm(use_running_average=False, d_max=-0.1).init(KEY, jnp.ones((4, 3))),
-         r"BatchRenorm: d_max=-0.1 is less than 0.0"),
-        (lambda: jn.batch_renorm_limits(0, r_max_warmup_steps=-5),
-         r"batch_renorm_limits: r_max_warmup_steps=-5; expected a non-negative integer"),
-        (lambda: jn.batch_renorm(jnp.ones((4, 3)), None, None, None, None),
-         r"batch_renorm: running_mean and running_var are required"),
-        (lambda: jn.batch_renorm(jnp.ones((4, 3)), None, None, jnp.zeros(2), jnp.ones(3)),
-         r"running_mean has shape \(2,\); expected the feature shape \(3,\)"),
-    ],
+  "call,match",
+  [
+    (
+      lambda: jn.batch_renorm(jnp.ones((4, 3)), None, None, jnp.zeros(3), jnp.ones(3), r_max=0.5),
+      r"batch_renorm: r_max=0.5 is less than 1.0; r is clipped to \[1/r_max, r_max\], so use r_max >= 1",
+    ),
+    (
+      lambda: jn.batch_renorm(jnp.ones((4, 3)), None, None, jnp.zeros(3), jnp.ones(3), d_max=-1.0),
+      r"batch_renorm: d_max=-1.0 is less than 0.0; d is clipped to \[-d_max, d_max\], so use d_max >= 0",
+    ),
+    (
+      lambda: jn.BatchRenorm(use_running_average=False, r_max=0.9).init(KEY, jnp.ones((4, 3))),
+      r"BatchRenorm: r_max=0.9 is less than 1.0",
+    ),
+    (
+      lambda: jn.BatchRenorm(use_running_average=False, d_max=-0.1).init(KEY, jnp.ones((4, 3))),
+      r"BatchRenorm: d_max=-0.1 is less than 0.0",
+    ),
+    (
+      lambda: jn.batch_renorm_limits(0, r_max_warmup_steps=-5),
+      r"batch_renorm_limits: r_max_warmup_steps=-5; expected a non-negative integer",
+    ),
+    (
+      lambda: jn.batch_renorm(jnp.ones((4, 3)), None, None, None, None),
+      r"batch_renorm: running_mean and running_var are required",
+    ),
+    (
+      lambda: jn.batch_renorm(jnp.ones((4, 3)), None, None, jnp.zeros(2), jnp.ones(3)),
+      r"running_mean has shape \(2,\); expected the feature shape \(3,\)",
+    ),
+  ],
 )
 def test_errors(call, match):
   with pytest.raises(ValueError, match=match):

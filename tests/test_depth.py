@@ -5,7 +5,8 @@ import json
 import pytest
 
 from experiments import depth
-from tiny_cifar import load_tiny_records, write_tiny_cifar
+from tiny_cifar import load_tiny_records
+from tiny_cifar import write_tiny_cifar
 
 RECORDS = 64
 
@@ -42,7 +43,7 @@ def test_bad_configs_fail_before_compute(tmp_path):
     depth.validate(c)
   c = tiny_config(tmp_path)
   c.reference_lr = 0.3
-  with pytest.raises(ValueError, match="reference_lr=0.3 is not in learning_rates"):
+  with pytest.raises(ValueError, match=r"reference_lr=0\.3 is not in learning_rates"):
     depth.validate(c)
   c = tiny_config(tmp_path)
   c.norms = ("bn", "batchnorm")

@@ -22,12 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def _run(*args, timeout=240):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
   return subprocess.run(
-      [sys.executable, "-m", "benchmarks.device_check", *args],
-      cwd=ROOT,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=timeout,
+    [sys.executable, "-m", "benchmarks.device_check", *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
   )
 
 
@@ -116,7 +116,7 @@ def _check_training_step(smoke):
 @pytest.mark.slow
 def test_exhausted_budget_records_every_case_as_skipped(tmp_path):
   proc = _run(
-      "--out", str(tmp_path), "--smoke", "--sections", "layers", "train_step", "--budget-s", "0.5", "--grace-s", "600"
+    "--out", str(tmp_path), "--smoke", "--sections", "layers", "train_step", "--budget-s", "0.5", "--grace-s", "600"
   )
   assert proc.returncode == 0, proc.stderr[-4000:]
   result = json.loads((tmp_path / "device_check.json").read_text())
@@ -128,15 +128,15 @@ def test_exhausted_budget_records_every_case_as_skipped(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--smoke"], "--out"),
-        (["--out", "{tmp}", "--budget-s", "-3"], "positive float"),
-        (["--out", "{tmp}", "--budget-s", "soon"], "positive float"),
-        (["--out", "{tmp}", "--reps", "0"], "positive int"),
-        (["--out", "{tmp}", "--sections", "everything"], "invalid choice"),
-        (["--out", "{file}"], "is a file"),
-    ],
+  "argv, message",
+  [
+    (["--smoke"], "--out"),
+    (["--out", "{tmp}", "--budget-s", "-3"], "positive float"),
+    (["--out", "{tmp}", "--budget-s", "soon"], "positive float"),
+    (["--out", "{tmp}", "--reps", "0"], "positive int"),
+    (["--out", "{tmp}", "--sections", "everything"], "invalid choice"),
+    (["--out", "{file}"], "is a file"),
+  ],
 )
 def test_bad_arguments_give_a_message_not_a_traceback(argv, message, tmp_path, capsys):
   from benchmarks import device_check

@@ -18,7 +18,8 @@ from experiments import report as report_lib
 from experiments import train
 from experiments.models import CifarResNet
 from experiments.models import cifar_plain_net
-from tiny_cifar import load_tiny_records, write_tiny_cifar
+from tiny_cifar import load_tiny_records
+from tiny_cifar import write_tiny_cifar
 
 RECORDS = 64
 
@@ -56,9 +57,7 @@ def tiny_config(root, **overrides):
 def resnet_norm_layers(depth: int) -> list[str]:
   """The norm layers of a post-activation CIFAR ResNet with 'pad' shortcuts, in call order."""
   blocks = (depth - 2) // 6
-  return ["stem_norm"] + [
-      f"stage{s}_block{b}/norm{k}" for s in (1, 2, 3) for b in range(1, blocks + 1) for k in (1, 2)
-  ]
+  return ["stem_norm"] + [f"stage{s}_block{b}/norm{k}" for s in (1, 2, 3) for b in range(1, blocks + 1) for k in (1, 2)]
 
 
 def module_names_with_params(model) -> set[str]:
@@ -67,12 +66,12 @@ def module_names_with_params(model) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "execution, norm, norm_kwargs",
-    [
-        ("microbatch", "bn", {}),
-        pytest.param("vmap", "gn", {"num_groups": 2}, marks=pytest.mark.slow),
-        pytest.param("vmap", "none", {}, marks=pytest.mark.slow),
-    ],
+  "execution, norm, norm_kwargs",
+  [
+    ("microbatch", "bn", {}),
+    pytest.param("vmap", "gn", {"num_groups": 2}, marks=pytest.mark.slow),
+    pytest.param("vmap", "none", {}, marks=pytest.mark.slow),
+  ],
 )
 def test_training_records_every_norm_layer_and_weight_layer(execution, norm, norm_kwargs, data_dir, tmp_path):
   config = tiny_config(data_dir, execution=execution, norm=norm, norm_kwargs=norm_kwargs)
@@ -119,10 +118,10 @@ def test_captured_moments_are_those_of_the_norm_layer_inputs(norm):
   labels = jnp.arange(6) % 10
   variables = model.init(jax.random.key(0), images, train=False)
   _, _, captured, _ = diagnostics.loss_grads_and_norm_inputs(
-      model, spec.module, variables["params"], variables.get("batch_stats", {}), images, labels
+    model, spec.module, variables["params"], variables.get("batch_stats", {}), images, labels
   )
   _, state = model.apply(
-      variables, images, train=True, mutable=["batch_stats", "intermediates"], capture_intermediates=True
+    variables, images, train=True, mutable=["batch_stats", "intermediates"], capture_intermediates=True
   )
   inter = state["intermediates"]
   # The input of each norm1 is the output of the conv1 before it.
@@ -183,7 +182,10 @@ def test_drift_is_zero_without_change_and_one_for_a_one_std_shift():
 
 def test_plain_network_has_no_shortcuts():
   images = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
-  for model, depends in ((cifar_plain_net(8, width=4, norm="none"), False), (CifarResNet(depth=8, width=4, norm="none"), True)):
+  for model, depends in (
+    (cifar_plain_net(8, width=4, norm="none"), False),
+    (CifarResNet(depth=8, width=4, norm="none"), True),
+  ):
     variables = model.init(jax.random.key(0), images, train=False)
     params = flax.core.unfreeze(variables["params"])
     # Zero the last conv: a plain net then no longer sees its input.

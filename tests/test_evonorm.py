@@ -20,9 +20,9 @@ def randn(*shape, loc=0.5, scale=2.0, seed=0):
 def params(c, seed=1):
   rng = np.random.default_rng(seed)
   return (
-      rng.uniform(0.5, 1.5, c).astype(np.float32),
-      rng.normal(size=c).astype(np.float32),
-      rng.normal(size=c).astype(np.float32),
+    rng.uniform(0.5, 1.5, c).astype(np.float32),
+    rng.normal(size=c).astype(np.float32),
+    rng.normal(size=c).astype(np.float32),
   )
 
 
@@ -67,7 +67,8 @@ def test_b0_module_train_and_eval():
   mod = jn.EvoNormB0(use_running_average=False, momentum=0.5, epsilon=1e-3)
   variables = mod.init(KEY, x)
   assert jax.tree.map(jnp.shape, variables) == {
-      "params": {"scale": (4,), "bias": (4,), "v": (4,)}, "batch_stats": {"var": (4,)}
+    "params": {"scale": (4,), "bias": (4,), "v": (4,)},
+    "batch_stats": {"var": (4,)},
   }
   np.testing.assert_array_equal(variables["batch_stats"]["var"], 1.0)  # init does not update
   gamma, beta, v = params(4)
@@ -158,23 +159,35 @@ def test_bfloat16_in_bfloat16_out():
 
 
 @pytest.mark.parametrize(
-    "call,match",
-    [
-        (lambda: jn.evonorm_s0(jnp.ones((2, 3, 3, 12)), num_groups=5),
-         r"evonorm_s0: .*num_groups=5 does not divide 12 channels; choose a divisor of 12 or set group_size"),
-        (lambda: jn.EvoNormS0(num_groups=5).init(KEY, jnp.ones((2, 3, 3, 12))),
-         r"EvoNormS0: .*num_groups=5 does not divide 12 channels"),
-        (lambda: jn.EvoNormS0(num_groups=None, group_size=5).init(KEY, jnp.ones((2, 3, 3, 12))),
-         r"EvoNormS0: .*group_size=5 does not divide 12 channels"),
-        (lambda: jn.EvoNormS0(num_groups=4, group_size=3).init(KEY, jnp.ones((2, 3, 3, 12))),
-         r"EvoNormS0: Either `num_groups` or `group_size` should be specified. Give exactly one of num_groups and group_size"),
-        (lambda: jn.evonorm_s0(jnp.ones((2, 3, 3, 12)), num_groups=0), r"num_groups=0; expected a positive integer"),
-        (lambda: jn.evonorm_b0(jnp.ones((2, 3, 3, 4)), use_running_average=True),
-         r"evonorm_b0: use_running_average=True needs running_var"),
-        (lambda: jn.evonorm_b0(jnp.ones((2, 3, 3, 4)), v=jnp.ones(3)), r"evonorm_b0: v has shape \(3,\)"),
-        (lambda: jn.EvoNormB0(channel_axis=0, use_running_average=False).init(KEY, jnp.ones((2, 3, 3, 4))),
-         r"EvoNormB0: channel_axis=0 is the batch axis 0"),
-    ],
+  "call,match",
+  [
+    (
+      lambda: jn.evonorm_s0(jnp.ones((2, 3, 3, 12)), num_groups=5),
+      r"evonorm_s0: .*num_groups=5 does not divide 12 channels; choose a divisor of 12 or set group_size",
+    ),
+    (
+      lambda: jn.EvoNormS0(num_groups=5).init(KEY, jnp.ones((2, 3, 3, 12))),
+      r"EvoNormS0: .*num_groups=5 does not divide 12 channels",
+    ),
+    (
+      lambda: jn.EvoNormS0(num_groups=None, group_size=5).init(KEY, jnp.ones((2, 3, 3, 12))),
+      r"EvoNormS0: .*group_size=5 does not divide 12 channels",
+    ),
+    (
+      lambda: jn.EvoNormS0(num_groups=4, group_size=3).init(KEY, jnp.ones((2, 3, 3, 12))),
+      r"EvoNormS0: Either `num_groups` or `group_size` should be specified. Give exactly one of num_groups and group_size",
+    ),
+    (lambda: jn.evonorm_s0(jnp.ones((2, 3, 3, 12)), num_groups=0), r"num_groups=0; expected a positive integer"),
+    (
+      lambda: jn.evonorm_b0(jnp.ones((2, 3, 3, 4)), use_running_average=True),
+      r"evonorm_b0: use_running_average=True needs running_var",
+    ),
+    (lambda: jn.evonorm_b0(jnp.ones((2, 3, 3, 4)), v=jnp.ones(3)), r"evonorm_b0: v has shape \(3,\)"),
+    (
+      lambda: jn.EvoNormB0(channel_axis=0, use_running_average=False).init(KEY, jnp.ones((2, 3, 3, 4))),
+      r"EvoNormB0: channel_axis=0 is the batch axis 0",
+    ),
+  ],
 )
 def test_errors(call, match):
   with pytest.raises(ValueError, match=match):

@@ -33,10 +33,10 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import pytest
+from flax import nnx
 from jax import export
 
 import jaxnorm
@@ -49,7 +49,7 @@ TRITON = "__gpu$xla.gpu.triton"  # the custom call of a Triton pallas_call
 # needs one (jax >= 0.12 reads the compute capability from it); the kind must
 # be one jax knows (jax._src.pallas.triton.gpu_info.GpuVersion).
 ABSTRACT_DEVICES = {
-    "cuda": jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu"),
+  "cuda": jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu"),
 }
 
 
@@ -81,7 +81,7 @@ def with_device(mesh, platform: str):
   if device is None:
     return mesh
   return jax.sharding.AbstractMesh(
-      tuple(mesh.axis_sizes), tuple(mesh.axis_names), axis_types=tuple(mesh.axis_types), abstract_device=device
+    tuple(mesh.axis_sizes), tuple(mesh.axis_names), axis_types=tuple(mesh.axis_types), abstract_device=device
   )
 
 
@@ -182,7 +182,7 @@ def norm_layer_case(name: str, train: bool, **kwargs):
 
 def _synced_batch_norm(x, scale, bias):
   """SyncBN over a named axis (vmap stands in for the devices)."""
-  per_device = lambda xd: jaxnorm.batch_norm(xd, scale, bias, axis_name="devices")  # noqa: E731
+  per_device = lambda xd: jaxnorm.batch_norm(xd, scale, bias, axis_name="devices")
   return jax.vmap(per_device, axis_name="devices")(x)
 
 
@@ -190,163 +190,219 @@ def _precise_batch_stats_step():
   """The traced part of ``precise_batch_stats``: a training-mode apply that
   sows ``BATCH_MOMENTS`` (the merging is host-side float64 NumPy)."""
   module = jaxnorm.BatchNorm(use_running_average=False, virtual_batch_size=2)
-  return module_case(module, (4, 4, 4, C), mutable=["batch_stats", jaxnorm.BATCH_MOMENTS],
-                     covers=("precise_batch_stats", "BATCH_MOMENTS", "BatchNorm"), pallas=True)
+  return module_case(
+    module,
+    (4, 4, 4, C),
+    mutable=["batch_stats", jaxnorm.BATCH_MOMENTS],
+    covers=("precise_batch_stats", "BATCH_MOMENTS", "BatchNorm"),
+    pallas=True,
+  )
 
 
 def _fold_case():
   layer = {"kernel": spec((3, 3, 4, C)), "bias": spec((C,))}
   norm = {"scale": spec((C,)), "bias": spec((C,))}
   stats = {"mean": spec((C,)), "var": spec((C,))}
-  return fn_case(lambda l, n, s: jaxnorm.fold_batch_norm(l, n, s), (layer, norm, stats), wrt=(0, 1, 2),
-                 covers=("fold_batch_norm",))
+  return fn_case(
+    lambda l, n, s: jaxnorm.fold_batch_norm(l, n, s), (layer, norm, stats), wrt=(0, 1, 2), covers=("fold_batch_norm",)
+  )
 
 
 CASES: dict[str, Case] = {
-    # The statistics engine and the affine step.
-    "moments": fn_case(lambda x: jaxnorm.moments(x, (0, 1, 2)), [NHWC], covers=("moments", "Moments")),
-    "moments_masked": fn_case(
-        lambda x, m: jaxnorm.moments(x, (1, 2), mask=m, keepdims=True), [NHWC, spec(NHWC, jnp.bool_)], wrt=(0,),
-        covers=("moments",),
-    ),
-    "normalize": fn_case(
-        lambda x, m, v, s, b: jaxnorm.normalize(x, m, v, s, b, epsilon=1e-5), [NHWC] + [(1, 1, 1, C)] * 4,
-        covers=("normalize",),
-    ),
-    # batch_norm and its options (BatchStats is its second output).
-    "batch_norm": fn_case(
-        lambda x, s, b, rm, rv: jaxnorm.batch_norm(x, s, b, rm, rv, momentum=0.9), [NHWC, (C,), (C,), (C,), (C,)],
-        wrt=(0, 1, 2), covers=("batch_norm", "BatchStats"), pallas=True,
-    ),
-    "batch_norm_nchw": fn_case(lambda x, s, b: jaxnorm.batch_norm(x, s, b, axis=1), [NCHW, (C,), (C,)],
-                               covers=("batch_norm",)),
-    "batch_norm_eval": fn_case(
-        lambda x, s, b, rm, rv: jaxnorm.batch_norm(x, s, b, rm, rv, use_running_average=True),
-        [NHWC, (C,), (C,), (C,), (C,)], covers=("batch_norm",),
-    ),
-    "batch_norm_masked": fn_case(
-        lambda x, m, s, b: jaxnorm.batch_norm(x, s, b, mask=m),
-        [NHWC, spec((2, 1, 1, 1), jnp.bool_), (C,), (C,)], wrt=(0, 2, 3), covers=("batch_norm",),
-    ),
-    "batch_norm_cumulative": fn_case(
-        lambda x, s, b, rm, rv, n: jaxnorm.batch_norm(x, s, b, rm, rv, running_stats="cumulative", running_count=n),
-        [NHWC, (C,), (C,), (C,), (C,), spec((), jnp.int32)], wrt=(0, 1, 2), covers=("batch_norm",), pallas=True,
-    ),
-    "batch_norm_synced": fn_case(_synced_batch_norm, [(2,) + NHWC, (C,), (C,)], covers=("batch_norm",)),
-    "ghost_batch_norm": fn_case(
-        lambda x, s, b: jaxnorm.batch_norm(x, s, b, virtual_batch_size=2), [(4, 4, 4, C), (C,), (C,)],
-        covers=("batch_norm",), pallas=True,
-    ),
-    "batch_norm_bf16": fn_case(
-        lambda x, s, b: jaxnorm.batch_norm(x, s, b), [spec(NHWC, jnp.bfloat16), (C,), (C,)],
-        covers=("batch_norm",), pallas=True,
-    ),
-    # Per-example normalizers.
-    "layer_norm": fn_case(lambda x, s, b: jaxnorm.layer_norm(x, s, b), [NHWC, (C,), (C,)], covers=("layer_norm",)),
-    "layer_norm_hwc": fn_case(
-        lambda x, s, b: jaxnorm.layer_norm(x, s, b, reduction_axes=(1, 2, 3)), [NHWC, (C,), (C,)],
-        covers=("layer_norm",), pallas=True,
-    ),
-    "rms_norm": fn_case(lambda x, s: jaxnorm.rms_norm(x, s), [NHWC, (C,)], covers=("rms_norm",)),
-    "rms_norm_hwc": fn_case(
-        lambda x, s: jaxnorm.rms_norm(x, s, reduction_axes=(1, 2, 3)), [NHWC, (C,)], covers=("rms_norm",), pallas=True,
-    ),
-    "instance_norm": fn_case(lambda x, s, b: jaxnorm.instance_norm(x, s, b), [NHWC, (C,), (C,)],
-                             covers=("instance_norm",), pallas=True),
-    "instance_norm_nchw": fn_case(
-        lambda x, s, b: jaxnorm.instance_norm(x, s, b, feature_axes=1), [NCHW, (C,), (C,)], covers=("instance_norm",),
-    ),
-    "group_norm": fn_case(lambda x, s, b: jaxnorm.group_norm(x, s, b, num_groups=4), [NHWC, (C,), (C,)],
-                          covers=("group_norm",), pallas=True),
-    "group_norm_nchw": fn_case(
-        lambda x, s, b: jaxnorm.group_norm(x, s, b, num_groups=4, channel_axis=1), [NCHW, (C,), (C,)],
-        covers=("group_norm",),
-    ),
-    "group_norm_bf16": fn_case(
-        lambda x, s, b: jaxnorm.group_norm(x, s, b, num_groups=2), [spec(NHWC, jnp.bfloat16), (C,), (C,)],
-        covers=("group_norm",), pallas=True,
-    ),
-    # The small-batch family.
-    "batch_renorm": fn_case(
-        lambda x, s, b, rm, rv: jaxnorm.batch_renorm(x, s, b, rm, rv, r_max=2.0, d_max=3.0),
-        [NHWC, (C,), (C,), (C,), (C,)], wrt=(0, 1, 2), covers=("batch_renorm",),
-    ),
-    "batch_renorm_eval": fn_case(
-        lambda x, s, b, rm, rv: jaxnorm.batch_renorm(x, s, b, rm, rv, use_running_average=True),
-        [NHWC, (C,), (C,), (C,), (C,)], wrt=(0, 1, 2), covers=("batch_renorm",),
-    ),
-    "batch_renorm_limits": fn_case(
-        lambda step: jaxnorm.batch_renorm_limits(step, warmup_delay=5, r_max_warmup_steps=10, d_max_warmup_steps=20),
-        [spec((), jnp.int32)], wrt=(), covers=("batch_renorm_limits",),
-    ),
-    "standardize_weight": fn_case(
-        lambda w, g: jaxnorm.standardize_weight(w, g, scaled=True), [(3, 3, 4, C), (C,)],
-        covers=("standardize_weight",),
-    ),
-    "filter_response_norm": fn_case(
-        lambda x, s, b, t: jaxnorm.filter_response_norm(x, s, b, t), [NHWC, (C,), (C,), (C,)],
-        covers=("filter_response_norm",), pallas=True,
-    ),
-    "filter_response_norm_learned_eps": fn_case(
-        lambda x, s, b, t, e: jaxnorm.filter_response_norm(x, s, b, t, learned_epsilon=e),
-        [NHWC, (C,), (C,), (C,), ()], covers=("filter_response_norm",),
-    ),
-    "evonorm_b0": fn_case(
-        lambda x, s, b, v, rv: jaxnorm.evonorm_b0(x, s, b, v, rv), [NHWC, (C,), (C,), (C,), (C,)], wrt=(0, 1, 2, 3),
-        covers=("evonorm_b0",),
-    ),
-    "evonorm_b0_eval": fn_case(
-        lambda x, s, b, v, rv: jaxnorm.evonorm_b0(x, s, b, v, rv, use_running_average=True),
-        [NHWC, (C,), (C,), (C,), (C,)], wrt=(0, 1, 2, 3), covers=("evonorm_b0",),
-    ),
-    "evonorm_s0": fn_case(
-        lambda x, s, b, v: jaxnorm.evonorm_s0(x, s, b, v, num_groups=4), [NHWC, (C,), (C,), (C,)],
-        covers=("evonorm_s0",),
-    ),
-    "fold_batch_norm": _fold_case(),
-    "precise_batch_stats_step": _precise_batch_stats_step(),
-    # flax.nnx modules.
-    "nnx.BatchNorm": nnx_case(jaxnorm.nnx.BatchNorm(C, rngs=nnx.Rngs(0)), pallas=True),
-    "nnx.BatchNorm_eval": nnx_case(jaxnorm.nnx.BatchNorm(C, use_running_average=True, rngs=nnx.Rngs(0))),
-    "nnx.LayerNorm": nnx_case(jaxnorm.nnx.LayerNorm(C, rngs=nnx.Rngs(0))),
-    "nnx.GroupNorm": nnx_case(jaxnorm.nnx.GroupNorm(C, num_groups=4, rngs=nnx.Rngs(0)), pallas=True),
-    "nnx.InstanceNorm": nnx_case(jaxnorm.nnx.InstanceNorm(C, rngs=nnx.Rngs(0)), pallas=True),
-    "nnx.BatchRenorm": nnx_case(jaxnorm.nnx.BatchRenorm(C, rngs=nnx.Rngs(0))),
-    "nnx.EvoNormB0": nnx_case(jaxnorm.nnx.EvoNormB0(C, rngs=nnx.Rngs(0))),
-    "nnx.EvoNormS0": nnx_case(jaxnorm.nnx.EvoNormS0(C, num_groups=4, rngs=nnx.Rngs(0))),
-    "nnx.FilterResponseNorm": nnx_case(jaxnorm.nnx.FilterResponseNorm(C, learn_epsilon=True, rngs=nnx.Rngs(0))),
-    "nnx.StandardizedConv": nnx_case(jaxnorm.nnx.StandardizedConv(C, C, (3, 3), scaled=True, rngs=nnx.Rngs(0))),
-    "nnx.RMSNorm": nnx_case(jaxnorm.nnx.RMSNorm(C, reduction_axes=(1, 2, 3), rngs=nnx.Rngs(0)), pallas=True),
-    # flax modules.
-    "BatchNorm": module_case(jaxnorm.BatchNorm(use_running_average=False), covers=("BatchNorm",), pallas=True),
-    "BatchNorm_eval": module_case(jaxnorm.BatchNorm(use_running_average=True), train=False, covers=("BatchNorm",)),
-    "BatchNorm_ghost": module_case(
-        jaxnorm.BatchNorm(use_running_average=False, virtual_batch_size=2), (4, 4, 4, C), covers=("BatchNorm",),
-        pallas=True,
-    ),
-    "BatchNorm_cumulative": module_case(
-        jaxnorm.BatchNorm(use_running_average=False, running_stats="cumulative"), covers=("BatchNorm",), pallas=True,
-    ),
-    "BatchRenorm": module_case(jaxnorm.BatchRenorm(use_running_average=False, warmup_delay=2, r_max_warmup_steps=5),
-                               covers=("BatchRenorm",)),
-    "BatchRenorm_eval": module_case(jaxnorm.BatchRenorm(use_running_average=True), train=False,
-                                    covers=("BatchRenorm",)),
-    "GroupNorm": module_case(jaxnorm.GroupNorm(num_groups=4), covers=("GroupNorm",), pallas=True),
-    "LayerNorm": module_case(jaxnorm.LayerNorm(), covers=("LayerNorm",)),
-    "InstanceNorm": module_case(jaxnorm.InstanceNorm(), covers=("InstanceNorm",), pallas=True),
-    "RMSNorm": module_case(jaxnorm.RMSNorm(reduction_axes=(1, 2, 3)), covers=("RMSNorm",), pallas=True),
-    "FilterResponseNorm": module_case(jaxnorm.FilterResponseNorm(learn_epsilon=True), covers=("FilterResponseNorm",)),
-    "EvoNormB0": module_case(jaxnorm.EvoNormB0(use_running_average=False), covers=("EvoNormB0",)),
-    "EvoNormB0_eval": module_case(jaxnorm.EvoNormB0(use_running_average=True), train=False, covers=("EvoNormB0",)),
-    "EvoNormS0": module_case(jaxnorm.EvoNormS0(num_groups=4), covers=("EvoNormS0",)),
-    "StandardizedConv": module_case(
-        jaxnorm.StandardizedConv(C, (3, 3), scaled=True), covers=("StandardizedConv",)
-    ),
+  # The statistics engine and the affine step.
+  "moments": fn_case(lambda x: jaxnorm.moments(x, (0, 1, 2)), [NHWC], covers=("moments", "Moments")),
+  "moments_masked": fn_case(
+    lambda x, m: jaxnorm.moments(x, (1, 2), mask=m, keepdims=True),
+    [NHWC, spec(NHWC, jnp.bool_)],
+    wrt=(0,),
+    covers=("moments",),
+  ),
+  "normalize": fn_case(
+    lambda x, m, v, s, b: jaxnorm.normalize(x, m, v, s, b, epsilon=1e-5),
+    [NHWC] + [(1, 1, 1, C)] * 4,
+    covers=("normalize",),
+  ),
+  # batch_norm and its options (BatchStats is its second output).
+  "batch_norm": fn_case(
+    lambda x, s, b, rm, rv: jaxnorm.batch_norm(x, s, b, rm, rv, momentum=0.9),
+    [NHWC, (C,), (C,), (C,), (C,)],
+    wrt=(0, 1, 2),
+    covers=("batch_norm", "BatchStats"),
+    pallas=True,
+  ),
+  "batch_norm_nchw": fn_case(
+    lambda x, s, b: jaxnorm.batch_norm(x, s, b, axis=1), [NCHW, (C,), (C,)], covers=("batch_norm",)
+  ),
+  "batch_norm_eval": fn_case(
+    lambda x, s, b, rm, rv: jaxnorm.batch_norm(x, s, b, rm, rv, use_running_average=True),
+    [NHWC, (C,), (C,), (C,), (C,)],
+    covers=("batch_norm",),
+  ),
+  "batch_norm_masked": fn_case(
+    lambda x, m, s, b: jaxnorm.batch_norm(x, s, b, mask=m),
+    [NHWC, spec((2, 1, 1, 1), jnp.bool_), (C,), (C,)],
+    wrt=(0, 2, 3),
+    covers=("batch_norm",),
+  ),
+  "batch_norm_cumulative": fn_case(
+    lambda x, s, b, rm, rv, n: jaxnorm.batch_norm(x, s, b, rm, rv, running_stats="cumulative", running_count=n),
+    [NHWC, (C,), (C,), (C,), (C,), spec((), jnp.int32)],
+    wrt=(0, 1, 2),
+    covers=("batch_norm",),
+    pallas=True,
+  ),
+  "batch_norm_synced": fn_case(_synced_batch_norm, [(2,) + NHWC, (C,), (C,)], covers=("batch_norm",)),
+  "ghost_batch_norm": fn_case(
+    lambda x, s, b: jaxnorm.batch_norm(x, s, b, virtual_batch_size=2),
+    [(4, 4, 4, C), (C,), (C,)],
+    covers=("batch_norm",),
+    pallas=True,
+  ),
+  "batch_norm_bf16": fn_case(
+    lambda x, s, b: jaxnorm.batch_norm(x, s, b),
+    [spec(NHWC, jnp.bfloat16), (C,), (C,)],
+    covers=("batch_norm",),
+    pallas=True,
+  ),
+  # Per-example normalizers.
+  "layer_norm": fn_case(lambda x, s, b: jaxnorm.layer_norm(x, s, b), [NHWC, (C,), (C,)], covers=("layer_norm",)),
+  "layer_norm_hwc": fn_case(
+    lambda x, s, b: jaxnorm.layer_norm(x, s, b, reduction_axes=(1, 2, 3)),
+    [NHWC, (C,), (C,)],
+    covers=("layer_norm",),
+    pallas=True,
+  ),
+  "rms_norm": fn_case(lambda x, s: jaxnorm.rms_norm(x, s), [NHWC, (C,)], covers=("rms_norm",)),
+  "rms_norm_hwc": fn_case(
+    lambda x, s: jaxnorm.rms_norm(x, s, reduction_axes=(1, 2, 3)),
+    [NHWC, (C,)],
+    covers=("rms_norm",),
+    pallas=True,
+  ),
+  "instance_norm": fn_case(
+    lambda x, s, b: jaxnorm.instance_norm(x, s, b), [NHWC, (C,), (C,)], covers=("instance_norm",), pallas=True
+  ),
+  "instance_norm_nchw": fn_case(
+    lambda x, s, b: jaxnorm.instance_norm(x, s, b, feature_axes=1),
+    [NCHW, (C,), (C,)],
+    covers=("instance_norm",),
+  ),
+  "group_norm": fn_case(
+    lambda x, s, b: jaxnorm.group_norm(x, s, b, num_groups=4), [NHWC, (C,), (C,)], covers=("group_norm",), pallas=True
+  ),
+  "group_norm_nchw": fn_case(
+    lambda x, s, b: jaxnorm.group_norm(x, s, b, num_groups=4, channel_axis=1),
+    [NCHW, (C,), (C,)],
+    covers=("group_norm",),
+  ),
+  "group_norm_bf16": fn_case(
+    lambda x, s, b: jaxnorm.group_norm(x, s, b, num_groups=2),
+    [spec(NHWC, jnp.bfloat16), (C,), (C,)],
+    covers=("group_norm",),
+    pallas=True,
+  ),
+  # The small-batch family.
+  "batch_renorm": fn_case(
+    lambda x, s, b, rm, rv: jaxnorm.batch_renorm(x, s, b, rm, rv, r_max=2.0, d_max=3.0),
+    [NHWC, (C,), (C,), (C,), (C,)],
+    wrt=(0, 1, 2),
+    covers=("batch_renorm",),
+  ),
+  "batch_renorm_eval": fn_case(
+    lambda x, s, b, rm, rv: jaxnorm.batch_renorm(x, s, b, rm, rv, use_running_average=True),
+    [NHWC, (C,), (C,), (C,), (C,)],
+    wrt=(0, 1, 2),
+    covers=("batch_renorm",),
+  ),
+  "batch_renorm_limits": fn_case(
+    lambda step: jaxnorm.batch_renorm_limits(step, warmup_delay=5, r_max_warmup_steps=10, d_max_warmup_steps=20),
+    [spec((), jnp.int32)],
+    wrt=(),
+    covers=("batch_renorm_limits",),
+  ),
+  "standardize_weight": fn_case(
+    lambda w, g: jaxnorm.standardize_weight(w, g, scaled=True),
+    [(3, 3, 4, C), (C,)],
+    covers=("standardize_weight",),
+  ),
+  "filter_response_norm": fn_case(
+    lambda x, s, b, t: jaxnorm.filter_response_norm(x, s, b, t),
+    [NHWC, (C,), (C,), (C,)],
+    covers=("filter_response_norm",),
+    pallas=True,
+  ),
+  "filter_response_norm_learned_eps": fn_case(
+    lambda x, s, b, t, e: jaxnorm.filter_response_norm(x, s, b, t, learned_epsilon=e),
+    [NHWC, (C,), (C,), (C,), ()],
+    covers=("filter_response_norm",),
+  ),
+  "evonorm_b0": fn_case(
+    lambda x, s, b, v, rv: jaxnorm.evonorm_b0(x, s, b, v, rv),
+    [NHWC, (C,), (C,), (C,), (C,)],
+    wrt=(0, 1, 2, 3),
+    covers=("evonorm_b0",),
+  ),
+  "evonorm_b0_eval": fn_case(
+    lambda x, s, b, v, rv: jaxnorm.evonorm_b0(x, s, b, v, rv, use_running_average=True),
+    [NHWC, (C,), (C,), (C,), (C,)],
+    wrt=(0, 1, 2, 3),
+    covers=("evonorm_b0",),
+  ),
+  "evonorm_s0": fn_case(
+    lambda x, s, b, v: jaxnorm.evonorm_s0(x, s, b, v, num_groups=4),
+    [NHWC, (C,), (C,), (C,)],
+    covers=("evonorm_s0",),
+  ),
+  "fold_batch_norm": _fold_case(),
+  "precise_batch_stats_step": _precise_batch_stats_step(),
+  # flax.nnx modules.
+  "nnx.BatchNorm": nnx_case(jaxnorm.nnx.BatchNorm(C, rngs=nnx.Rngs(0)), pallas=True),
+  "nnx.BatchNorm_eval": nnx_case(jaxnorm.nnx.BatchNorm(C, use_running_average=True, rngs=nnx.Rngs(0))),
+  "nnx.LayerNorm": nnx_case(jaxnorm.nnx.LayerNorm(C, rngs=nnx.Rngs(0))),
+  "nnx.GroupNorm": nnx_case(jaxnorm.nnx.GroupNorm(C, num_groups=4, rngs=nnx.Rngs(0)), pallas=True),
+  "nnx.InstanceNorm": nnx_case(jaxnorm.nnx.InstanceNorm(C, rngs=nnx.Rngs(0)), pallas=True),
+  "nnx.BatchRenorm": nnx_case(jaxnorm.nnx.BatchRenorm(C, rngs=nnx.Rngs(0))),
+  "nnx.EvoNormB0": nnx_case(jaxnorm.nnx.EvoNormB0(C, rngs=nnx.Rngs(0))),
+  "nnx.EvoNormS0": nnx_case(jaxnorm.nnx.EvoNormS0(C, num_groups=4, rngs=nnx.Rngs(0))),
+  "nnx.FilterResponseNorm": nnx_case(jaxnorm.nnx.FilterResponseNorm(C, learn_epsilon=True, rngs=nnx.Rngs(0))),
+  "nnx.StandardizedConv": nnx_case(jaxnorm.nnx.StandardizedConv(C, C, (3, 3), scaled=True, rngs=nnx.Rngs(0))),
+  "nnx.RMSNorm": nnx_case(jaxnorm.nnx.RMSNorm(C, reduction_axes=(1, 2, 3), rngs=nnx.Rngs(0)), pallas=True),
+  # flax modules.
+  "BatchNorm": module_case(jaxnorm.BatchNorm(use_running_average=False), covers=("BatchNorm",), pallas=True),
+  "BatchNorm_eval": module_case(jaxnorm.BatchNorm(use_running_average=True), train=False, covers=("BatchNorm",)),
+  "BatchNorm_ghost": module_case(
+    jaxnorm.BatchNorm(use_running_average=False, virtual_batch_size=2),
+    (4, 4, 4, C),
+    covers=("BatchNorm",),
+    pallas=True,
+  ),
+  "BatchNorm_cumulative": module_case(
+    jaxnorm.BatchNorm(use_running_average=False, running_stats="cumulative"),
+    covers=("BatchNorm",),
+    pallas=True,
+  ),
+  "BatchRenorm": module_case(
+    jaxnorm.BatchRenorm(use_running_average=False, warmup_delay=2, r_max_warmup_steps=5), covers=("BatchRenorm",)
+  ),
+  "BatchRenorm_eval": module_case(jaxnorm.BatchRenorm(use_running_average=True), train=False, covers=("BatchRenorm",)),
+  "GroupNorm": module_case(jaxnorm.GroupNorm(num_groups=4), covers=("GroupNorm",), pallas=True),
+  "LayerNorm": module_case(jaxnorm.LayerNorm(), covers=("LayerNorm",)),
+  "InstanceNorm": module_case(jaxnorm.InstanceNorm(), covers=("InstanceNorm",), pallas=True),
+  "RMSNorm": module_case(jaxnorm.RMSNorm(reduction_axes=(1, 2, 3)), covers=("RMSNorm",), pallas=True),
+  "FilterResponseNorm": module_case(jaxnorm.FilterResponseNorm(learn_epsilon=True), covers=("FilterResponseNorm",)),
+  "EvoNormB0": module_case(jaxnorm.EvoNormB0(use_running_average=False), covers=("EvoNormB0",)),
+  "EvoNormB0_eval": module_case(jaxnorm.EvoNormB0(use_running_average=True), train=False, covers=("EvoNormB0",)),
+  "EvoNormS0": module_case(jaxnorm.EvoNormS0(num_groups=4), covers=("EvoNormS0",)),
+  "StandardizedConv": module_case(jaxnorm.StandardizedConv(C, (3, 3), scaled=True), covers=("StandardizedConv",)),
 }
 # Every create_norm name: its conv (StandardizedConv for "+ws") and its
 # layer, in training and (where the mode matters) evaluation mode.
-_NORM_KWARGS = {"ghost_bn": {"virtual_batch_size": 1}, "gn": {"num_groups": 4}, "gn+ws": {"num_groups": 4},
-                "evonorm_s0": {"num_groups": 4}}
+_NORM_KWARGS = {
+  "ghost_bn": {"virtual_batch_size": 1},
+  "gn": {"num_groups": 4},
+  "gn+ws": {"num_groups": 4},
+  "evonorm_s0": {"num_groups": 4},
+}
 for _name in jaxnorm.NORM_NAMES:
   _kwargs = _NORM_KWARGS.get(_name, {})
   CASES[f"create_norm[{_name}]"] = norm_layer_case(_name, True, **_kwargs)
@@ -382,7 +438,7 @@ def forward_backward(case: Case) -> Callable:
     if not case.wrt:
       return case.fn(*args)
     (value, out), grads = jax.value_and_grad(loss, argnums=tuple(range(len(case.wrt))), has_aux=True)(
-        *(args[i] for i in case.wrt)
+      *(args[i] for i in case.wrt)
     )
     return out, value, grads
 
@@ -401,7 +457,7 @@ def _check_exported(exported: export.Exported, case: Case, platform: str) -> Non
   if case.wrt:
     _, value, grads = jax.tree_util.tree_unflatten(exported.out_tree, exported.out_avals)
     assert (value.shape, value.dtype) == ((), F32)
-    avals = lambda tree: [(a.shape, a.dtype) for a in jax.tree_util.tree_leaves(tree)]  # noqa: E731
+    avals = lambda tree: [(a.shape, a.dtype) for a in jax.tree_util.tree_leaves(tree)]
     assert avals(grads) == avals([case.args[i] for i in case.wrt])
 
 

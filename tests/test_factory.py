@@ -14,16 +14,30 @@ X = jnp.asarray(np.random.default_rng(0).normal(1.0, 2.0, (2, 8, 8, 16)), jnp.fl
 
 # Keywords each name needs on a (2, 8, 8, 16) input.
 KWARGS = {
-    "ghost_bn": {"virtual_batch_size": 1},
-    "gn": {"num_groups": 8},
-    "gn+ws": {"group_size": 4},
-    "evonorm_s0": {"num_groups": 8},
+  "ghost_bn": {"virtual_batch_size": 1},
+  "gn": {"num_groups": 8},
+  "gn+ws": {"group_size": 4},
+  "evonorm_s0": {"num_groups": 8},
 }
 BATCH_STATS = {"bn", "bn+ws", "brn", "ghost_bn", "evonorm_b0"}
 
 
 def test_names():
-  required = {"bn", "gn", "ln", "in", "rms", "brn", "ghost_bn", "frn", "evonorm_b0", "evonorm_s0", "gn+ws", "bn+ws", "none"}
+  required = {
+    "bn",
+    "gn",
+    "ln",
+    "in",
+    "rms",
+    "brn",
+    "ghost_bn",
+    "frn",
+    "evonorm_b0",
+    "evonorm_s0",
+    "gn+ws",
+    "bn+ws",
+    "none",
+  }
   assert set(jn.NORM_NAMES) == required
   assert isinstance(jn.NORM_NAMES, tuple)
 
@@ -42,7 +56,9 @@ def test_every_name_builds_inits_and_applies(name):
     assert y.shape == X.shape and y.dtype == X.dtype
     assert np.isfinite(np.asarray(y)).all()
     if spec.has_batch_stats:
-      changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool((a != b).any()), upd["batch_stats"], variables["batch_stats"]))
+      changed = jax.tree.leaves(
+        jax.tree.map(lambda a, b: bool((a != b).any()), upd["batch_stats"], variables["batch_stats"])
+      )
       assert any(changed) == train  # training updates, evaluation does not
   if name == "none":
     np.testing.assert_array_equal(y, X)
@@ -119,24 +135,45 @@ def test_model_building_inside_a_module():
 
 
 @pytest.mark.parametrize(
-    "call,error,match",
-    [
-        (lambda: jn.create_norm("batchnorm"), ValueError,
-         r"create_norm: name='batchnorm' is not a known normalizer; valid names are 'bn', 'bn\+ws', 'brn', "
-         r"'ghost_bn', 'gn', 'gn\+ws', 'ln', 'in', 'rms', 'frn', 'evonorm_b0', 'evonorm_s0', 'none'"),
-        (lambda: jn.create_norm("gn", groups=8), TypeError,
-         r"create_norm\('gn'\): unknown keyword arguments \['groups'\]; the accepted ones are \[.*'num_groups'.*\]"),
-        (lambda: jn.create_norm("bn", virtual_batch=2, momentun=0.9), TypeError,
-         r"unknown keyword arguments \['momentun', 'virtual_batch'\]"),
-        (lambda: jn.create_norm("bn", use_running_average=True), TypeError,
-         r"unknown keyword arguments \['use_running_average'\]"),
-        (lambda: jn.create_norm("none", epsilon=1e-3), TypeError,
-         r"create_norm\('none'\): unknown keyword arguments \['epsilon'\]; the accepted ones are \[\]"),
-        (lambda: jn.create_norm("ghost_bn"), TypeError,
-         r"create_norm\('ghost_bn'\): missing required keyword arguments \['virtual_batch_size'\]"),
-        (lambda: jn.create_norm("frn").layer(True, scale_inti=None), TypeError,
-         r"NormSpec\('frn'\).layer: unknown keyword arguments \['scale_inti'\]"),
-    ],
+  "call,error,match",
+  [
+    (
+      lambda: jn.create_norm("batchnorm"),
+      ValueError,
+      r"create_norm: name='batchnorm' is not a known normalizer; valid names are 'bn', 'bn\+ws', 'brn', "
+      r"'ghost_bn', 'gn', 'gn\+ws', 'ln', 'in', 'rms', 'frn', 'evonorm_b0', 'evonorm_s0', 'none'",
+    ),
+    (
+      lambda: jn.create_norm("gn", groups=8),
+      TypeError,
+      r"create_norm\('gn'\): unknown keyword arguments \['groups'\]; the accepted ones are \[.*'num_groups'.*\]",
+    ),
+    (
+      lambda: jn.create_norm("bn", virtual_batch=2, momentun=0.9),
+      TypeError,
+      r"unknown keyword arguments \['momentun', 'virtual_batch'\]",
+    ),
+    (
+      lambda: jn.create_norm("bn", use_running_average=True),
+      TypeError,
+      r"unknown keyword arguments \['use_running_average'\]",
+    ),
+    (
+      lambda: jn.create_norm("none", epsilon=1e-3),
+      TypeError,
+      r"create_norm\('none'\): unknown keyword arguments \['epsilon'\]; the accepted ones are \[\]",
+    ),
+    (
+      lambda: jn.create_norm("ghost_bn"),
+      TypeError,
+      r"create_norm\('ghost_bn'\): missing required keyword arguments \['virtual_batch_size'\]",
+    ),
+    (
+      lambda: jn.create_norm("frn").layer(True, scale_inti=None),
+      TypeError,
+      r"NormSpec\('frn'\).layer: unknown keyword arguments \['scale_inti'\]",
+    ),
+  ],
 )
 def test_errors(call, error, match):
   with pytest.raises(error, match=match):

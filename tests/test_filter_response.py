@@ -1,6 +1,5 @@
 """Filter response normalization + TLU (Singh & Krishnan, 2020)."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +8,6 @@ from jax.test_util import check_grads
 
 import jaxnorm as jn
 import references as ref
-from references import f64
 
 KEY = jax.random.key(0)
 
@@ -21,13 +19,15 @@ def randn(*shape, loc=0.5, scale=2.0, seed=0):
 def params(c, seed=1):
   rng = np.random.default_rng(seed)
   return (
-      rng.uniform(0.5, 1.5, c).astype(np.float32),
-      rng.normal(size=c).astype(np.float32),
-      rng.normal(size=c).astype(np.float32),
+    rng.uniform(0.5, 1.5, c).astype(np.float32),
+    rng.normal(size=c).astype(np.float32),
+    rng.normal(size=c).astype(np.float32),
   )
 
 
-@pytest.mark.parametrize("shape,channel_axis", [((2, 4, 5, 6), -1), ((2, 6, 4, 5), 1), ((3, 7, 4), -1), ((2, 1, 1, 4), -1)])
+@pytest.mark.parametrize(
+  "shape,channel_axis", [((2, 4, 5, 6), -1), ((2, 6, 4, 5), 1), ((3, 7, 4), -1), ((2, 1, 1, 4), -1)]
+)
 @pytest.mark.parametrize("tlu", [True, False])
 def test_matches_paper_formula(shape, channel_axis, tlu):
   x = randn(*shape)
@@ -83,9 +83,7 @@ def test_module_variables_and_output():
   x = randn(2, 4, 4, 3)
   mod = jn.FilterResponseNorm(learn_epsilon=True)
   variables = mod.init(KEY, x)
-  assert jax.tree.map(jnp.shape, variables) == {
-      "params": {"scale": (3,), "bias": (3,), "tau": (3,), "epsilon": ()}
-  }
+  assert jax.tree.map(jnp.shape, variables) == {"params": {"scale": (3,), "bias": (3,), "tau": (3,), "epsilon": ()}}
   np.testing.assert_allclose(variables["params"]["epsilon"], 1e-4)
   p = {"scale": params(3)[0], "bias": params(3)[1], "tau": params(3)[2], "epsilon": jnp.asarray(-0.5)}
   y = mod.apply({"params": p}, x)
@@ -104,17 +102,25 @@ def test_bfloat16_in_bfloat16_out():
 
 
 @pytest.mark.parametrize(
-    "call,match",
-    [
-        (lambda: jn.filter_response_norm(jnp.ones((2, 3, 3, 4)), channel_axis=0),
-         r"filter_response_norm: channel_axis=0 is the batch axis 0"),
-        (lambda: jn.FilterResponseNorm(channel_axis=-4).init(KEY, jnp.ones((2, 3, 3, 4))),
-         r"FilterResponseNorm: channel_axis=-4 is the batch axis 0"),
-        (lambda: jn.filter_response_norm(jnp.ones((2, 3, 3, 4)), learned_epsilon=jnp.ones(4)),
-         r"learned_epsilon has shape \(4,\); ε is a scalar"),
-        (lambda: jn.filter_response_norm(jnp.ones((2, 3, 3, 4)), tau=jnp.ones(3)),
-         r"filter_response_norm: tau has shape \(3,\)"),
-    ],
+  "call,match",
+  [
+    (
+      lambda: jn.filter_response_norm(jnp.ones((2, 3, 3, 4)), channel_axis=0),
+      r"filter_response_norm: channel_axis=0 is the batch axis 0",
+    ),
+    (
+      lambda: jn.FilterResponseNorm(channel_axis=-4).init(KEY, jnp.ones((2, 3, 3, 4))),
+      r"FilterResponseNorm: channel_axis=-4 is the batch axis 0",
+    ),
+    (
+      lambda: jn.filter_response_norm(jnp.ones((2, 3, 3, 4)), learned_epsilon=jnp.ones(4)),
+      r"learned_epsilon has shape \(4,\); ε is a scalar",
+    ),
+    (
+      lambda: jn.filter_response_norm(jnp.ones((2, 3, 3, 4)), tau=jnp.ones(3)),
+      r"filter_response_norm: tau has shape \(3,\)",
+    ),
+  ],
 )
 def test_errors(call, match):
   with pytest.raises(ValueError, match=match):

@@ -29,9 +29,9 @@ def norm_variables(c, seed=1, use_scale=True, use_bias=True):
 
 
 LAYERS = [
-    ("conv", lambda bias: nn.Conv(6, (3, 3), use_bias=bias), (2, 5, 5, 3)),
-    ("strided_conv", lambda bias: nn.Conv(4, (3, 3), strides=2, padding="VALID", use_bias=bias), (2, 7, 7, 3)),
-    ("dense", lambda bias: nn.Dense(6, use_bias=bias), (4, 5)),
+  ("conv", lambda bias: nn.Conv(6, (3, 3), use_bias=bias), (2, 5, 5, 3)),
+  ("strided_conv", lambda bias: nn.Conv(4, (3, 3), strides=2, padding="VALID", use_bias=bias), (2, 7, 7, 3)),
+  ("dense", lambda bias: nn.Dense(6, use_bias=bias), (4, 5)),
 ]
 
 
@@ -79,7 +79,9 @@ def test_check_grads():
   params, stats = norm_variables(3)
 
   def f(kernel, bias, scale, shift, mean, var):
-    out = jn.fold_batch_norm({"kernel": kernel, "bias": bias}, {"scale": scale, "bias": shift}, {"mean": mean, "var": var})
+    out = jn.fold_batch_norm(
+      {"kernel": kernel, "bias": bias}, {"scale": scale, "bias": shift}, {"mean": mean, "var": var}
+    )
     return jnp.sum(jnp.sin(out["kernel"])) + jnp.sum(jnp.sin(out["bias"]))
 
   args = (kernel, bias, params["scale"], params["bias"], stats["mean"], stats["var"])
@@ -94,17 +96,27 @@ def test_dtype_is_kept_and_jit_works():
 
 
 @pytest.mark.parametrize(
-    "call,match",
-    [
-        (lambda: jn.fold_batch_norm({"kernel": jnp.ones((3, 4))}, {}, {"mean": jnp.zeros(5), "var": jnp.ones(5)}),
-         r"fold_batch_norm: norm_stats\['mean'\] has shape \(5,\), but the kernel of shape \(3, 4\) has 4 output channels"),
-        (lambda: jn.fold_batch_norm({"kernel": jnp.ones((3, 4))}, {"scale": jnp.ones(3)}, {"mean": jnp.zeros(4), "var": jnp.ones(4)}),
-         r"norm_params\['scale'\] has shape \(3,\)"),
-        (lambda: jn.fold_batch_norm({"kernel": jnp.ones((3, 4))}, None, {"mean": jnp.zeros(4)}),
-         r"norm_stats\['var'\] is missing"),
-        (lambda: jn.fold_batch_norm({"w": jnp.ones((3, 4))}, None, {"mean": jnp.zeros(4), "var": jnp.ones(4)}),
-         r"layer_params has no 'kernel'"),
-    ],
+  "call,match",
+  [
+    (
+      lambda: jn.fold_batch_norm({"kernel": jnp.ones((3, 4))}, {}, {"mean": jnp.zeros(5), "var": jnp.ones(5)}),
+      r"fold_batch_norm: norm_stats\['mean'\] has shape \(5,\), but the kernel of shape \(3, 4\) has 4 output channels",
+    ),
+    (
+      lambda: jn.fold_batch_norm(
+        {"kernel": jnp.ones((3, 4))}, {"scale": jnp.ones(3)}, {"mean": jnp.zeros(4), "var": jnp.ones(4)}
+      ),
+      r"norm_params\['scale'\] has shape \(3,\)",
+    ),
+    (
+      lambda: jn.fold_batch_norm({"kernel": jnp.ones((3, 4))}, None, {"mean": jnp.zeros(4)}),
+      r"norm_stats\['var'\] is missing",
+    ),
+    (
+      lambda: jn.fold_batch_norm({"w": jnp.ones((3, 4))}, None, {"mean": jnp.zeros(4), "var": jnp.ones(4)}),
+      r"layer_params has no 'kernel'",
+    ),
+  ],
 )
 def test_errors(call, match):
   with pytest.raises(ValueError, match=match):

@@ -18,6 +18,7 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxnorm
+from tests import compat
 from tests.test_fused import _uses_fast_path
 
 
@@ -26,6 +27,7 @@ def _uses_tangent_map(fn, *args) -> bool:
   ``custom_jvp`` leaves in a jaxpr once its rule has been applied)."""
   jaxpr = str(jax.make_jaxpr(fn)(*args))
   return "remat" in jaxpr or "checkpoint" in jaxpr
+
 
 C = 4  # channels
 SHAPES = {"NHWC": (2, 3, 3, C), "NCHW": (2, C, 3, 3)}
@@ -44,9 +46,7 @@ def _functional(fn, nparams=2):
 
   def build(layout, dtype):
     keys = jax.random.split(jax.random.key(7), nparams)
-    params = tuple(
-        (1.0 if i == 0 else 0.0) + 0.3 * jax.random.normal(k, (C,), dtype) for i, k in enumerate(keys)
-    )
+    params = tuple((1.0 if i == 0 else 0.0) + 0.3 * jax.random.normal(k, (C,), dtype) for i, k in enumerate(keys))
     return (lambda x, p: fn(layout, x, *p)), params
 
   return build
@@ -60,7 +60,7 @@ def _module(make):
     x = jnp.zeros(SHAPES[layout], dtype)
     variables = module.init(jax.random.key(3), x)
     params = jax.tree_util.tree_map(
-        lambda p: p + 0.1 * jax.random.normal(jax.random.key(p.size), p.shape, dtype), variables["params"]
+      lambda p: p + 0.1 * jax.random.normal(jax.random.key(p.size), p.shape, dtype), variables["params"]
     )
     state = {k: v for k, v in variables.items() if k != "params"}
 
@@ -81,7 +81,9 @@ def _batch_norm(layout, x, scale, bias):
 
 def _layer_norm(layout, x, scale, bias):
   if layout == "NCHW":  # statistics over C, H, W; parameters per channel
-    return jaxnorm.layer_norm(x, scale.reshape(1, C, 1, 1), bias.reshape(1, C, 1, 1), reduction_axes=(1, 2, 3), feature_axes=1)
+    return jaxnorm.layer_norm(
+      x, scale.reshape(1, C, 1, 1), bias.reshape(1, C, 1, 1), reduction_axes=(1, 2, 3), feature_axes=1
+    )
   return jaxnorm.layer_norm(x, scale, bias)
 
 
@@ -113,47 +115,47 @@ def _group_conv(layout):
 
 
 TARGETS = {
-    # functions
-    "batch_norm": _functional(_batch_norm),
-    "ghost_batch_norm": _functional(
-        lambda l, x, s, b: jaxnorm.batch_norm(x, s, b, axis=_channel(l), virtual_batch_size=1)[0]
-    ),
-    "batch_renorm": _functional(
-        lambda l, x, s, b: jaxnorm.batch_renorm(
-            x, s, b, jnp.zeros((C,), x.dtype) + 0.1, jnp.ones((C,), x.dtype), axis=_channel(l)
-        )[0]
-    ),
-    "layer_norm": _functional(_layer_norm),
-    "rms_norm": _functional(_rms_norm),
-    "instance_norm": _functional(lambda l, x, s, b: jaxnorm.instance_norm(x, s, b, feature_axes=_channel(l))),
-    "group_norm": _functional(lambda l, x, s, b: jaxnorm.group_norm(x, s, b, num_groups=2, channel_axis=_channel(l))),
-    "filter_response_norm": _functional(
-        lambda l, x, s, b: jaxnorm.filter_response_norm(x, s, b, jnp.full((C,), -0.2, x.dtype), channel_axis=_channel(l))
-    ),
-    "evonorm_b0": _functional(
-        lambda l, x, s, b: jaxnorm.evonorm_b0(x, s, b, jnp.ones((C,), x.dtype), channel_axis=_channel(l))[0]
-    ),
-    "evonorm_s0": _functional(
-        lambda l, x, s, b: jaxnorm.evonorm_s0(x, s, b, jnp.ones((C,), x.dtype), num_groups=2, channel_axis=_channel(l))
-    ),
-    "standardize_weight": _functional(_standardize_weight),
-    "moments": _functional(_moments),
-    "normalize": _functional(_normalize),
-    # modules
-    "BatchNorm": _module(lambda l: jaxnorm.BatchNorm(use_running_average=False, axis=_channel(l))),
-    "LayerNorm": _module(
-        lambda l: jaxnorm.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=1) if l == "NCHW" else jaxnorm.LayerNorm()
-    ),
-    "RMSNorm": _module(
-        lambda l: jaxnorm.RMSNorm(reduction_axes=(1, 2, 3), feature_axes=1) if l == "NCHW" else jaxnorm.RMSNorm()
-    ),
-    "InstanceNorm": _module(lambda l: jaxnorm.InstanceNorm(feature_axes=_channel(l))),
-    "GroupNorm": _module(lambda l: jaxnorm.GroupNorm(num_groups=2, channel_axis=_channel(l))),
-    "BatchRenorm": _module(lambda l: jaxnorm.BatchRenorm(use_running_average=False, axis=_channel(l))),
-    "FilterResponseNorm": _module(lambda l: jaxnorm.FilterResponseNorm(channel_axis=_channel(l))),
-    "EvoNormB0": _module(lambda l: jaxnorm.EvoNormB0(use_running_average=False, channel_axis=_channel(l))),
-    "EvoNormS0": _module(lambda l: jaxnorm.EvoNormS0(num_groups=2, channel_axis=_channel(l))),
-    "StandardizedConv": _module(_group_conv),
+  # functions
+  "batch_norm": _functional(_batch_norm),
+  "ghost_batch_norm": _functional(
+    lambda l, x, s, b: jaxnorm.batch_norm(x, s, b, axis=_channel(l), virtual_batch_size=1)[0]
+  ),
+  "batch_renorm": _functional(
+    lambda l, x, s, b: jaxnorm.batch_renorm(
+      x, s, b, jnp.zeros((C,), x.dtype) + 0.1, jnp.ones((C,), x.dtype), axis=_channel(l)
+    )[0]
+  ),
+  "layer_norm": _functional(_layer_norm),
+  "rms_norm": _functional(_rms_norm),
+  "instance_norm": _functional(lambda l, x, s, b: jaxnorm.instance_norm(x, s, b, feature_axes=_channel(l))),
+  "group_norm": _functional(lambda l, x, s, b: jaxnorm.group_norm(x, s, b, num_groups=2, channel_axis=_channel(l))),
+  "filter_response_norm": _functional(
+    lambda l, x, s, b: jaxnorm.filter_response_norm(x, s, b, jnp.full((C,), -0.2, x.dtype), channel_axis=_channel(l))
+  ),
+  "evonorm_b0": _functional(
+    lambda l, x, s, b: jaxnorm.evonorm_b0(x, s, b, jnp.ones((C,), x.dtype), channel_axis=_channel(l))[0]
+  ),
+  "evonorm_s0": _functional(
+    lambda l, x, s, b: jaxnorm.evonorm_s0(x, s, b, jnp.ones((C,), x.dtype), num_groups=2, channel_axis=_channel(l))
+  ),
+  "standardize_weight": _functional(_standardize_weight),
+  "moments": _functional(_moments),
+  "normalize": _functional(_normalize),
+  # modules
+  "BatchNorm": _module(lambda l: jaxnorm.BatchNorm(use_running_average=False, axis=_channel(l))),
+  "LayerNorm": _module(
+    lambda l: jaxnorm.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=1) if l == "NCHW" else jaxnorm.LayerNorm()
+  ),
+  "RMSNorm": _module(
+    lambda l: jaxnorm.RMSNorm(reduction_axes=(1, 2, 3), feature_axes=1) if l == "NCHW" else jaxnorm.RMSNorm()
+  ),
+  "InstanceNorm": _module(lambda l: jaxnorm.InstanceNorm(feature_axes=_channel(l))),
+  "GroupNorm": _module(lambda l: jaxnorm.GroupNorm(num_groups=2, channel_axis=_channel(l))),
+  "BatchRenorm": _module(lambda l: jaxnorm.BatchRenorm(use_running_average=False, axis=_channel(l))),
+  "FilterResponseNorm": _module(lambda l: jaxnorm.FilterResponseNorm(channel_axis=_channel(l))),
+  "EvoNormB0": _module(lambda l: jaxnorm.EvoNormB0(use_running_average=False, channel_axis=_channel(l))),
+  "EvoNormS0": _module(lambda l: jaxnorm.EvoNormS0(num_groups=2, channel_axis=_channel(l))),
+  "StandardizedConv": _module(_group_conv),
 }
 # Layouts each target is checked in: NCHW where the target has a channel axis.
 CHANNELS_LAST_ONLY = {"standardize_weight", "StandardizedConv"}
@@ -162,9 +164,19 @@ CHANNELS_LAST_ONLY = {"standardize_weight", "StandardizedConv"}
 # so comparing "auto" with "reference" there would compare a path with
 # itself: they are checked for consistency between modes instead.
 FAST_PATH = {
-    "batch_norm", "ghost_batch_norm", "layer_norm", "rms_norm", "instance_norm", "group_norm",
-    "filter_response_norm", "BatchNorm", "LayerNorm", "RMSNorm", "InstanceNorm", "GroupNorm",
-    "FilterResponseNorm",
+  "batch_norm",
+  "ghost_batch_norm",
+  "layer_norm",
+  "rms_norm",
+  "instance_norm",
+  "group_norm",
+  "filter_response_norm",
+  "BatchNorm",
+  "LayerNorm",
+  "RMSNorm",
+  "InstanceNorm",
+  "GroupNorm",
+  "FilterResponseNorm",
 }
 
 
@@ -192,12 +204,12 @@ def _transformations(f, x, params, tx, tparams):
   grad = jax.grad(loss, argnums=(0, 1))
   _, linear = jax.linearize(f, x, params)
   return {
-      "jvp": jax.jvp(f, (x, params), (tx, tparams)),
-      "jacfwd": jax.jacfwd(f, argnums=(0, 1))(x, params),
-      "linearize": linear(tx, tparams),
-      "hessian": jax.hessian(loss, argnums=(0, 1))(x, params),
-      "jvp_of_grad": jax.jvp(grad, (x, params), (tx, tparams)),
-      "grad_of_grad": jax.grad(lambda x, p: jnp.sum(jnp.square(grad(x, p)[0])), argnums=(0, 1))(x, params),
+    "jvp": jax.jvp(f, (x, params), (tx, tparams)),
+    "jacfwd": jax.jacfwd(f, argnums=(0, 1))(x, params),
+    "linearize": linear(tx, tparams),
+    "hessian": jax.hessian(loss, argnums=(0, 1))(x, params),
+    "jvp_of_grad": jax.jvp(grad, (x, params), (tx, tparams)),
+    "grad_of_grad": jax.grad(lambda x, p: jnp.sum(jnp.square(grad(x, p)[0])), argnums=(0, 1))(x, params),
   }
 
 
@@ -208,7 +220,7 @@ def _inputs(name, layout, dtype):
   tx = jax.random.normal(kt, x.shape, dtype)
   leaves, tree = jax.tree_util.tree_flatten(params)
   tparams = tree.unflatten(
-      [jax.random.normal(k, p.shape, dtype) for k, p in zip(jax.random.split(kp, len(leaves)), leaves)]
+    [jax.random.normal(k, p.shape, dtype) for k, p in zip(jax.random.split(kp, len(leaves)), leaves)]
   )
   return f, x, params, tx, tparams
 
@@ -225,7 +237,7 @@ def _compute(implementation, name, layout, dtype):
 @pytest.mark.parametrize("name,layout", list(_cases(fast_path=True)))
 def test_every_transformation_matches_the_reference(name, layout, dtype):
   tol = 1e-10 if dtype == "float64" else 2e-3
-  with jax.enable_x64(dtype == "float64"):
+  with compat.enable_x64(dtype == "float64"):
     auto = _compute("auto", name, layout, jnp.dtype(dtype))
     reference = _compute("reference", name, layout, jnp.dtype(dtype))
   assert set(auto) == set(reference)
@@ -236,7 +248,7 @@ def test_every_transformation_matches_the_reference(name, layout, dtype):
       assert a.shape == b.shape and a.dtype == b.dtype, transform
       scale = max(1.0, float(np.max(np.abs(np.asarray(b, np.float64)))))
       np.testing.assert_allclose(
-          np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=tol, atol=tol * scale, err_msg=transform
+        np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=tol, atol=tol * scale, err_msg=transform
       )
 
 
@@ -244,12 +256,12 @@ def test_every_transformation_matches_the_reference(name, layout, dtype):
 def test_transformations_agree_with_each_other(name, layout):
   """Targets without a fast path: every transformation runs, and forward and
   reverse mode agree (linearize = jvp; Hessian·t = jvp of the gradient)."""
-  with jax.enable_x64(True):
+  with compat.enable_x64(True):
     f, x, params, tx, tparams = _inputs(name, layout, jnp.float64)
     out = jax.jit(lambda *a: _transformations(f, *a))(x, params, tx, tparams)
     hvp = jnp.tensordot(out["hessian"][0][0], tx, tx.ndim) + sum(
-        jnp.tensordot(h, t, t.ndim)
-        for h, t in zip(jax.tree_util.tree_leaves(out["hessian"][0][1]), jax.tree_util.tree_leaves(tparams))
+      jnp.tensordot(h, t, t.ndim)
+      for h, t in zip(jax.tree_util.tree_leaves(out["hessian"][0][1]), jax.tree_util.tree_leaves(tparams))
     )
   for leaf in jax.tree_util.tree_leaves(out):
     assert np.all(np.isfinite(np.asarray(leaf)))
@@ -263,7 +275,7 @@ def test_auto_takes_the_fast_path_exactly_where_listed(name, layout):
   """The comparison with the reference is between two paths, never the
   reference twice; the rest is what the consistency test covers."""
   f, x, params, tx, tparams = _inputs(name, layout, jnp.float32)
-  jvp = lambda x, p, tx, tp: jax.jvp(f, (x, p), (tx, tp))  # noqa: E731
+  jvp = lambda x, p, tx, tp: jax.jvp(f, (x, p), (tx, tp))
   with jaxnorm.implementation("auto"):
     assert _uses_fast_path(f, x, params) == (name in FAST_PATH)
     assert _uses_tangent_map(jvp, x, params, tx, tparams) == (name in FAST_PATH)
@@ -275,7 +287,7 @@ def test_auto_takes_the_fast_path_exactly_where_listed(name, layout):
 @pytest.mark.parametrize("implementation", ["fused", pytest.param("pallas", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", ["group_norm", "batch_norm", "layer_norm", "rms_norm"])
 def test_check_grads_in_both_modes_to_second_order(name, implementation):
-  with jax.enable_x64(True), jaxnorm.implementation(implementation):
+  with compat.enable_x64(True), jaxnorm.implementation(implementation):
     f, x, params, _, _ = _inputs(name, "NHWC", jnp.float64)
     check_grads(_scalar(f), (x, params), order=2, modes=["fwd", "rev"], atol=1e-6, rtol=1e-6)
 
@@ -283,7 +295,7 @@ def test_check_grads_in_both_modes_to_second_order(name, implementation):
 def test_no_bare_custom_vjp_error_on_any_path():
   """Forward mode works under every implementation choice."""
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 16))
-  f = lambda x: jaxnorm.group_norm(x, num_groups=4)  # noqa: E731
+  f = lambda x: jaxnorm.group_norm(x, num_groups=4)
   results = {}
   for implementation in jaxnorm.IMPLEMENTATIONS:
     with jaxnorm.implementation(implementation):
@@ -313,14 +325,14 @@ def _ntk(norm, mode):
   model = SmallCNN(norm)
   x = jax.random.normal(jax.random.key(0), (3, 6, 6, 2), jnp.float64)
   variables = model.init(jax.random.key(1), x)
-  as_float64 = lambda tree: jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), tree)  # noqa: E731
+  as_float64 = lambda tree: jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), tree)
   params, stats = as_float64(variables["params"]), {"batch_stats": as_float64(variables["batch_stats"])}
 
   def logits(params):
     out, _ = model.apply({"params": params, **stats}, x, mutable=["batch_stats"])
     return out.reshape(-1)
 
-  flat = lambda tree: jnp.concatenate([a.reshape(a.shape[0], -1) for a in jax.tree_util.tree_leaves(tree)], 1)  # noqa: E731
+  flat = lambda tree: jnp.concatenate([a.reshape(a.shape[0], -1) for a in jax.tree_util.tree_leaves(tree)], 1)
   jacobian = jax.jacfwd(logits) if mode == "jvp" else jax.jacrev(logits)
   j = flat(jacobian(params))
   return j @ j.T
@@ -328,7 +340,7 @@ def _ntk(norm, mode):
 
 @pytest.mark.slow
 def test_neural_tangent_kernel_forward_equals_reverse_and_flax():
-  with jax.enable_x64(True):
+  with compat.enable_x64(True):
     forward = _ntk("jaxnorm", "jvp")
     reverse = _ntk("jaxnorm", "vjp")
     flax_kernel = _ntk("flax", "vjp")

@@ -27,8 +27,8 @@ def affine(shape, axes, seed=1):
   rng = np.random.default_rng(seed)
   fshape = tuple(shape[a] for a in axes)
   return (
-      rng.uniform(0.5, 1.5, fshape).astype(np.float32),
-      rng.normal(size=fshape).astype(np.float32),
+    rng.uniform(0.5, 1.5, fshape).astype(np.float32),
+    rng.normal(size=fshape).astype(np.float32),
   )
 
 
@@ -44,8 +44,8 @@ def bcast(p, shape, axes):
 
 
 @pytest.mark.parametrize(
-    "shape,axis",
-    [((16, 5), -1), ((8, 4, 4, 6), -1), ((8, 6, 4, 4), 1), ((4, 3, 5, 6), (1, 3))],
+  "shape,axis",
+  [((16, 5), -1), ((8, 4, 4, 6), -1), ((8, 6, 4, 4), 1), ((4, 3, 5, 6), (1, 3))],
 )
 def test_batch_norm_train_matches_numpy(shape, axis):
   x = randn(*shape)
@@ -82,7 +82,7 @@ def test_batch_norm_mask_excludes_padding_from_statistics():
   x = randn(8, 3)
   mask = np.array([1, 1, 1, 1, 1, 0, 0, 0], bool)[:, None]
   y, stats = jn.batch_norm(x, mask=mask, epsilon=1e-5)
-  z, mean, _ = ref.standardize(x, (0,), 1e-5, mask=mask)
+  z, _, _ = ref.standardize(x, (0,), 1e-5, mask=mask)
   np.testing.assert_allclose(y, z, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(stats.mean, f64(x[:5]).mean(0), rtol=1e-5)
 
@@ -92,8 +92,8 @@ def test_batch_norm_mask_excludes_padding_from_statistics():
 
 
 @pytest.mark.parametrize(
-    "shape,red,feat",
-    [((4, 7), -1, -1), ((2, 3, 8), (1, 2), -1), ((2, 3, 8), (1, 2), (1, 2)), ((5, 6, 3), 1, 2)],
+  "shape,red,feat",
+  [((4, 7), -1, -1), ((2, 3, 8), (1, 2), -1), ((2, 3, 8), (1, 2), (1, 2)), ((5, 6, 3), 1, 2)],
 )
 def test_layer_norm_matches_numpy(shape, red, feat):
   x = randn(*shape)
@@ -156,9 +156,7 @@ def test_group_norm_layouts_agree_exactly_up_to_transpose():
 
 def test_group_size_is_equivalent_to_num_groups():
   x = randn(2, 4, 4, 12)
-  np.testing.assert_array_equal(
-      jn.group_norm(x, num_groups=None, group_size=3), jn.group_norm(x, num_groups=4)
-  )
+  np.testing.assert_array_equal(jn.group_norm(x, num_groups=None, group_size=3), jn.group_norm(x, num_groups=4))
 
 
 def test_group_norm_special_cases_equal_layer_and_instance_norm():
@@ -211,10 +209,10 @@ def test_property_group_norm_any_layout(case):
 # numerics shared by every normalizer
 
 NORMALIZERS = {
-    "batch_norm": (lambda x, **kw: jn.batch_norm(x, **kw)[0], (0, 1, 2)),
-    "layer_norm": (functools.partial(jn.layer_norm, reduction_axes=(1, 2, 3)), (1, 2, 3)),
-    "instance_norm": (jn.instance_norm, (1, 2)),
-    "group_norm": (functools.partial(jn.group_norm, num_groups=1), (1, 2, 3)),
+  "batch_norm": (lambda x, **kw: jn.batch_norm(x, **kw)[0], (0, 1, 2)),
+  "layer_norm": (functools.partial(jn.layer_norm, reduction_axes=(1, 2, 3)), (1, 2, 3)),
+  "instance_norm": (jn.instance_norm, (1, 2)),
+  "group_norm": (functools.partial(jn.group_norm, num_groups=1), (1, 2, 3)),
 }
 
 
@@ -285,9 +283,7 @@ def test_grad_matches_analytic_layer_norm_gradient():
 def test_vmap_over_examples_equals_batched_call():
   x = randn(5, 4, 4, 8)
   batched = jn.group_norm(x, num_groups=4)
-  per_example = jax.vmap(
-      lambda e: jn.group_norm(e, num_groups=4, reduction_axes=(0, 1, 2))
-  )(x)
+  per_example = jax.vmap(lambda e: jn.group_norm(e, num_groups=4, reduction_axes=(0, 1, 2)))(x)
   np.testing.assert_allclose(per_example, batched, rtol=1e-5, atol=1e-6)
   ln = jax.vmap(jn.layer_norm)(x)
   np.testing.assert_allclose(ln, jn.layer_norm(x), rtol=1e-6, atol=1e-6)

@@ -12,11 +12,11 @@ import jaxnorm as jn
 import references as ref
 
 PAIRS = {
-    "BatchNorm": (jn.BatchNorm, nn.BatchNorm),
-    "LayerNorm": (jn.LayerNorm, nn.LayerNorm),
-    "GroupNorm": (jn.GroupNorm, nn.GroupNorm),
-    "InstanceNorm": (jn.InstanceNorm, nn.InstanceNorm),
-    "RMSNorm": (jn.RMSNorm, nn.RMSNorm),
+  "BatchNorm": (jn.BatchNorm, nn.BatchNorm),
+  "LayerNorm": (jn.LayerNorm, nn.LayerNorm),
+  "GroupNorm": (jn.GroupNorm, nn.GroupNorm),
+  "InstanceNorm": (jn.InstanceNorm, nn.InstanceNorm),
+  "RMSNorm": (jn.RMSNorm, nn.RMSNorm),
 }
 BN_TRAIN = {"use_running_average": False}
 
@@ -47,9 +47,7 @@ def assert_parity(name, kwargs, x, *, call=None, atol=1e-5, rtol=1e-5, steps=1, 
     y_f, new_f = theirs.apply(v_flax, xs, mutable=["batch_stats"], **call)
     y_o, new_o = ours.apply(v_ours, xs, mutable=["batch_stats"], **call)
     assert y_o.dtype == y_f.dtype and y_o.shape == y_f.shape
-    np.testing.assert_allclose(
-        np.asarray(y_o, np.float64), np.asarray(y_f, np.float64), atol=atol, rtol=rtol
-    )
+    np.testing.assert_allclose(np.asarray(y_o, np.float64), np.asarray(y_f, np.float64), atol=atol, rtol=rtol)
     tree_allclose(new_o, new_f, not stats_dtype_may_differ, atol=atol, rtol=rtol)
     if stats_dtype_may_differ:  # ours keep the dtype they were created with
       old = {k: v_ours[k] for k in new_o}
@@ -72,8 +70,8 @@ def test_fields_in_flax_order_and_same_defaults(name):
   assert [f.name for f in f_ours[: len(f_flax)]] == [f.name for f in f_flax]
   extra = [f.name for f in f_ours[len(f_flax) :]]
   expected_extra = {
-      "GroupNorm": ["channel_axis"],
-      "BatchNorm": ["virtual_batch_size", "running_stats"],
+    "GroupNorm": ["channel_axis"],
+    "BatchNorm": ["virtual_batch_size", "running_stats"],
   }
   assert extra == expected_extra.get(name, [])
   for a, b in zip(f_ours, f_flax):
@@ -102,24 +100,24 @@ def test_random_initializers_give_identical_parameters():
 # outputs and running statistics, option by option
 
 CASES = [
-    ("BatchNorm", dict(use_running_average=False), (8, 4, 4, 6)),
-    ("BatchNorm", dict(use_running_average=False, momentum=0.5, epsilon=1e-3), (16, 5)),
-    ("BatchNorm", dict(use_running_average=False, axis=1), (8, 6, 4, 4)),
-    ("BatchNorm", dict(use_running_average=False, axis=(1, 3)), (4, 3, 5, 6)),
-    ("BatchNorm", dict(use_running_average=False, use_bias=False, use_scale=False), (8, 5)),
-    ("LayerNorm", dict(), (4, 16)),
-    ("LayerNorm", dict(reduction_axes=(1, 2), feature_axes=-1), (2, 3, 8)),
-    ("LayerNorm", dict(reduction_axes=(1, 2), feature_axes=(1, 2)), (2, 3, 8)),
-    ("LayerNorm", dict(use_bias=False, epsilon=1e-2), (4, 16)),
-    ("RMSNorm", dict(), (4, 16)),
-    ("RMSNorm", dict(reduction_axes=(1, 2), use_scale=False), (2, 3, 8)),
-    ("GroupNorm", dict(num_groups=4), (3, 5, 4, 8)),
-    ("GroupNorm", dict(num_groups=None, group_size=2), (3, 5, 4, 8)),
-    ("GroupNorm", dict(num_groups=2, reduction_axes=(1, 3)), (3, 5, 4, 8)),
-    ("GroupNorm", dict(num_groups=1), (3, 8)),
-    ("InstanceNorm", dict(), (3, 5, 4, 8)),
-    ("InstanceNorm", dict(feature_axes=1), (3, 8, 5, 4)),
-    ("InstanceNorm", dict(feature_axes=(1, 3)), (3, 4, 5, 2)),
+  ("BatchNorm", dict(use_running_average=False), (8, 4, 4, 6)),
+  ("BatchNorm", dict(use_running_average=False, momentum=0.5, epsilon=1e-3), (16, 5)),
+  ("BatchNorm", dict(use_running_average=False, axis=1), (8, 6, 4, 4)),
+  ("BatchNorm", dict(use_running_average=False, axis=(1, 3)), (4, 3, 5, 6)),
+  ("BatchNorm", dict(use_running_average=False, use_bias=False, use_scale=False), (8, 5)),
+  ("LayerNorm", dict(), (4, 16)),
+  ("LayerNorm", dict(reduction_axes=(1, 2), feature_axes=-1), (2, 3, 8)),
+  ("LayerNorm", dict(reduction_axes=(1, 2), feature_axes=(1, 2)), (2, 3, 8)),
+  ("LayerNorm", dict(use_bias=False, epsilon=1e-2), (4, 16)),
+  ("RMSNorm", dict(), (4, 16)),
+  ("RMSNorm", dict(reduction_axes=(1, 2), use_scale=False), (2, 3, 8)),
+  ("GroupNorm", dict(num_groups=4), (3, 5, 4, 8)),
+  ("GroupNorm", dict(num_groups=None, group_size=2), (3, 5, 4, 8)),
+  ("GroupNorm", dict(num_groups=2, reduction_axes=(1, 3)), (3, 5, 4, 8)),
+  ("GroupNorm", dict(num_groups=1), (3, 8)),
+  ("InstanceNorm", dict(), (3, 5, 4, 8)),
+  ("InstanceNorm", dict(feature_axes=1), (3, 8, 5, 4)),
+  ("InstanceNorm", dict(feature_axes=(1, 3)), (3, 4, 5, 2)),
 ]
 
 
@@ -164,30 +162,32 @@ def test_running_statistics_follow_ema_formula():
 
 
 @pytest.mark.parametrize(
-    "name,kwargs,shape,mask_shape",
-    [
-        ("BatchNorm", BN_TRAIN, (8, 6), (8, 1)),
-        ("LayerNorm", {}, (4, 10), (4, 10)),
-        ("RMSNorm", {}, (4, 10), (4, 10)),
-        ("GroupNorm", dict(num_groups=2), (3, 5, 8), (3, 5, 8)),
-        ("InstanceNorm", {}, (3, 7, 4), (3, 7, 4)),
-    ],
+  "name,kwargs,shape,mask_shape",
+  [
+    ("BatchNorm", BN_TRAIN, (8, 6), (8, 1)),
+    ("LayerNorm", {}, (4, 10), (4, 10)),
+    ("RMSNorm", {}, (4, 10), (4, 10)),
+    ("GroupNorm", dict(num_groups=2), (3, 5, 8), (3, 5, 8)),
+    ("InstanceNorm", {}, (3, 7, 4), (3, 7, 4)),
+  ],
 )
 def test_masks_match_flax(name, kwargs, shape, mask_shape):
   mask = np.random.default_rng(1).random(mask_shape) < 0.7
   mask[..., :1] = True
   mask = np.broadcast_to(mask, mask_shape)
   for fast in (True, False):
-    assert_parity(name, dict(kwargs, use_fast_variance=fast), data(*shape), call=dict(mask=jnp.asarray(mask)), atol=3e-5, rtol=3e-5)
+    assert_parity(
+      name, dict(kwargs, use_fast_variance=fast), data(*shape), call=dict(mask=jnp.asarray(mask)), atol=3e-5, rtol=3e-5
+    )
 
 
 @pytest.mark.parametrize(
-    "name,kwargs,shape",
-    [
-        ("BatchNorm", BN_TRAIN, (6, 3)),
-        ("LayerNorm", dict(reduction_axes=(0, 1), feature_axes=1), (5, 4)),
-        ("GroupNorm", dict(num_groups=2, reduction_axes=(0, 1)), (5, 4)),
-    ],
+  "name,kwargs,shape",
+  [
+    ("BatchNorm", BN_TRAIN, (6, 3)),
+    ("LayerNorm", dict(reduction_axes=(0, 1), feature_axes=1), (5, 4)),
+    ("GroupNorm", dict(num_groups=2, reduction_axes=(0, 1)), (5, 4)),
+  ],
 )
 def test_axis_name_under_vmap_matches_flax(name, kwargs, shape):
   """Equal per-device counts: flax's pmean of means is exact there too."""
@@ -229,12 +229,12 @@ def test_sync_batch_norm_with_unequal_counts_is_exact_where_flax_is_not():
 
 
 DTYPE_CASES = [
-    (jnp.float32, None, jnp.float32),
-    (jnp.bfloat16, None, jnp.float32),
-    (jnp.bfloat16, None, jnp.bfloat16),
-    (jnp.float32, jnp.bfloat16, jnp.float32),
-    (jnp.bfloat16, jnp.bfloat16, jnp.bfloat16),
-    (jnp.float16, jnp.float32, jnp.float16),
+  (jnp.float32, None, jnp.float32),
+  (jnp.bfloat16, None, jnp.float32),
+  (jnp.bfloat16, None, jnp.bfloat16),
+  (jnp.float32, jnp.bfloat16, jnp.float32),
+  (jnp.bfloat16, jnp.bfloat16, jnp.bfloat16),
+  (jnp.float16, jnp.float32, jnp.float16),
 ]
 
 
@@ -242,9 +242,7 @@ DTYPE_CASES = [
 @pytest.mark.parametrize("name", sorted(PAIRS))
 @pytest.mark.parametrize("f32_reductions", [True, False])
 def test_dtypes_match_flax(name, x_dtype, dtype, param_dtype, f32_reductions):
-  kwargs = dict(
-      dtype=dtype, param_dtype=param_dtype, force_float32_reductions=f32_reductions
-  )
+  kwargs = dict(dtype=dtype, param_dtype=param_dtype, force_float32_reductions=f32_reductions)
   if name == "BatchNorm":
     kwargs.update(BN_TRAIN)
   if name == "GroupNorm":

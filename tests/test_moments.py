@@ -24,16 +24,16 @@ def np_moments(x, axes, mask=None):
 
 
 @pytest.mark.parametrize(
-    "shape,axes",
-    [
-        ((7,), 0),
-        ((4, 5), 1),
-        ((4, 5), (0, 1)),
-        ((3, 4, 5, 6), (0, 1, 2)),
-        ((3, 4, 5, 6), (1, 3)),
-        ((3, 4, 5, 6), -1),
-        ((3, 4, 5, 6), (-3, -2)),
-    ],
+  "shape,axes",
+  [
+    ((7,), 0),
+    ((4, 5), 1),
+    ((4, 5), (0, 1)),
+    ((3, 4, 5, 6), (0, 1, 2)),
+    ((3, 4, 5, 6), (1, 3)),
+    ((3, 4, 5, 6), -1),
+    ((3, 4, 5, 6), (-3, -2)),
+  ],
 )
 @pytest.mark.parametrize("fast", [False, True])
 def test_matches_numpy(shape, axes, fast):
@@ -158,9 +158,7 @@ def test_vmap_axis_name_other_modes(fast, use_mean):
   rng = np.random.default_rng(8)
   x = rng.normal(1.0, 2.0, (4, 6, 2)).astype(np.float32)
   mask = rng.random(x.shape) < 0.7
-  f = lambda xd, md: jn.moments(
-      xd, 0, mask=md, axis_name="i", use_fast_variance=fast, use_mean=use_mean
-  )
+  f = lambda xd, md: jn.moments(xd, 0, mask=md, axis_name="i", use_fast_variance=fast, use_mean=use_mean)
   m = jax.vmap(f, axis_name="i")(x, mask)
   n, mean, var = np_moments(x, (0, 1), mask)
   if not use_mean:

@@ -19,36 +19,34 @@ SCRIPT = pathlib.Path(__file__).with_name("multidevice_checks.py")
 @pytest.fixture(scope="module")
 def errors():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  proc = subprocess.run(
-      [sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600
-  )
+  proc = subprocess.run([sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize(
-    "check,tolerance",
-    [
-        ("unequal_counts_count", 0.0),
-        ("unequal_counts_mean", 1e-5),
-        ("unequal_counts_var", 1e-4),
-        ("sync_bn_output", 1e-5),
-        ("sync_bn_running_mean", 1e-6),
-        ("sync_bn_running_var", 1e-6),
-        ("per_device_bn_output", 1e-5),
-        ("axis_index_groups_mean", 1e-5),
-        ("axis_index_groups_var", 1e-5),
-        ("axis_index_groups_batch_norm", 1e-5),
-        ("spmd_sharded_input", 1e-5),
-        ("spmd_output_is_sharded", 0.0),
-        ("nnx_sync_bn_output", 1e-5),
-        ("nnx_sync_bn_running_mean", 1e-6),
-        ("nnx_sync_bn_running_var", 1e-6),
-        ("nnx_sync_bn_vs_flax_nnx", 1e-5),
-        ("nnx_unequal_counts_running_mean", 1e-5),
-        ("nnx_unequal_counts_running_var", 1e-4),
-        ("nnx_unequal_counts_output", 1e-4),
-    ],
+  "check,tolerance",
+  [
+    ("unequal_counts_count", 0.0),
+    ("unequal_counts_mean", 1e-5),
+    ("unequal_counts_var", 1e-4),
+    ("sync_bn_output", 1e-5),
+    ("sync_bn_running_mean", 1e-6),
+    ("sync_bn_running_var", 1e-6),
+    ("per_device_bn_output", 1e-5),
+    ("axis_index_groups_mean", 1e-5),
+    ("axis_index_groups_var", 1e-5),
+    ("axis_index_groups_batch_norm", 1e-5),
+    ("spmd_sharded_input", 1e-5),
+    ("spmd_output_is_sharded", 0.0),
+    ("nnx_sync_bn_output", 1e-5),
+    ("nnx_sync_bn_running_mean", 1e-6),
+    ("nnx_sync_bn_running_var", 1e-6),
+    ("nnx_sync_bn_vs_flax_nnx", 1e-5),
+    ("nnx_unequal_counts_running_mean", 1e-5),
+    ("nnx_unequal_counts_running_var", 1e-4),
+    ("nnx_unequal_counts_output", 1e-4),
+  ],
 )
 def test_eight_devices(errors, check, tolerance):
   assert errors[check] <= tolerance, (check, errors[check])

@@ -2,7 +2,6 @@
 
 import inspect
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +11,7 @@ from flax import nnx
 
 import jaxnorm
 import jaxnorm.nnx as jnnx
+from tests import compat
 
 SHARED = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm"]
 EXTRA = {"GroupNorm": {"num_groups": 4}}
@@ -40,12 +40,16 @@ def _x(shape=(4, 5, 5, 8), seed=0, offset=3.0):
 
 @pytest.mark.parametrize("name", SHARED)
 def test_constructor_matches_flax_nnx(name):
-  """Same parameters, same order, same defaults — apart from the documented
-  differences (stable variance; jaxnorm's extra fields come last)."""
+  """Every parameter of the installed flax.nnx layer, in the same order, of
+  the same kind, with the same default — apart from the documented
+  differences (stable variance; jaxnorm's extra fields come last). An older
+  flax (down to the floor in pyproject.toml) may lack parameters that newer
+  ones added and jaxnorm follows (e.g. ``promote_dtype``)."""
   ours = inspect.signature(getattr(jnnx, name).__init__).parameters
   theirs = inspect.signature(getattr(nnx, name).__init__).parameters
-  assert list(ours)[: len(theirs)] == list(theirs)
-  for p, q in zip(ours.values(), theirs.values()):
+  shared = [p for p in ours if p in theirs]
+  assert shared == list(theirs), "flax.nnx's parameters are missing from jaxnorm's or out of order"
+  for p, q in ((ours[k], theirs[k]) for k in shared):
     assert p.kind == q.kind, p.name
     if p.name in ("use_fast_variance", "promote_dtype", "bias_init", "scale_init"):
       continue  # documented: stable variance; initializers equal but not the same objects
@@ -91,7 +95,9 @@ def test_batch_norm_running_statistics_over_steps_and_modes():
   np.testing.assert_array_equal(ours.mean[...], before)
   ours.train()
   assert ours.use_running_average is False
-  np.testing.assert_allclose(ours(x, use_running_average=True), theirs(x, use_running_average=True), rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(
+    ours(x, use_running_average=True), theirs(x, use_running_average=True), rtol=2e-5, atol=2e-5
+  )
   # Against the paper's formula in float64 numpy: EMA of the biased batch variance.
   bn = jnnx.BatchNorm(3, momentum=0.8, rngs=nnx.Rngs(0))
   xs = np.random.default_rng(0).normal(2.0, 3.0, (6, 3))
@@ -141,6 +147,7 @@ def test_batch_norm_axis_name_under_nnx_vmap_equals_the_whole_batch():
 
 def test_scan_over_layers():
   """nnx.scan over a stack of LayerNorms (vmapped construction)."""
+
   @nnx.vmap(in_axes=0, out_axes=0)
   def make(key):
     return jnnx.LayerNorm(8, rngs=nnx.Rngs(key))
@@ -161,11 +168,11 @@ def test_scan_over_layers():
 
 
 LINEN = {
-    "BatchNorm": lambda: jaxnorm.BatchNorm(use_running_average=False),
-    "LayerNorm": lambda: jaxnorm.LayerNorm(),
-    "GroupNorm": lambda: jaxnorm.GroupNorm(num_groups=4),
-    "InstanceNorm": lambda: jaxnorm.InstanceNorm(),
-    "RMSNorm": lambda: jaxnorm.RMSNorm(),
+  "BatchNorm": lambda: jaxnorm.BatchNorm(use_running_average=False),
+  "LayerNorm": lambda: jaxnorm.LayerNorm(),
+  "GroupNorm": lambda: jaxnorm.GroupNorm(num_groups=4),
+  "InstanceNorm": lambda: jaxnorm.InstanceNorm(),
+  "RMSNorm": lambda: jaxnorm.RMSNorm(),
 }
 
 
@@ -214,11 +221,14 @@ def test_jaxnorm_extensions_carry_over():
   assert ours_error < 1e-2 < flax_error, (ours_error, flax_error)
 
 
-@pytest.mark.parametrize("build, match", [
+@pytest.mark.parametrize(
+  "build, match",
+  [
     (lambda: jnnx.GroupNorm(8, num_groups=3, rngs=nnx.Rngs(0)), r"GroupNorm: .*num_groups=3 does not divide 8"),
     (lambda: jnnx.BatchNorm(0, rngs=nnx.Rngs(0)), r"BatchNorm: num_features=0; expected a positive integer"),
     (lambda: jnnx.BatchNorm(8, running_stats="ewma", rngs=nnx.Rngs(0)), r"running_stats"),
-])
+  ],
+)
 def test_bad_arguments_name_themselves(build, match):
   with pytest.raises(ValueError, match=match):
     build()
@@ -234,7 +244,7 @@ def test_missing_mode_says_how_to_set_it():
 def test_forward_mode_through_the_fast_path(name):
   """jax.jvp through a jaxnorm.nnx module under "auto" equals the composed
   reference path (float64)."""
-  with jax.enable_x64(True):
+  with compat.enable_x64(True):
     module = getattr(jnnx, name)(8, rngs=nnx.Rngs(0), param_dtype=jnp.float64, **EXTRA.get(name, {}))
     graphdef, state = nnx.split(module)
     x = _x().astype(jnp.float64)
@@ -253,10 +263,10 @@ def test_forward_mode_through_the_fast_path(name):
 
 # jaxnorm's own normalizers: NNX and linen agree bitwise over training steps.
 OWN = {
-    "BatchRenorm": ({"momentum": 0.9, "r_max": 1.5, "d_max": 0.5}, ("mean", "var", "steps"), ()),
-    "EvoNormB0": ({"momentum": 0.9}, ("var",), ("v",)),
-    "EvoNormS0": ({"num_groups": 4}, (), ("v",)),
-    "FilterResponseNorm": ({"learn_epsilon": True}, (), ("tau", "epsilon")),
+  "BatchRenorm": ({"momentum": 0.9, "r_max": 1.5, "d_max": 0.5}, ("mean", "var", "steps"), ()),
+  "EvoNormB0": ({"momentum": 0.9}, ("var",), ("v",)),
+  "EvoNormS0": ({"num_groups": 4}, (), ("v",)),
+  "FilterResponseNorm": ({"learn_epsilon": True}, (), ("tau", "epsilon")),
 }
 
 
@@ -312,8 +322,9 @@ def test_standardized_conv_is_nnx_conv_with_a_standardized_kernel(scaled, masked
   np.testing.assert_array_equal(conv(x), linen.apply({"params": params}, x))
   # Against nnx.Conv given the standardized kernel: the paper's formula, per output channel.
   plain = nnx.Conv(4, 8, (3, 3), mask=mask, padding="VALID", rngs=nnx.Rngs(0))
-  plain.kernel[...] = jaxnorm.standardize_weight(conv.kernel[...], conv.gain[...] if scaled else None,
-                                                 scaled=scaled, mask=mask)
+  plain.kernel[...] = jaxnorm.standardize_weight(
+    conv.kernel[...], conv.gain[...] if scaled else None, scaled=scaled, mask=mask
+  )
   np.testing.assert_allclose(conv(x), plain(x), rtol=1e-6, atol=1e-6)
   # Split/merge and jit read the merged module's own parameters.
   graphdef, state = nnx.split(conv)
@@ -323,11 +334,14 @@ def test_standardized_conv_is_nnx_conv_with_a_standardized_kernel(scaled, masked
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("norm, kwargs, extra", [
+@pytest.mark.parametrize(
+  "norm, kwargs, extra",
+  [
     ("bn", {}, {}),
     ("gn", {"num_groups": 4}, {}),
     ("gn+ws", {"num_groups": 4}, {"preact": True, "shortcut": "projection"}),
-])
+  ],
+)
 def test_nnx_cifar_resnet_equals_the_linen_one(norm, kwargs, extra):
   """experiments.models.NnxCifarResNet with the linen model's parameters:
   the same logits bit for bit, in training (and the same running
@@ -377,8 +391,10 @@ def test_a_flax_nnx_model_trains_the_same_with_jaxnorm_norms():
   running statistics over 3 SGD steps under nnx.jit (float32; jaxnorm's
   stable variance differs from flax's one-pass formula by rounding)."""
   rng = np.random.default_rng(0)
-  batches = [(jnp.asarray(rng.normal(2.0, 3.0, (16, 8, 8, 3)), jnp.float32), jnp.asarray(rng.integers(0, 10, 16)))
-             for _ in range(3)]
+  batches = [
+    (jnp.asarray(rng.normal(2.0, 3.0, (16, 8, 8, 3)), jnp.float32), jnp.asarray(rng.integers(0, 10, 16)))
+    for _ in range(3)
+  ]
 
   def train(norms):
     model = _SmallCnn(norms, nnx.Rngs(0))

@@ -16,22 +16,28 @@ from jax.test_util import check_grads
 import jaxnorm
 from jaxnorm import _dispatch
 from jaxnorm import _pallas
-from tests.test_export import TRITON, export_for
-from tests.test_fused import CASES, _inputs, _loss, _run, _uses_fast_path
+from tests import compat
+from tests.test_export import TRITON
+from tests.test_export import export_for
+from tests.test_fused import CASES
+from tests.test_fused import _inputs
+from tests.test_fused import _loss
+from tests.test_fused import _run
+from tests.test_fused import _uses_fast_path
 
 # Shapes the tiling covers: rows per example (H·W, or N·H·W for batch
 # norm) with a power-of-two tile of at least 8 rows.
 COVERED = {
-    "gn_nhwc": (4, 4, 4, 8),
-    "gn_group_size_1": (3, 4, 4, 8),
-    "ln_hwc": (3, 4, 4, 8),
-    "in_nhwc": (3, 2, 8, 8),
-    "rms_hwc": (2, 4, 4, 8),
-    "bn_nhwc": (4, 4, 2, 8),
-    "bn_running": (6, 4, 8),
-    "bn_no_affine": (8, 4, 8),
-    "ghost_bn": (8, 4, 2, 8),
-    "bn_2d": (32, 8),
+  "gn_nhwc": (4, 4, 4, 8),
+  "gn_group_size_1": (3, 4, 4, 8),
+  "ln_hwc": (3, 4, 4, 8),
+  "in_nhwc": (3, 2, 8, 8),
+  "rms_hwc": (2, 4, 4, 8),
+  "bn_nhwc": (4, 4, 2, 8),
+  "bn_running": (6, 4, 8),
+  "bn_no_affine": (8, 4, 8),
+  "ghost_bn": (8, 4, 2, 8),
+  "bn_2d": (32, 8),
 }
 NOT_COVERED = ["gn_nchw", "in_nchw", "bn_nchw", "ln_last", "gn_nhwc"]  # the last: 15 rows
 
@@ -52,7 +58,7 @@ def test_kernels_equal_reference_in_float64(name, tile_elements, monkeypatch):
   """Outputs, statistics and gradients; 64-element tiles force many tiles."""
   monkeypatch.setattr(_pallas, "TILE_ELEMENTS", tile_elements)
   shape, fn = COVERED[name], CASES[name][1]
-  with jax.enable_x64(True):
+  with compat.enable_x64(True):
     x, scale, bias, cot = _inputs(shape, jnp.float64)
     with jaxnorm.implementation("pallas"):
       assert _uses_pallas(jax.grad(_loss(fn, cot), (0, 1, 2)), x, scale, bias)
@@ -137,7 +143,7 @@ def test_kernels_lower_to_triton_for_cuda_and_interpret_elsewhere(name, dtype):
 def test_vmap_over_the_kernels():
   """vmap (the experiments' simulated devices) batches the pallas_call."""
   x = jax.random.normal(jax.random.key(0), (3, 4, 8, 8, 16))
-  fn = lambda x: jaxnorm.group_norm(x, num_groups=4)  # noqa: E731
+  fn = lambda x: jaxnorm.group_norm(x, num_groups=4)
   grad = jax.vmap(jax.grad(lambda x: jnp.sum(fn(x) ** 3)))
   with jaxnorm.implementation("pallas"):
     assert _uses_pallas(jax.vmap(fn), x)

@@ -16,7 +16,9 @@ KEY = jax.random.key(0)
 
 def dataset(n=24, shape=(3, 3, 4), seed=0):
   rng = np.random.default_rng(seed)
-  return (rng.normal(size=(n,) + shape) * np.array([1.0, 2.0, 0.5, 3.0]) + np.array([5.0, -1.0, 0.0, 100.0])).astype(np.float32)
+  return (rng.normal(size=(n,) + shape) * np.array([1.0, 2.0, 0.5, 3.0]) + np.array([5.0, -1.0, 0.0, 100.0])).astype(
+    np.float32
+  )
 
 
 def batches(data, size):
@@ -40,14 +42,14 @@ class TwoBN(nn.Module):
 
 
 @pytest.mark.parametrize(
-    "norm",
-    [
-        jn.BatchNorm,
-        functools.partial(jn.BatchNorm, virtual_batch_size=2),
-        functools.partial(jn.BatchNorm, running_stats="cumulative"),
-        jn.BatchRenorm,
-    ],
-    ids=["bn", "ghost_bn", "cumulative", "brn"],
+  "norm",
+  [
+    jn.BatchNorm,
+    functools.partial(jn.BatchNorm, virtual_batch_size=2),
+    functools.partial(jn.BatchNorm, running_stats="cumulative"),
+    jn.BatchRenorm,
+  ],
+  ids=["bn", "ghost_bn", "cumulative", "brn"],
 )
 def test_one_layer_on_the_input_gives_the_dataset_statistics(norm):
   data = dataset()
@@ -120,7 +122,10 @@ def test_errors():
   variables = model.init(KEY, data[:4], train=False)
   with pytest.raises(ValueError, match=r"precise_batch_stats: num_batches=3 but the batches ran out after 2"):
     jn.precise_batch_stats(functools.partial(model.apply, train=True), variables, batches(data, 4), 3)
-  with pytest.raises(ValueError, match=r"precise_batch_stats: no layer reported batch moments; apply_fn must run the model in training mode"):
+  with pytest.raises(
+    ValueError,
+    match=r"precise_batch_stats: no layer reported batch moments; apply_fn must run the model in training mode",
+  ):
     jn.precise_batch_stats(functools.partial(model.apply, train=False), variables, batches(data, 4), 2)
   with pytest.raises(ValueError, match=r"num_batches=0; expected a positive integer"):
     jn.precise_batch_stats(model.apply, variables, batches(data, 4), 0)

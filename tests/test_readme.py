@@ -12,7 +12,7 @@ def test_readme_python_examples_run():
   assert len(blocks) >= 2
   namespace = {}
   for block in blocks:
-    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the project's own README
+    exec(compile(block, "README.md", "exec"), namespace)
   # The NNX examples end in eval mode with updated running averages, and training lowered the loss.
   model = namespace["model"]
   assert model.bn.use_running_average is True

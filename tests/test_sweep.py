@@ -1,7 +1,7 @@
 """Sweep expansion, skip/resume behaviour, and the report's table and plots."""
 
-import csv
 import copy
+import csv
 import json
 import re
 from pathlib import Path
@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 
 from experiments import config as config_lib
-from experiments import report, sweep, train
-from tiny_cifar import load_tiny_records, write_tiny_cifar
+from experiments import report
+from experiments import sweep
+from experiments import train
+from tiny_cifar import load_tiny_records
+from tiny_cifar import write_tiny_cifar
 
 RECORDS = 32
 
@@ -33,8 +36,8 @@ def tiny_sweep(root):
   s.name = "tiny sweep (reduced)"
   s.base = base
   s.axes = [
-      [("bn", {"norm": "bn"}), ("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 2}})],
-      [("b4", {"per_device_batch": 4}), ("b2", {"per_device_batch": 2})],
+    [("bn", {"norm": "bn"}), ("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 2}})],
+    [("b4", {"per_device_batch": 4}), ("b2", {"per_device_batch": 2})],
   ]
   s.lock()  # as the command line loads it
   return s
@@ -97,7 +100,8 @@ def test_sweep_runs_skips_finished_points_and_resumes(tmp_path, monkeypatch):
 
 
 def fake_point(root, label, norm, b, seed, errors, kwargs=None, hardware=None):
-  """A finished point with known per-epoch test errors."""
+  """A finished point with known per-epoch test errors (None: an epoch
+  without evaluation, as with ``eval_every`` > 1)."""
   d = root / "points" / label
   d.mkdir(parents=True)
   config = config_lib.default_config()
@@ -105,19 +109,20 @@ def fake_point(root, label, norm, b, seed, errors, kwargs=None, hardware=None):
   config.report_last_evals = 2
   config.norm_kwargs.update(kwargs or {})
   history = [
-      {"epoch": i + 1, "train_loss": 1.0 / (i + 1), "test_error": e, "images_per_sec": 100.0 + i}
-      for i, e in enumerate(errors)
+    {"epoch": i + 1, "train_loss": 1.0 / (i + 1), "images_per_sec": 100.0 + i}
+    | ({} if e is None else {"test_error": e})
+    for i, e in enumerate(errors)
   ]
   (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
   result = {
-      **train.summarize(history, 2),
-      "epochs_completed": len(errors),
-      "train_wall_seconds": 12.0,
-      "train_examples": 1000,
-      "config": json.loads(json.dumps(config.to_dict())),
-      "git_commit": "abc",
-      "dataset": {"sha256": "f00"},
-      "hardware": hardware or {"backend": "cpu", "cpu": "Test CPU", "cpu_cores": 2, "devices": ["cpu"]},
+    **train.summarize(history, 2),
+    "epochs_completed": len(errors),
+    "train_wall_seconds": 12.0,
+    "train_examples": 1000,
+    "config": json.loads(json.dumps(config.to_dict())),
+    "git_commit": "abc",
+    "dataset": {"sha256": "f00"},
+    "hardware": hardware or {"backend": "cpu", "cpu": "Test CPU", "cpu_cores": 2, "devices": ["cpu"]},
   }
   (d / "result.json").write_text(json.dumps(result))
 
@@ -142,6 +147,28 @@ def test_report_table_uses_median_of_last_evals_and_seed_statistics(tmp_path):
   assert len(csv_lines) == 5 and csv_lines[0].startswith("label,norm")
 
 
+def test_epochs_without_evaluation_are_skipped_by_the_result_and_the_curves(tmp_path):
+  """With eval_every > 1 some epochs record no test error: the result is the
+  median of the last evaluations that exist, and the curves draw those."""
+  fake_point(tmp_path, "bn_b32_s0", "bn", 32, 0, [0.9, None, 0.5, None, 0.3, 0.2, None])
+  result = json.loads((tmp_path / "points" / "bn_b32_s0" / "result.json").read_text())
+  assert result["last_test_errors"] == [0.3, 0.2] and result["final_test_error"] == pytest.approx(0.25)
+  table = report.write_report(tmp_path)
+  assert "25.00" in table
+  assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_evaluation_epochs_follow_eval_every_and_cover_the_reported_ones():
+  config = config_lib.default_config()
+  config.epochs, config.eval_every, config.report_last_evals = 12, 5, 3
+  assert [e for e in range(1, 13) if config_lib.evaluates_after(config, e)] == [5, 10, 11, 12]
+  config.eval_every = 1
+  assert all(config_lib.evaluates_after(config, e) for e in range(1, 13))
+  config.eval_every = 0
+  with pytest.raises(ValueError, match="eval_every=0"):
+    config_lib.validate(config, 1)
+
+
 def test_report_merges_points_from_several_machines_and_names_each(tmp_path):
   """Points trained in different leases or sessions sit in one points/ folder;
   the table holds them all and says where each trained."""
@@ -154,8 +181,9 @@ def test_report_merges_points_from_several_machines_and_names_each(tmp_path):
   assert "3 / 4 epochs" in table  # points of different lengths are not described as one
   rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
   assert {r["label"]: r["hardware"] for r in rows} == {
-      "bn_b2_s0": "gpu: NVIDIA H100 80GB HBM3", "bn_b32_s0": "gpu: NVIDIA H100 80GB HBM3",
-      "bn_b8_s0": "cpu: Test CPU (2 cores)",
+    "bn_b2_s0": "gpu: NVIDIA H100 80GB HBM3",
+    "bn_b32_s0": "gpu: NVIDIA H100 80GB HBM3",
+    "bn_b8_s0": "cpu: Test CPU (2 cores)",
   }
 
 
@@ -170,8 +198,8 @@ def statistics_sweep(root):
   s.unlock()
   s.base.num_devices, s.base.per_device_batch = 1, 8
   s.axes = [
-      [("bn", {"norm": "bn"}), ("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 2}})],
-      [("k8", {"statistics_batch": 8}), ("k4", {"statistics_batch": 4}), ("k2", {"statistics_batch": 2})],
+    [("bn", {"norm": "bn"}), ("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 2}})],
+    [("k8", {"statistics_batch": 8}), ("k4", {"statistics_batch": 4}), ("k2", {"statistics_batch": 2})],
   ]
   s.lock()
   return s
@@ -210,12 +238,18 @@ def _fake_train_recording(trained):
     on_epochs(config.epochs)
     point_dir.mkdir(parents=True)
     errors = [0.5] * (config.epochs - 1) + [0.4 if config.epochs > 1 else 0.5]
-    history = [{"epoch": i + 1, "test_error": e, "train_loss": 1.0, "images_per_sec": 1.0} for i, e in enumerate(errors)]
+    history = [
+      {"epoch": i + 1, "test_error": e, "train_loss": 1.0, "images_per_sec": 1.0} for i, e in enumerate(errors)
+    ]
     (point_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
     result = {
-        **train.summarize(history, 1), "config": json.loads(json.dumps(config.to_dict(), default=str)),
-        "epochs_completed": config.epochs, "train_wall_seconds": 1.0, "train_examples": 16,
-        "git_commit": "abc", "dataset": {"sha256": "f00"},
+      **train.summarize(history, 1),
+      "config": json.loads(json.dumps(config.to_dict(), default=str)),
+      "epochs_completed": config.epochs,
+      "train_wall_seconds": 1.0,
+      "train_examples": 16,
+      "git_commit": "abc",
+      "dataset": {"sha256": "f00"},
     }
     (point_dir / "result.json").write_text(json.dumps(result))
 
@@ -232,8 +266,12 @@ def test_convergence_check_trains_chosen_points_longer_after_the_grid(tmp_path, 
   s.lock()
   sweep.run_sweep(s, tmp_path / "sweep")
   assert trained == [
-      ("points", "bn__k8", 1), ("points", "bn__k4", 1), ("points", "bn__k2", 1), ("points", "gn__k8", 1),
-      ("convergence", "bn__k8", 3), ("convergence", "gn__k2", 3),
+    ("points", "bn__k8", 1),
+    ("points", "bn__k4", 1),
+    ("points", "bn__k2", 1),
+    ("points", "gn__k8", 1),
+    ("convergence", "bn__k8", 3),
+    ("convergence", "gn__k2", 3),
   ]
   manifest = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
   assert manifest["convergence_check"] == [{"label": "bn__k8", "epochs": 3}, {"label": "gn__k2", "epochs": 3}]
@@ -246,10 +284,13 @@ def test_convergence_check_trains_chosen_points_longer_after_the_grid(tmp_path, 
   assert trained == []
 
 
-@pytest.mark.parametrize("check, message", [
+@pytest.mark.parametrize(
+  "check, message",
+  [
     ({"points": ["bn__k9"], "epochs_factor": 2}, r"names 'bn__k9', which is not a grid point; valid labels"),
     ({"points": ["bn__k8"], "epochs_factor": 1}, r"epochs_factor must be an integer >= 2, got 1"),
-])
+  ],
+)
 def test_convergence_check_errors_name_the_setting(tmp_path, check, message):
   s = statistics_sweep(tmp_path)
   s.unlock()
@@ -260,8 +301,10 @@ def test_convergence_check_errors_name_the_setting(tmp_path, check, message):
 
 def test_report_columns_follow_the_statistics_batch(tmp_path):
   for label, norm, k, errors, kwargs in [
-      ("bn__k8", "bn", 8, [0.30], None), ("bn__k2", "bn", 2, [0.50], None),
-      ("gn__k8", "gn", 8, [0.40], {"num_groups": 2}), ("gn__k2", "gn", 2, [0.40], {"num_groups": 2}),
+    ("bn__k8", "bn", 8, [0.30], None),
+    ("bn__k2", "bn", 2, [0.50], None),
+    ("gn__k8", "gn", 8, [0.40], {"num_groups": 2}),
+    ("gn__k2", "gn", 2, [0.40], {"num_groups": 2}),
   ]:
     fake_point(tmp_path, label, norm, 8, 0, errors, kwargs)
     result_path = tmp_path / "points" / label / "result.json"
@@ -274,7 +317,7 @@ def test_report_columns_follow_the_statistics_batch(tmp_path):
   assert "| test error (%) | 8 per BN batch | 2 per BN batch |" in table
   assert "| BN | 30.00 | 50.00 |" in table
   assert "Statistics-batch protocol" in table
-  assert "examples per BN statistics batch" == report._column_name(report.load_points(tmp_path))
+  assert report._column_name(report.load_points(tmp_path)) == "examples per BN statistics batch"
 
 
 def test_command_without_data_prints_the_fix_without_a_traceback(tmp_path):
@@ -282,12 +325,17 @@ def test_command_without_data_prints_the_fix_without_a_traceback(tmp_path):
   import sys
 
   command = [
-      sys.executable, "-m", "experiments.sweep", "--config", "configs/sweep_statistics_quick.py",
-      "--workdir", str(tmp_path / "sweep"), f"--config.base.data_dir={tmp_path / 'nothing'}",
-      "--config.base.download=False",
+    sys.executable,
+    "-m",
+    "experiments.sweep",
+    "--config",
+    "configs/sweep_statistics_quick.py",
+    "--workdir",
+    str(tmp_path / "sweep"),
+    f"--config.base.data_dir={tmp_path / 'nothing'}",
+    "--config.base.download=False",
   ]
-  run = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                       cwd=Path(__file__).resolve().parent.parent)
+  run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
   assert run.returncode == 2
   assert "Traceback" not in run.stderr
   assert "CIFAR-10 not found" in run.stderr and "JAXNORM_DATA" in run.stderr
@@ -295,7 +343,15 @@ def test_command_without_data_prints_the_fix_without_a_traceback(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["sweep_statistics_quick", "sweep_quick", "sweep_statistics_2h", "sweep_statistics_h100", "sweep_paper_h100"]
+  "name",
+  [
+    "sweep_statistics_quick",
+    "sweep_quick",
+    "sweep_statistics_2h",
+    "sweep_statistics_small",
+    "sweep_statistics_h100",
+    "sweep_paper_h100",
+  ],
 )
 def test_committed_sweep_configs_are_valid_at_every_point(name):
   """Every point of the README's main job (and the per-device sweep) passes
@@ -309,7 +365,9 @@ def test_committed_sweep_configs_are_valid_at_every_point(name):
   s = module.get_config()
   s.lock()
   points = sweep.expand(s)
-  assert len(points) == (20 if name in ("sweep_statistics_2h", "sweep_statistics_h100") else 10)
+  assert len(points) == (
+    20 if name in ("sweep_statistics_2h", "sweep_statistics_small", "sweep_statistics_h100") else 10
+  )
   for label, _, config in points:
     config_lib.validate(config, 1)
     train.check_model(train.build_model(config))
@@ -317,7 +375,7 @@ def test_committed_sweep_configs_are_valid_at_every_point(name):
       assert config_lib.global_batch(config) == 128  # the optimization is the same everywhere
       assert config_lib.statistics_examples(config) == int(re.search(r"__k(\d+)", label).group(1))
   for label, config in sweep.convergence_points(s, points):
-    assert config.epochs == 2 * dict((p[0], p[2]) for p in points)[label].epochs
+    assert config.epochs == 2 * {p[0]: p[2] for p in points}[label].epochs
 
 
 @pytest.mark.slow
@@ -327,13 +385,17 @@ def test_pack_seeds_trains_the_seeds_of_a_point_in_one_group(tmp_path, monkeypat
   write_tiny_cifar(tmp_path / "data", RECORDS)
   s = tiny_sweep(tmp_path / "data")
   s.unlock()
-  s.axes = [[("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 2}, "per_device_batch": 4})],
-            [("s0", {"seed": 0}), ("s1", {"seed": 1})]]
+  s.axes = [
+    [("gn", {"norm": "gn", "norm_kwargs": {"num_groups": 2}, "per_device_batch": 4})],
+    [("s0", {"seed": 0}), ("s1", {"seed": 1})],
+  ]
   s.pack_seeds = True
   s.lock()
   groups, alone = [], []
   real_group = train.train_group
-  monkeypatch.setattr(train, "train_group", lambda cs, ds, **k: groups.append([c.seed for c in cs]) or real_group(cs, ds, **k))
+  monkeypatch.setattr(
+    train, "train_group", lambda cs, ds, **k: groups.append([c.seed for c in cs]) or real_group(cs, ds, **k)
+  )
   monkeypatch.setattr(train, "train_and_evaluate", lambda c, d, **k: alone.append(d) or pytest.fail("alone"))
   results = sweep.run_sweep(s, tmp_path / "sweep")
   assert groups == [[0, 1]] and alone == []

@@ -13,14 +13,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from train_multidevice_checks import run_steps
 
 import jaxnorm
 from experiments import config as config_lib
 from experiments import data as data_lib
-from experiments import parallel
 from experiments import train
-from tiny_cifar import load_tiny_records, write_tiny_cifar
-from train_multidevice_checks import run_steps
+from tiny_cifar import load_tiny_records
+from tiny_cifar import write_tiny_cifar
 
 RECORDS = 64  # per file: 320 training and 64 test images
 
@@ -58,17 +58,17 @@ def tiny_config(root, **overrides):
 
 
 NORM_KWARGS = {
-    "gn": {"num_groups": 2},
-    "gn+ws": {"num_groups": 2},
-    "evonorm_s0": {"num_groups": 2},
-    "ghost_bn": {"virtual_batch_size": 4},
+  "gn": {"num_groups": 2},
+  "gn+ws": {"num_groups": 2},
+  "evonorm_s0": {"num_groups": 2},
+  "ghost_bn": {"virtual_batch_size": 4},
 }
 
 
 # BN and GN run by default; the other normalizers with the `slow` tests
 # (their layers have their own unit tests).
 @pytest.mark.parametrize(
-    "norm", [n if n in ("bn", "gn") else pytest.param(n, marks=pytest.mark.slow) for n in jaxnorm.NORM_NAMES]
+  "norm", [n if n in ("bn", "gn") else pytest.param(n, marks=pytest.mark.slow) for n in jaxnorm.NORM_NAMES]
 )
 def test_few_steps_with_each_normalizer(norm, data_dir, tmp_path):
   config = tiny_config(data_dir, norm=norm, norm_kwargs=NORM_KWARGS.get(norm, {}), train_examples=64)
@@ -88,7 +88,7 @@ def test_few_steps_with_each_normalizer(norm, data_dir, tmp_path):
 @pytest.mark.slow
 def test_training_reduces_the_loss(data_dir, tmp_path):
   config = tiny_config(
-      data_dir, norm="gn", norm_kwargs={"num_groups": 2}, epochs=3, base_lr=0.4, eval_with_batch_stats=True
+    data_dir, norm="gn", norm_kwargs={"num_groups": 2}, epochs=3, base_lr=0.4, eval_with_batch_stats=True
   )
   result = train.train_and_evaluate(config, tmp_path)
   lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -105,9 +105,7 @@ class Interrupted(Exception):
 
 @pytest.mark.slow
 def test_killed_and_resumed_run_equals_uninterrupted_run_bitwise(data_dir, tmp_path, monkeypatch):
-  config = tiny_config(
-      data_dir, norm="bn", epochs=3, checkpoint=True, train_examples=128, eval_with_batch_stats=True
-  )
+  config = tiny_config(data_dir, norm="bn", epochs=3, checkpoint=True, train_examples=128, eval_with_batch_stats=True)
   full = train.train_and_evaluate(config, tmp_path / "full")
 
   # Second run: die in the middle of epoch 3 (after checkpoint 2), then rerun.
@@ -157,6 +155,7 @@ def test_scan_engine_trains_and_evaluates_as_the_per_step_loop(data_dir, tmp_pat
   """An epoch per compiled call, data and order on the device: the same
   per-epoch metrics as the per-step loop (float32; XLA may fuse the scanned
   step differently, so not bitwise)."""
+
   def metrics(mode):
     config = tiny_config(data_dir, norm="bn", epochs=2, train_examples=64, execution=mode, eval_with_batch_stats=True)
     train.train_and_evaluate(config, tmp_path / mode)
@@ -182,8 +181,8 @@ def test_per_device_statistics_differ_from_synced_statistics(data_dir):
   per_device = run_steps(tiny_config(data_dir, norm="bn"), "vmap", steps=1)
   synced = run_steps(tiny_config(data_dir, norm="bn", sync_batch_stats=True), "vmap", steps=1)
   diff = max(
-      float(np.max(np.abs(u - v)))
-      for u, v in zip(jax.tree.leaves(per_device.batch_stats), jax.tree.leaves(synced.batch_stats))
+    float(np.max(np.abs(u - v)))
+    for u, v in zip(jax.tree.leaves(per_device.batch_stats), jax.tree.leaves(synced.batch_stats))
   )
   assert diff > 1e-4
 
@@ -216,20 +215,20 @@ def test_weight_decay_switch_skips_one_dimensional_parameters():
 
 
 @pytest.mark.parametrize(
-    "overrides,error,match",
-    [
-        (dict(norm="batchnorm"), ValueError, r"batchnorm.*bn"),
-        (dict(depth=21), ValueError, r"depth=21 is not a CIFAR ResNet depth; use 6n\+2"),
-        (dict(norm="gn", norm_kwargs={"num_groups": 3}), ValueError, r"num_groups=3 does not divide 8 channels"),
-        (dict(num_devices=0), ValueError, r"num_devices=0; expected a positive integer"),
-        (dict(schedule="linear"), ValueError, r"schedule='linear'"),
-        (dict(execution="microbatch", sync_batch_stats=True), ValueError, r"cannot synchronise statistics"),
-        (dict(data_dir="/nonexistent/cifar"), FileNotFoundError, r"cifar-10-batches-bin.*JAXNORM_DATA"),
-        (dict(statistics_batch=3), ValueError, r"statistics_batch=3 does not divide per_device_batch=8"),
-        (dict(statistics_batch=-1), ValueError, r"statistics_batch=-1; expected 0 \(off\) or a positive"),
-        (dict(norm="brn", statistics_batch=2), ValueError, r"statistics_batch=2 needs a norm .*norm='brn'"),
-        (dict(statistics_batch=2, sync_batch_stats=True), ValueError, r"sync_batch_stats=True.*choose one"),
-    ],
+  "overrides,error,match",
+  [
+    (dict(norm="batchnorm"), ValueError, r"batchnorm.*bn"),
+    (dict(depth=21), ValueError, r"depth=21 is not a CIFAR ResNet depth; use 6n\+2"),
+    (dict(norm="gn", norm_kwargs={"num_groups": 3}), ValueError, r"num_groups=3 does not divide 8 channels"),
+    (dict(num_devices=0), ValueError, r"num_devices=0; expected a positive integer"),
+    (dict(schedule="linear"), ValueError, r"schedule='linear'"),
+    (dict(execution="microbatch", sync_batch_stats=True), ValueError, r"cannot synchronise statistics"),
+    (dict(data_dir="/nonexistent/cifar"), FileNotFoundError, r"cifar-10-batches-bin.*JAXNORM_DATA"),
+    (dict(statistics_batch=3), ValueError, r"statistics_batch=3 does not divide per_device_batch=8"),
+    (dict(statistics_batch=-1), ValueError, r"statistics_batch=-1; expected 0 \(off\) or a positive"),
+    (dict(norm="brn", statistics_batch=2), ValueError, r"statistics_batch=2 needs a norm .*norm='brn'"),
+    (dict(statistics_batch=2, sync_batch_stats=True), ValueError, r"sync_batch_stats=True.*choose one"),
+  ],
 )
 def test_bad_configs_fail_before_compute(overrides, error, match, data_dir, tmp_path, monkeypatch):
   compiled = []
@@ -242,7 +241,9 @@ def test_bad_configs_fail_before_compute(overrides, error, match, data_dir, tmp_
 def test_global_batch_must_split_over_physical_devices():
   c = config_lib.default_config()
   c.num_devices = 8
-  with pytest.raises(ValueError, match=r"num_devices=8 simulated devices cannot be spread evenly over 3 physical devices"):
+  with pytest.raises(
+    ValueError, match=r"num_devices=8 simulated devices cannot be spread evenly over 3 physical devices"
+  ):
     config_lib.validate(c, 3)
 
 
@@ -279,13 +280,13 @@ def test_eight_devices_scan_engine_subprocess():
   assert errors["scan_group_seeds_differ"] > 1e-4, errors
 
 
-
 # The statistics-batch protocol (config.statistics_batch): one global batch,
 # BN statistics over ghost batches inside it.
 
 
 def test_group_norm_training_does_not_depend_on_the_statistics_partition(data_dir):
   """Bitwise: why a sweep trains GN once for every statistics batch."""
+
   def state(norm, k, **kw):
     return run_steps(tiny_config(data_dir, norm=norm, num_devices=1, statistics_batch=k, **kw), "vmap")
 
@@ -391,8 +392,16 @@ def test_non_finite_loss_stops_before_saving_anything_of_that_epoch(data_dir, tm
 
 
 def test_normalizer_settings_from_the_command_line():
-  argv = ["prog", "--config=c.py", "--config.norm=gn", "--config.norm_kwargs.num_groups=4",
-          "--config.norm_kwargs.epsilon", "1e-3", "--config.norm_kwargs.use_bias=false", "--workdir=w"]
+  argv = [
+    "prog",
+    "--config=c.py",
+    "--config.norm=gn",
+    "--config.norm_kwargs.num_groups=4",
+    "--config.norm_kwargs.epsilon",
+    "1e-3",
+    "--config.norm_kwargs.use_bias=false",
+    "--workdir=w",
+  ]
   rest, found = config_lib.split_norm_kwargs_flags(argv, "config.norm_kwargs")
   assert rest == ["prog", "--config=c.py", "--config.norm=gn", "--workdir=w"]
   assert found == {"num_groups": 4, "epsilon": 1e-3, "use_bias": False}
@@ -404,16 +413,31 @@ def test_normalizer_settings_from_the_command_line():
     config_lib.split_norm_kwargs_flags(["--config.norm_kwargs.num_groups"], "config.norm_kwargs")
 
 
-@pytest.mark.parametrize("kwarg, message", [
+@pytest.mark.parametrize(
+  "kwarg, message",
+  [
     ("num_grops=4", r"unknown keyword arguments \['num_grops'\]; the accepted ones are"),
     ("num_groups=3", r"num_groups=3 does not divide 16 channels"),  # it reached the model
-])
+  ],
+)
 def test_command_line_norm_kwargs_reach_the_model_or_fail_cleanly(kwarg, message, tmp_path):
   root = Path(__file__).resolve().parent.parent
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.train", "--config", str(root / "configs" / "cifar10_resnet20_bn.py"),
-       "--config.norm=gn", f"--config.norm_kwargs.{kwarg}", f"--workdir={tmp_path}"],
-      cwd=root, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300,
+    [
+      sys.executable,
+      "-m",
+      "experiments.train",
+      "--config",
+      str(root / "configs" / "cifar10_resnet20_bn.py"),
+      "--config.norm=gn",
+      f"--config.norm_kwargs.{kwarg}",
+      f"--workdir={tmp_path}",
+    ],
+    cwd=root,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
@@ -424,11 +448,14 @@ def _run_processes(data_dir, workdir, num_processes, port, *extra):
   script = Path(__file__).with_name("multiprocess_train_checks.py")
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_FLAGS"))}
   procs = [
-      subprocess.Popen(
-          [sys.executable, str(script), str(data_dir), str(workdir), str(i), str(num_processes), str(port), *extra],
-          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      )
-      for i in range(num_processes)
+    subprocess.Popen(
+      [sys.executable, str(script), str(data_dir), str(workdir), str(i), str(num_processes), str(port), *extra],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(num_processes)
   ]
   outs = [p.communicate(timeout=600) for p in procs]
   return [p.returncode for p in procs], outs
@@ -437,7 +464,7 @@ def _run_processes(data_dir, workdir, num_processes, port, *extra):
 def _result(outs):
   line = [l for l in outs[0][0].splitlines() if l.startswith("RESULT ")]
   assert line, outs[0][1][-3000:]
-  return json.loads(line[0][len("RESULT "):])
+  return json.loads(line[0][len("RESULT ") :])
 
 
 @pytest.mark.slow
@@ -501,8 +528,9 @@ def _run_files(workdir):
   return metrics, json.loads((workdir / "result.json").read_text())
 
 
-@pytest.mark.parametrize("mode", ["vmap", pytest.param("microbatch", marks=pytest.mark.slow),
-                                  pytest.param("scan", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  "mode", ["vmap", pytest.param("microbatch", marks=pytest.mark.slow), pytest.param("scan", marks=pytest.mark.slow)]
+)
 def test_two_vmapped_seeds_train_as_the_two_runs_alone(data_dir, tmp_path, mode):
   """A group of two seeds in one program: each run's metrics and result
   equal those of the same seed trained alone (float32: the vmapped
@@ -513,7 +541,7 @@ def test_two_vmapped_seeds_train_as_the_two_runs_alone(data_dir, tmp_path, mode)
   together = train.train_group(configs, [tmp_path / f"group{c.seed}" for c in configs])
   assert alone[0]["final_test_error"] is not None
   losses = []
-  for c, a, g in zip(configs, alone, together, strict=True):
+  for c, _, g in zip(configs, alone, together, strict=True):
     (ma, ra), (mg, rg) = _run_files(tmp_path / f"alone{c.seed}"), _run_files(tmp_path / f"group{c.seed}")
     assert rg == g and rg["trained_with_seeds"] == [3, 4] and rg["config"]["seed"] == c.seed
     assert set(rg) - set(ra) == {"trained_with_seeds"}
@@ -532,8 +560,12 @@ def test_a_killed_group_resumes_from_the_last_epoch_every_run_saved(data_dir, tm
   """Run 4 has saved epoch 3, run 3 only epoch 2 (killed between the two
   saves): the group resumes both from epoch 2, without discarding anything,
   and ends as an uninterrupted group does."""
-  configs = [tiny_config(data_dir, norm="gn", norm_kwargs={"num_groups": 2}, epochs=3, train_examples=64,
-                         checkpoint=True, seed=s) for s in (3, 4)]
+  configs = [
+    tiny_config(
+      data_dir, norm="gn", norm_kwargs={"num_groups": 2}, epochs=3, train_examples=64, checkpoint=True, seed=s
+    )
+    for s in (3, 4)
+  ]
   full = train.train_group(configs, [tmp_path / f"full{c.seed}" for c in configs])
   dirs = [tmp_path / f"cut{c.seed}" for c in configs]
   train.train_group([c.copy_and_resolve_references() for c in configs], dirs)
@@ -546,9 +578,9 @@ def test_a_killed_group_resumes_from_the_last_epoch_every_run_saved(data_dir, tm
     metrics = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
   np.testing.assert_allclose(
-      [json.loads(l)["train_loss"] for l in (dirs[0] / "metrics.jsonl").read_text().splitlines()],
-      [json.loads(l)["train_loss"] for l in (tmp_path / "full3" / "metrics.jsonl").read_text().splitlines()],
-      rtol=1e-5,
+    [json.loads(l)["train_loss"] for l in (dirs[0] / "metrics.jsonl").read_text().splitlines()],
+    [json.loads(l)["train_loss"] for l in (tmp_path / "full3" / "metrics.jsonl").read_text().splitlines()],
+    rtol=1e-5,
   )
 
 

@@ -83,14 +83,14 @@ def test_fields_are_flax_conv_fields_then_ws_fields():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [
-        dict(features=8, kernel_size=(3, 3)),
-        dict(features=6, kernel_size=(3, 3), strides=2, padding="VALID", use_bias=False),
-        dict(features=4, kernel_size=(3, 3), feature_group_count=2),
-        dict(features=8, kernel_size=(2, 2), scaled=True, activation_gain=1.7),
-        dict(features=5, kernel_size=(3,)),
-    ],
+  "kwargs",
+  [
+    dict(features=8, kernel_size=(3, 3)),
+    dict(features=6, kernel_size=(3, 3), strides=2, padding="VALID", use_bias=False),
+    dict(features=4, kernel_size=(3, 3), feature_group_count=2),
+    dict(features=8, kernel_size=(2, 2), scaled=True, activation_gain=1.7),
+    dict(features=5, kernel_size=(3,)),
+  ],
 )
 def test_conv_equals_flax_conv_with_standardized_kernel(kwargs):
   x = randn(2, 6, 5, 4) if len(kwargs["kernel_size"]) == 2 else randn(2, 7, 4)
@@ -103,8 +103,11 @@ def test_conv_equals_flax_conv_with_standardized_kernel(kwargs):
     params["bias"] = randn(kwargs["features"], seed=6)
   y = mod.apply({"params": params}, x)
   kernel = ref.standardize_weight(
-      params["kernel"], 1e-5, scaled=kwargs.get("scaled", False), gain=params.get("gain"),
-      activation_gain=kwargs.get("activation_gain", 1.0),
+    params["kernel"],
+    1e-5,
+    scaled=kwargs.get("scaled", False),
+    gain=params.get("gain"),
+    activation_gain=kwargs.get("activation_gain", 1.0),
   )
   flax_kwargs = {k: v for k, v in kwargs.items() if k not in ("scaled", "activation_gain")}
   plain = {"kernel": jnp.asarray(kernel, jnp.float32)}
@@ -139,17 +142,22 @@ def test_conv_under_jit():
 
 
 @pytest.mark.parametrize(
-    "call,match",
-    [
-        (lambda: jn.StandardizedConv(8, (1, 1)).init(KEY, jnp.ones((1, 4, 4, 1))),
-         r"StandardizedConv: kernel of shape \(1, 1, 1, 8\) has fan-in 1 over axes \(0, 1, 2\).*variance is 0"),
-        (lambda: jn.StandardizedConv(4, (1, 1), feature_group_count=4).init(KEY, jnp.ones((1, 4, 4, 4))),
-         r"kernel of shape \(1, 1, 1, 4\) has fan-in 1"),
-        (lambda: jn.standardize_weight(jnp.ones((1, 5))),
-         r"standardize_weight: kernel of shape \(1, 5\) has fan-in 1"),
-        (lambda: jn.standardize_weight(jnp.ones((3, 5)), fan_in_axes=2),
-         r"standardize_weight: fan_in_axes=2 is out of range"),
-    ],
+  "call,match",
+  [
+    (
+      lambda: jn.StandardizedConv(8, (1, 1)).init(KEY, jnp.ones((1, 4, 4, 1))),
+      r"StandardizedConv: kernel of shape \(1, 1, 1, 8\) has fan-in 1 over axes \(0, 1, 2\).*variance is 0",
+    ),
+    (
+      lambda: jn.StandardizedConv(4, (1, 1), feature_group_count=4).init(KEY, jnp.ones((1, 4, 4, 4))),
+      r"kernel of shape \(1, 1, 1, 4\) has fan-in 1",
+    ),
+    (lambda: jn.standardize_weight(jnp.ones((1, 5))), r"standardize_weight: kernel of shape \(1, 5\) has fan-in 1"),
+    (
+      lambda: jn.standardize_weight(jnp.ones((3, 5)), fan_in_axes=2),
+      r"standardize_weight: fan_in_axes=2 is out of range",
+    ),
+  ],
 )
 def test_errors(call, match):
   with pytest.raises(ValueError, match=match):

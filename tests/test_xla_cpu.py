@@ -38,8 +38,10 @@ def test_the_installed_jaxlib_accepts_the_flag():
   """XLA aborts on an unknown flag: a subprocess with the flag set must run."""
   flags = xla_cpu.configure({})
   result = subprocess.run(
-      [sys.executable, "-c", "import jax.numpy as jnp; print(float(jnp.ones(3).sum()))"],
-      env={**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+    [sys.executable, "-c", "import jax.numpy as jnp; print(float(jnp.ones(3).sum()))"],
+    env={**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"},
+    capture_output=True,
+    text=True,
   )
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == "3.0"

@@ -33,7 +33,7 @@ def write_tiny_cifar(root, records_per_file: int, seed: int = 0) -> Path:
 def load_tiny_records(monkeypatch, records_per_file: int) -> None:
   """Makes the loader accept the tiny files (it enforces the real size)."""
   monkeypatch.setattr(
-      data_lib,
-      "load_cifar10",
-      functools.partial(data_lib.load_cifar10, records_per_file=records_per_file),
+    data_lib,
+    "load_cifar10",
+    functools.partial(data_lib.load_cifar10, records_per_file=records_per_file),
   )

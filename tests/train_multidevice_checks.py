@@ -33,8 +33,8 @@ def run_steps(config, mode, devices=None, steps=2):
   n = config_lib.global_batch(config)
   for i in range(steps):
     batch = {
-        "images": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-        "labels": rng.integers(0, 10, n).astype(np.int32),
+      "images": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+      "labels": rng.integers(0, 10, n).astype(np.int32),
     }
     batch = parallel.put_global_batch(batch, mesh)
     state, _ = step(state, batch["images"], batch["labels"], jax.random.key(i))
@@ -57,13 +57,16 @@ def run_scan_epoch(config, devices, steps=2, seeds=(0,)):
   state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   n = config_lib.global_batch(config)
   rng = np.random.default_rng(1)
-  data = parallel.put_replicated({
+  data = parallel.put_replicated(
+    {
       "images": rng.integers(0, 256, (steps * n, 32, 32, 3), dtype=np.uint8),
       "labels": rng.integers(0, 10, steps * n).astype(np.int32),
-  }, mesh)
+    },
+    mesh,
+  )
   simulated = 1 if config.sync_batch_stats else config.num_devices // mesh.size
   run_epoch = parallel.make_scan_epoch(
-      model, tx, mesh, simulated=simulated, augment=True, batch=n, steps=steps, runs=runs
+    model, tx, mesh, simulated=simulated, augment=True, batch=n, steps=steps, runs=runs
   )
   state, _ = run_epoch(state, data["images"], data["labels"], root_key, 0)
   state = jax.device_get(state)
@@ -92,32 +95,32 @@ def main_scan():
   assert jax.device_count() == 8, jax.devices()
   eight = jax.devices()
   scan = {
-      "per_device_8": run_scan_epoch(small_config(), eight),
-      "ghost_1": run_scan_epoch(small_config(), eight[:1]),
-      "synced_8": run_scan_epoch(small_config(sync_batch_stats=True), eight),
-      "global_1": run_scan_epoch(small_config(num_devices=1, per_device_batch=32), eight[:1]),
-      "gn_8": run_scan_epoch(small_config(norm="gn", norm_kwargs={"num_groups": 2}), eight),
-      "gn_1": run_scan_epoch(small_config(norm="gn", norm_kwargs={"num_groups": 2}), eight[:1]),
-      # Two seeds in one program on 8 devices, against each seed alone.
-      "group_per_device_8": run_scan_epoch(small_config(), eight, seeds=(0, 5)),
-      "seed5_per_device_8": run_scan_epoch(small_config(), eight, seeds=(5,)),
-      "group_synced_8": run_scan_epoch(small_config(sync_batch_stats=True), eight, seeds=(0, 5)),
-      "seed5_synced_8": run_scan_epoch(small_config(sync_batch_stats=True), eight, seeds=(5,)),
+    "per_device_8": run_scan_epoch(small_config(), eight),
+    "ghost_1": run_scan_epoch(small_config(), eight[:1]),
+    "synced_8": run_scan_epoch(small_config(sync_batch_stats=True), eight),
+    "global_1": run_scan_epoch(small_config(num_devices=1, per_device_batch=32), eight[:1]),
+    "gn_8": run_scan_epoch(small_config(norm="gn", norm_kwargs={"num_groups": 2}), eight),
+    "gn_1": run_scan_epoch(small_config(norm="gn", norm_kwargs={"num_groups": 2}), eight[:1]),
+    # Two seeds in one program on 8 devices, against each seed alone.
+    "group_per_device_8": run_scan_epoch(small_config(), eight, seeds=(0, 5)),
+    "seed5_per_device_8": run_scan_epoch(small_config(), eight, seeds=(5,)),
+    "group_synced_8": run_scan_epoch(small_config(sync_batch_stats=True), eight, seeds=(0, 5)),
+    "seed5_synced_8": run_scan_epoch(small_config(sync_batch_stats=True), eight, seeds=(5,)),
   }
   return {
-      "scan_group_per_device_8_vs_alone": max(
-          max_diff(scan["group_per_device_8"][0], scan["per_device_8"]),
-          max_diff(scan["group_per_device_8"][1], scan["seed5_per_device_8"]),
-      ),
-      "scan_group_synced_8_vs_alone": max(
-          max_diff(scan["group_synced_8"][0], scan["synced_8"]),
-          max_diff(scan["group_synced_8"][1], scan["seed5_synced_8"]),
-      ),
-      "scan_group_seeds_differ": max_diff(scan["group_per_device_8"][0], scan["group_per_device_8"][1]),
-      "scan_per_device_8_vs_ghost_1": max_diff(scan["per_device_8"], scan["ghost_1"]),
-      "scan_synced_8_vs_global_1": max_diff(scan["synced_8"], scan["global_1"]),
-      "scan_gn_8_vs_1": max_diff(scan["gn_8"], scan["gn_1"]),
-      "scan_per_device_vs_synced": max_diff(scan["per_device_8"], scan["synced_8"]),
+    "scan_group_per_device_8_vs_alone": max(
+      max_diff(scan["group_per_device_8"][0], scan["per_device_8"]),
+      max_diff(scan["group_per_device_8"][1], scan["seed5_per_device_8"]),
+    ),
+    "scan_group_synced_8_vs_alone": max(
+      max_diff(scan["group_synced_8"][0], scan["synced_8"]),
+      max_diff(scan["group_synced_8"][1], scan["seed5_synced_8"]),
+    ),
+    "scan_group_seeds_differ": max_diff(scan["group_per_device_8"][0], scan["group_per_device_8"][1]),
+    "scan_per_device_8_vs_ghost_1": max_diff(scan["per_device_8"], scan["ghost_1"]),
+    "scan_synced_8_vs_global_1": max_diff(scan["synced_8"], scan["global_1"]),
+    "scan_gn_8_vs_1": max_diff(scan["gn_8"], scan["gn_1"]),
+    "scan_per_device_vs_synced": max_diff(scan["per_device_8"], scan["synced_8"]),
   }
 
 
@@ -130,9 +133,9 @@ def main():
   # One device, one BN over the whole global batch: plain global statistics.
   global_1 = run_steps(small_config(num_devices=1, per_device_batch=32), "vmap", eight[:1])
   return {
-      "per_device_8_vs_ghost_1": max_diff(per_device_8, ghost_1),
-      "synced_8_vs_global_1": max_diff(synced_8, global_1),
-      "per_device_vs_synced": max_diff(per_device_8, synced_8),
+    "per_device_8_vs_ghost_1": max_diff(per_device_8, ghost_1),
+    "synced_8_vs_global_1": max_diff(synced_8, global_1),
+    "per_device_vs_synced": max_diff(per_device_8, synced_8),
   }
 
 
