@@ -214,9 +214,8 @@ def batch_renorm(
     use_running_average: evaluation mode.
     r_max, d_max: clipping limits (``r_max >= 1``, ``d_max >= 0``); may be
       traced values from :func:`batch_renorm_limits`.
-    axis, momentum, epsilon, mask, axis_name, axis_index_groups,
-      use_fast_variance, dtype, force_float32_reductions: as in
-      :func:`jaxnorm.batch_norm`.
+    axis, momentum, epsilon, mask, axis_name, axis_index_groups, use_fast_variance, dtype, force_float32_reductions: as
+      in :func:`jaxnorm.batch_norm`.
 
   Returns:
     ``(y, BatchStats(mean, var))``, the running statistics updated in

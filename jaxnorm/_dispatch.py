@@ -26,6 +26,14 @@ forward-over-reverse and reverse-over-reverse, to any order. The fast paths
 define a ``jax.custom_jvp`` whose tangent map is linear, so reverse mode is
 JAX's transpose of it (see :mod:`jaxnorm._fused`).
 
+This module is the one place that decides: :func:`fast_standardize` checks
+whether a call's options allow a fast path, asks the Pallas kernels whether
+their tiling covers the input (:func:`jaxnorm._pallas.covers`), and picks
+the path; both fast paths run :func:`jaxnorm._fused.standardize` with its
+forward passes supplied by an implementation of
+:class:`jaxnorm._fused.Passes` (:class:`~jaxnorm._fused.XlaPasses` or
+:class:`~jaxnorm._pallas.PallasPasses`).
+
 The choice is read when a function is traced, so it applies to everything
 traced inside::
 
@@ -41,8 +49,14 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable
+from typing import Any
+
+import jax.numpy as jnp
+from jax import lax
 
 from jaxnorm import _axes
+from jaxnorm import _fused
+from jaxnorm import _pallas
 
 IMPLEMENTATIONS = ("auto", "fused", "reference", "pallas")
 
@@ -68,6 +82,80 @@ AUTO_PALLAS: dict[str, Callable[[tuple[int, ...], tuple[int, ...], tuple[int, ..
 def auto_pallas_platforms(shape, reduction_axes, feature_axes) -> tuple[str, ...]:
   """The lowering platforms on which ``"auto"`` takes the Pallas kernels."""
   return tuple(platform for platform, rule in sorted(AUTO_PALLAS.items()) if rule(shape, reduction_axes, feature_axes))
+
+
+def _options_allow_a_fast_path(
+  x, scale, bias, *, reduction_axes, epsilon, mask, axis_name, use_fast_variance, acc_dtype
+):
+  """The fast paths cover calls without a mask, without ``axis_name``, with
+  the stable variance, a real accumulation dtype the parameters do not
+  promote, and a fixed ε; the reference handles the rest."""
+  return not (
+    mask is not None
+    or axis_name is not None
+    or use_fast_variance
+    or not reduction_axes
+    or not jnp.issubdtype(acc_dtype, jnp.floating)
+    or not isinstance(epsilon, (int, float))
+    or jnp.result_type(acc_dtype, *(p for p in (scale, bias) if p is not None)) != acc_dtype
+  )
+
+
+def fast_standardize(
+  x,
+  scale,
+  bias,
+  *,
+  reduction_axes: tuple[int, ...],
+  feature_axes: tuple[int, ...],
+  epsilon: Any,
+  mask: Any,
+  axis_name: Any,
+  use_mean: bool,
+  use_fast_variance: bool,
+  acc_dtype: Any,
+  out_dtype: Any,
+):
+  """``(y, mean, var)`` from the fused path or the Pallas kernels, or None
+  where the implementation in effect or the call's options leave it to the
+  reference (:func:`jaxnorm.moments` and :func:`jaxnorm.normalize`).
+
+  ``"pallas"`` takes the kernels wherever their tiling covers the input;
+  ``"fused"`` never. ``"auto"`` takes them only on the platforms whose rule
+  in :data:`AUTO_PALLAS` accepts the input; when a rule does, the choice is
+  made per lowering platform (``lax.platform_dependent``), so a program
+  lowered for CUDA on a CPU host gets the CUDA choice.
+  """
+  name = get_implementation()
+  if name == "reference" or not _options_allow_a_fast_path(
+    x,
+    scale,
+    bias,
+    reduction_axes=reduction_axes,
+    epsilon=epsilon,
+    mask=mask,
+    axis_name=axis_name,
+    use_fast_variance=use_fast_variance,
+    acc_dtype=acc_dtype,
+  ):
+    return None
+  kwargs = dict(
+    reduction_axes=reduction_axes,
+    feature_axes=feature_axes,
+    epsilon=float(epsilon),
+    use_mean=use_mean,
+    acc_dtype=acc_dtype,
+    out_dtype=out_dtype,
+  )
+  fused = lambda x, scale, bias: _fused.standardize(x, scale, bias, **kwargs)
+  pallas = lambda x, scale, bias: _pallas.standardize(x, scale, bias, **kwargs)
+  covered = _pallas.covers(x.shape, reduction_axes, feature_axes)
+  if name == "pallas" and covered:
+    return pallas(x, scale, bias)
+  platforms = auto_pallas_platforms(x.shape, reduction_axes, feature_axes) if name == "auto" and covered else ()
+  if not platforms:
+    return fused(x, scale, bias)
+  return lax.platform_dependent(x, scale, bias, default=fused, **dict.fromkeys(platforms, pallas))
 
 
 def _default() -> str:

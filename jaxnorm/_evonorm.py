@@ -141,8 +141,7 @@ def evonorm_b0(
     channel_axis: the channel axis.
     momentum: EMA decay (flax's convention).
     epsilon: added to both variances.
-    mask, axis_name, axis_index_groups, use_fast_variance, dtype,
-      force_float32_reductions: as in :func:`jaxnorm.batch_norm`.
+    mask, axis_name, axis_index_groups, use_fast_variance, dtype, force_float32_reductions: as in :func:`jaxnorm.batch_norm`.
 
   Returns:
     ``(y, var)``: the output and the updated running variance (the batch

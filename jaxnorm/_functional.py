@@ -29,8 +29,6 @@ from jax import lax
 
 from jaxnorm import _axes
 from jaxnorm import _dispatch
-from jaxnorm import _fused
-from jaxnorm import _pallas
 from jaxnorm import _reduction_axes
 from jaxnorm._moments import Moments
 from jaxnorm._moments import accumulation_dtype
@@ -107,46 +105,6 @@ def _param(
   )
 
 
-def _fast_path_applies(name, x, scale, bias, acc, *, reduction_axes, epsilon, mask, axis_name, use_fast_variance):
-  """Whether the fused/Pallas paths (:mod:`jaxnorm._dispatch`) cover a call.
-
-  They cover inputs without a mask, without ``axis_name``, with the stable
-  variance, a real dtype and a fixed ε.
-  """
-  return not (
-    name == "reference"
-    or mask is not None
-    or axis_name is not None
-    or use_fast_variance
-    or not reduction_axes
-    or not jnp.issubdtype(acc, jnp.floating)
-    or not isinstance(epsilon, (int, float))
-    or jnp.result_type(acc, *(p for p in (scale, bias) if p is not None)) != acc
-  )
-
-
-def _fast_standardize(name, x, scale, bias, **kwargs):
-  """The fused XLA path or the Pallas kernels, per lowering platform.
-
-  ``"pallas"`` takes the kernels wherever their tiling covers the input;
-  ``"fused"`` never. ``"auto"`` takes them only on the platforms whose rule
-  in :data:`jaxnorm._dispatch.AUTO_PALLAS` accepts the input; when a rule
-  does, the choice is made per lowering platform
-  (``lax.platform_dependent``), so a program lowered for CUDA on a CPU host
-  gets the CUDA choice.
-  """
-  axes = kwargs["reduction_axes"], kwargs["feature_axes"]
-  covered = _pallas.applies(x, *axes)
-  if name == "pallas" and covered:
-    return _pallas.standardize(x, scale, bias, **kwargs)
-  platforms = _dispatch.auto_pallas_platforms(x.shape, *axes) if name == "auto" and covered else ()
-  fused = lambda x, scale, bias: _fused.standardize(x, scale, bias, **kwargs)
-  if not platforms:
-    return fused(x, scale, bias)
-  pallas = lambda x, scale, bias: _pallas.standardize(x, scale, bias, **kwargs)
-  return lax.platform_dependent(x, scale, bias, default=fused, **dict.fromkeys(platforms, pallas))
-
-
 def moments_and_normalize(
   x: Array,
   scale: Array | None,
@@ -165,34 +123,28 @@ def moments_and_normalize(
 ) -> tuple[Array, Moments]:
   """Statistics over ``reduction_axes``, then ``normalize``: ``(y, Moments)``.
 
-  The one place that chooses how: the fused path or the Pallas kernels
-  where they apply (see :mod:`jaxnorm._dispatch`), else :func:`moments`
-  and :func:`normalize` composed (the reference). ``scale``, ``bias`` and
+  :func:`jaxnorm._dispatch.fast_standardize` decides whether the fused path
+  or the Pallas kernels compute it; where neither applies, :func:`moments`
+  and :func:`normalize` are composed (the reference). ``scale``, ``bias`` and
   ``mask`` have ``x``'s rank; the moments keep the reduced axes with size 1.
   """
-  name = _dispatch.get_implementation()
   acc = accumulation_dtype(jnp.result_type(x), dtype, force_float32_reductions)
-  if _fast_path_applies(
-    name,
+  fast = _dispatch.fast_standardize(
     x,
     scale,
     bias,
-    acc,
     reduction_axes=reduction_axes,
+    feature_axes=feature_axes,
     epsilon=epsilon,
     mask=mask,
     axis_name=axis_name,
+    use_mean=use_mean,
     use_fast_variance=use_fast_variance,
-  ):
-    kwargs = dict(
-      reduction_axes=reduction_axes,
-      feature_axes=feature_axes,
-      epsilon=float(epsilon),
-      use_mean=use_mean,
-      acc_dtype=acc,
-      out_dtype=output_dtype(x, scale, bias, dtype=dtype),
-    )
-    y, mean, var = _fast_standardize(name, x, scale, bias, **kwargs)
+    acc_dtype=acc,
+    out_dtype=output_dtype(x, scale, bias, dtype=dtype),
+  )
+  if fast is not None:
+    y, mean, var = fast
     count = jnp.full(mean.shape, math.prod(x.shape[a] for a in reduction_axes), var.dtype)
     return y, Moments(count, mean, var)
   stats = moments(
@@ -488,8 +440,7 @@ def group_norm(
     channel_axis: the axis holding the channels.
     reduction_axes: axes to compute statistics over; must include
       ``channel_axis``. Default: every axis but the leading (batch) axis.
-    epsilon, mask, axis_name, axis_index_groups, use_fast_variance, dtype,
-      force_float32_reductions: as in :func:`layer_norm`.
+    epsilon, mask, axis_name, axis_index_groups, use_fast_variance, dtype, force_float32_reductions: as in :func:`layer_norm`.
 
   Returns:
     The normalized array, shaped like ``x``.

@@ -50,6 +50,8 @@ from __future__ import annotations
 import functools
 import math
 from typing import Any
+from typing import Protocol
+from typing import runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +93,41 @@ def fence(a: Array) -> Array:
 # precision (about 1e-6 relative in float32); elsewhere the centred second
 # pass runs.
 WELL_CENTRED = 16.0
+
+
+@runtime_checkable
+class Passes(Protocol):
+  """The full-size forward passes of :func:`standardize`: what an
+  implementation supplies, :class:`XlaPasses` as XLA operations and
+  :class:`jaxnorm._pallas.PallasPasses` as Pallas kernels (chosen in
+  :mod:`jaxnorm._dispatch`).
+
+  Per-channel arrays have the partial shape (see :class:`XlaPasses`); sums
+  run over the inner axes, in the accumulation dtype. Every pass is
+  differentiable in forward and reverse mode. The tangent map is not part
+  of it: it always runs as :class:`XlaPasses`' operations, which JAX can
+  transpose.
+  """
+
+  #: whether :func:`standardize` may take the variance from ``Σx`` and
+  #: ``Σx²`` (where the statistics are well centred).
+  single_pass: bool
+
+  def sum(self, x: Array) -> Array:
+    """``Σ x``."""
+    ...
+
+  def sum_and_square_sum(self, x: Array) -> tuple[Array, Array]:
+    """``Σ x`` and ``Σ x²``."""
+    ...
+
+  def centred_square_sum(self, x: Array, mean: Array) -> Array:
+    """``Σ (x − mean)²``."""
+    ...
+
+  def affine(self, x: Array, mean: Array, a: Array, d: Array, out_dtype: Any) -> Array:
+    """``(x − mean)·a + d``, full size, in ``out_dtype``."""
+    ...
 
 
 class XlaPasses:
@@ -202,8 +239,9 @@ def standardize(
     use_mean: centre on the mean (False: RMS normalization, ``μ = 0``).
     acc_dtype: dtype of the arithmetic and of the statistics.
     out_dtype: dtype of ``y``.
-    passes: what runs the forward full-size passes: :class:`XlaPasses`
-      (default) or the Pallas kernels of :mod:`jaxnorm._pallas`, built for
+    passes: the :class:`Passes` that run the forward full-size passes:
+      :class:`XlaPasses` (default) or the Pallas kernels of
+      :mod:`jaxnorm._pallas`, built for
       ``x``'s shape and the inner axes ``R \\ F``. The tangent map always
       runs as XLA operations, which JAX can transpose.
 

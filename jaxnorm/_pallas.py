@@ -91,11 +91,12 @@ def _tile_rows(length: int, channels: int) -> int | None:
   return rows if rows >= min(8, length) else None
 
 
-def applies(x: Array, reduction_axes, feature_axes) -> bool:
-  """Whether the Pallas kernels cover an input: it must fit the ``(B, L, C)``
-  tiling (channels last, a power-of-two channel count up to
-  :data:`MAX_CHANNELS`, and a row count with a power-of-two tile)."""
-  view = _view_3d(x.shape, reduction_axes, feature_axes)
+def covers(shape: tuple[int, ...], reduction_axes, feature_axes) -> bool:
+  """Whether the kernels' tiling covers an input of ``shape``: it must fit
+  the ``(B, L, C)`` tiling (channels last, a power-of-two channel count up
+  to :data:`MAX_CHANNELS`, and a row count with a power-of-two tile).
+  :func:`jaxnorm._dispatch.fast_standardize` asks."""
+  view = _view_3d(shape, reduction_axes, feature_axes)
   if view is None:
     return False
   _, length, channels, _ = view
@@ -116,9 +117,11 @@ def _affine_kernel(x_ref, m_ref, a_ref, d_ref, y_ref):
 
 
 class PallasPasses:
-  """The passes of :func:`jaxnorm._fused.standardize` as Pallas kernels.
+  """The passes of :func:`jaxnorm._fused.standardize` as Pallas kernels: an
+  implementation of :class:`jaxnorm._fused.Passes`.
 
-  The variance is always two-pass: the kernels never materialize ``x − μ``,
+  :func:`jaxnorm._fused.standardize` takes the variance from the centred
+  pass (``single_pass = False``): the kernels never materialize ``x − μ``,
   so single-pass statistics would save only one read.
   """
 
@@ -190,6 +193,10 @@ class PallasPasses:
   def _pallas_centred_square_sum(self, x, mean):
     return self._sums(x, mean, power=2)
 
+  def _pallas_sum_and_square_sum(self, x):
+    zero = jnp.zeros((), self.acc_dtype)
+    return self._sums(x, zero, power=1), self._sums(x, zero, power=2)
+
   def _pallas_affine(self, x, mean, a, d, out_dtype):
     out = jax.ShapeDtypeStruct((self.batch, self.length, self.channels), out_dtype)
     y = self._call(_affine_kernel, [x], [mean, a, d], out, self._tile())
@@ -210,6 +217,9 @@ class PallasPasses:
 
   def sum(self, x):
     return self._differentiable("sum", x)
+
+  def sum_and_square_sum(self, x):
+    return self._differentiable("sum_and_square_sum", x)
 
   def centred_square_sum(self, x, mean):
     return self._differentiable("centred_square_sum", x, mean)

@@ -131,7 +131,9 @@ class BatchNorm(_ModeMixin, nnx.Module):
   (``nnx.BatchStat``), and those averages at evaluation
   (``use_running_average=True`` or ``model.eval()``).
 
-  Args (beyond flax.nnx's, which keep their meaning):
+  flax.nnx's arguments keep their meaning; jaxnorm's own:
+
+  Args:
     use_fast_variance: flax's one-pass variance (default False: stable).
     force_float32_reductions: statistics, and the running averages, in at
       least float32.

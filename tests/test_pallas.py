@@ -7,6 +7,8 @@ precision, over one tile and over many. ``"auto"`` takes them only where
 ``_dispatch.AUTO_PALLAS`` has a rule, per lowering platform.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,7 @@ from jax.test_util import check_grads
 
 import jaxnorm
 from jaxnorm import _dispatch
+from jaxnorm import _fused
 from jaxnorm import _pallas
 from tests import compat
 from tests.test_export import TRITON
@@ -93,8 +96,8 @@ def test_auto_takes_the_kernels_nowhere_without_a_measured_rule():
 
 
 def test_odd_channel_counts_are_not_covered():
-  assert not _pallas.applies(jnp.ones((2, 4, 4, 12)), (1, 2), (3,))
-  assert _pallas.applies(jnp.ones((2, 4, 4, 16)), (1, 2), (3,))
+  assert not _pallas.covers((2, 4, 4, 12), (1, 2), (3,))
+  assert _pallas.covers((2, 4, 4, 16), (1, 2), (3,))
 
 
 def test_bfloat16_inputs():
@@ -151,3 +154,44 @@ def test_vmap_over_the_kernels():
   with jaxnorm.implementation("reference"):
     reference = jax.vmap(fn)(x), grad(x)
   _assert_close(pallas, reference, 1e-4)
+
+
+def test_both_implementations_of_the_passes_implement_the_whole_interface():
+  """XlaPasses and PallasPasses each define every member of the Passes
+  protocol themselves (not through a fallback), with the same signature."""
+  import inspect
+
+  members = [n for n in dir(_fused.Passes) if not n.startswith("_") and n not in ("single_pass",)]
+  assert set(members) == {"sum", "sum_and_square_sum", "centred_square_sum", "affine"}
+  xla = _fused.XlaPasses((2, 8, 4), (1,), jnp.float32)
+  pallas = _pallas.PallasPasses((2, 8, 4), (1,), (2,), jnp.float32)
+  for passes in (xla, pallas):
+    assert isinstance(passes, _fused.Passes)
+    assert isinstance(type(passes).single_pass, bool)
+    for name in members:
+      assert name in vars(type(passes)), (type(passes).__name__, name)
+      expected = inspect.signature(getattr(_fused.Passes, name))
+      assert inspect.signature(getattr(type(passes), name)).parameters.keys() == expected.parameters.keys()
+
+
+def test_pallas_passes_equal_the_xla_passes_with_their_derivatives():
+  """Every pass of the interface, interpreted on the CPU, against XlaPasses:
+  values, and tangents (the kernels' derivative rule is the XLA pass's)."""
+  shape = (2, 16, 8)
+  x = jax.random.normal(jax.random.key(0), shape) * 2.0 + 1.0
+  dx = jax.random.normal(jax.random.key(1), shape)
+  mean = jnp.mean(x, axis=1, keepdims=True)
+  a, d = jnp.full((2, 1, 8), 0.5), jnp.full((2, 1, 8), -1.0)
+  xla = _fused.XlaPasses(shape, (1,), jnp.float32)
+  pallas = _pallas.PallasPasses(shape, (1,), (2,), jnp.float32)
+  calls = {
+    "sum": lambda p, x: p.sum(x),
+    "sum_and_square_sum": lambda p, x: p.sum_and_square_sum(x),
+    "centred_square_sum": lambda p, x: p.centred_square_sum(x, mean),
+    "affine": lambda p, x: p.affine(x, mean, a, d, jnp.float32),
+  }
+  for call in calls.values():
+    expected, expected_dot = jax.jvp(functools.partial(call, xla), (x,), (dx,))
+    got, got_dot = jax.jvp(functools.partial(call, pallas), (x,), (dx,))
+    _assert_close(got, expected, 1e-5)
+    _assert_close(got_dot, expected_dot, 1e-5)
