@@ -179,8 +179,19 @@ def nnx_apply(spec: StatefulNorm, module, x, use_running_average: bool | None, m
   if not use_running_average:
     for stat in stats:
       variable = getattr(module, stat.name)
-      variable[...] = jax.lax.stop_gradient(store(new[stat.name], variable[...].dtype))
+      _replace_value(variable, jax.lax.stop_gradient(store(new[stat.name], variable[...].dtype)))
   return y
+
+
+def _replace_value(variable, value) -> None:
+  """Replaces an ``nnx.Variable``'s value, whose dtype may change (a complex
+  input makes the running mean complex, as in flax.nnx's BatchNorm):
+  ``set_value`` where flax has it, the ``value`` setter before (flax 0.12.0;
+  ``variable[...] = value`` would cast to the old dtype)."""
+  if hasattr(type(variable), "set_value"):
+    variable.set_value(value)
+  else:
+    variable.value = value
 
 
 def _with_defaults(present: dict) -> dict:

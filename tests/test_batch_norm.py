@@ -1,5 +1,6 @@
 """Ghost batch norm and the running-statistics policies of batch norm."""
 
+import chex
 import flax.linen as nn
 import hypothesis
 import jax
@@ -50,12 +51,12 @@ def test_ghost_with_whole_batch_equals_plain_batch_norm_exactly(v):
   rm, rv = np.zeros(4, np.float32), np.ones(4, np.float32)
   plain = jn.batch_norm(x, scale, bias, rm, rv)
   ghost = jn.batch_norm(x, scale, bias, rm, rv, virtual_batch_size=v)
-  jax.tree.map(np.testing.assert_array_equal, ghost, plain)
+  chex.assert_trees_all_equal(ghost, plain)
   bn, gbn = jn.BatchNorm(use_running_average=False), jn.BatchNorm(use_running_average=False, virtual_batch_size=v)
   variables = bn.init(KEY, x)
   out_plain = bn.apply(variables, x, mutable=["batch_stats"])
   out_ghost = gbn.apply(variables, x, mutable=["batch_stats"])
-  jax.tree.map(np.testing.assert_array_equal, out_ghost, out_plain)
+  chex.assert_trees_all_equal(out_ghost, out_plain)
 
 
 def test_ghost_module_equals_per_device_batch_norm_with_averaged_stats():
@@ -69,7 +70,7 @@ def test_ghost_module_equals_per_device_batch_norm_with_averaged_stats():
   y_dev, upd_dev = jax.vmap(run)(x.reshape(3, 4, 4, 4, 3))
   np.testing.assert_allclose(y, y_dev.reshape(x.shape), rtol=1e-5, atol=1e-5)
   averaged = jax.tree.map(lambda a: a.mean(0), upd_dev)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), upd, averaged)
+  chex.assert_trees_all_close(upd, averaged, rtol=1e-5, atol=1e-6)
 
 
 @hypothesis.settings(max_examples=10)
@@ -190,7 +191,7 @@ def test_frozen_batch_norm_equals_eval_mode_and_never_updates():
   stats = {"mean": jnp.arange(4.0), "var": jnp.arange(1.0, 5.0)}
   variables = {**variables, "batch_stats": stats}
   y, upd = frozen.apply(variables, x, mutable=["batch_stats"])
-  jax.tree.map(np.testing.assert_array_equal, upd["batch_stats"], stats)
+  chex.assert_trees_all_equal(upd["batch_stats"], stats)
   y_eval = jn.BatchNorm(use_running_average=True).apply(variables, x)
   np.testing.assert_array_equal(y, y_eval)
   y_fn, s = jn.batch_norm(x, None, None, stats["mean"], stats["var"], running_stats="frozen")

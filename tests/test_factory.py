@@ -1,5 +1,6 @@
 """create_norm: every name builds a working layer; bad configs fail early."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -102,7 +103,7 @@ def test_kwargs_reach_the_module_and_overrides_win():
   assert (layer.momentum, layer.epsilon, layer.name, layer.use_running_average) == (0.5, 1e-2, "bn1", False)
   variables = layer.init(KEY, X)
   _, upd = layer.apply(variables, X, mutable=["batch_stats"])  # frozen: no update in training
-  jax.tree.map(np.testing.assert_array_equal, upd["batch_stats"], variables["batch_stats"])
+  chex.assert_trees_all_equal(upd["batch_stats"], variables["batch_stats"])
   assert jn.create_norm("gn", group_size=4).layer(True).num_groups is None
   assert jn.create_norm("ghost_bn", virtual_batch_size=2).layer(True).virtual_batch_size == 2
   assert jn.create_norm(" BN ").name == "bn"

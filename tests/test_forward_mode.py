@@ -10,6 +10,7 @@ in float64, and to float32 rounding in float32. ``fold_batch_norm`` and
 repeated here.
 """
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -265,8 +266,7 @@ def test_transformations_agree_with_each_other(name, layout):
     )
   for leaf in jax.tree_util.tree_leaves(out):
     assert np.all(np.isfinite(np.asarray(leaf)))
-  for a, b in zip(jax.tree_util.tree_leaves(out["linearize"]), jax.tree_util.tree_leaves(out["jvp"][1])):
-    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+  chex.assert_trees_all_close(out["linearize"], out["jvp"][1], rtol=1e-10, atol=1e-10)
   np.testing.assert_allclose(hvp, out["jvp_of_grad"][1][0], rtol=1e-8, atol=1e-8)
 
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,9 +104,8 @@ def test_fused_equals_reference_in_float64(name, offset):
       assert _uses_fast_path(fn, x, scale, bias), "the fused path was not taken"
     fused = _run("fused", fn, x, scale, bias, cot)
     reference = _run("reference", fn, x, scale, bias, cot)
-    for a, b in zip(jax.tree_util.tree_leaves(fused), jax.tree_util.tree_leaves(reference)):
-      assert a.shape == b.shape and a.dtype == b.dtype
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-11, atol=1e-11)
+    chex.assert_trees_all_equal_shapes_and_dtypes(fused, reference)
+    chex.assert_trees_all_close(fused, reference, rtol=1e-11, atol=1e-11)
 
 
 def test_fused_gradient_matches_the_analytic_formula():
@@ -158,9 +158,8 @@ def test_fused_half_precision_matches_reference(name):
   x = x.astype(jnp.bfloat16)
   fused = _run("fused", fn, x, scale, bias, cot)
   reference = _run("reference", fn, x, scale, bias, cot)
-  for a, b in zip(jax.tree_util.tree_leaves(fused), jax.tree_util.tree_leaves(reference)):
-    assert a.dtype == b.dtype
-    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=2e-2, atol=2e-2)
+  chex.assert_trees_all_equal_dtypes(fused, reference)
+  chex.assert_trees_all_close(fused, reference, rtol=2e-2, atol=2e-2)
 
 
 def test_fused_under_vmap_equals_per_example_calls():

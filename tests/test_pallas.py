@@ -9,9 +9,9 @@ precision, over one tile and over many. ``"auto"`` takes them only where
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from jax.test_util import check_grads
 
@@ -50,9 +50,8 @@ def _uses_pallas(fn, *args) -> bool:
 
 
 def _assert_close(a, b, tol):
-  for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-    assert u.shape == v.shape and u.dtype == v.dtype
-    np.testing.assert_allclose(np.asarray(u, np.float64), np.asarray(v, np.float64), rtol=tol, atol=tol)
+  chex.assert_trees_all_equal_shapes_and_dtypes(a, b)
+  chex.assert_trees_all_close(a, b, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("tile_elements", [_pallas.TILE_ELEMENTS, 64])
