@@ -410,7 +410,9 @@ def main(argv) -> None:
   xla_cpu.configure()
   provenance.git_commit()  # cached: the code this process imports, even if the tree changes later
   del argv
-  result = run(_CONFIG.value, _WORKDIR.value)
+  from experiments.train import exit_on_user_error
+
+  result = exit_on_user_error(run, _CONFIG.value, _WORKDIR.value)
   print((Path(_WORKDIR.value) / "table.md").read_text())
   print(f"total run wall time {result['run_wall_seconds_total']:.0f} s")
 

@@ -298,13 +298,26 @@ def plot_run(history: list[dict], path: str | os.PathLike, title: str = "") -> N
   plt.close(fig)
 
 
-def main(argv) -> None:
-  del argv
-  workdir = Path(_WORKDIR.value)
-  history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+def plot_workdir(workdir: str | Path) -> Path:
+  """Plots a training run's diagnostics into ``workdir/diagnostics.png``."""
+  workdir = Path(workdir)
+  metrics = workdir / "metrics.jsonl"
+  if not metrics.is_file():
+    raise FileNotFoundError(
+      f"{metrics} does not exist: give --workdir a training run's directory (where experiments.train, "
+      "or a sweep point, wrote metrics.jsonl with config.diagnostics=True)."
+    )
+  history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
   out = workdir / "diagnostics.png"
   plot_run(history, out, title=f"{workdir.name}: training diagnostics")
-  print(out)
+  return out
+
+
+def main(argv) -> None:
+  del argv
+  from experiments.train import exit_on_user_error
+
+  print(exit_on_user_error(plot_workdir, _WORKDIR.value))
 
 
 if __name__ == "__main__":

@@ -208,3 +208,32 @@ def test_bad_configs_fail_early():
     config_lib.validate(config, 1)
   with pytest.raises(ValueError, match="zero_init_last=False"):
     train.check_model(CifarResNet(depth=8, width=4, norm="bn", residual=False))
+
+
+def test_plotting_a_directory_without_metrics_names_the_fix(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"metrics\.jsonl does not exist: give --workdir a training run"):
+    diagnostics.plot_workdir(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  "command, message",
+  [
+    (["-m", "experiments.diagnostics", "--workdir", "{tmp}"], "metrics.jsonl does not exist"),
+    (["-m", "experiments.depth", "--config", "configs/depth_reduced.py", "--workdir", "{tmp}/d"], "CIFAR-10"),
+  ],
+)
+def test_command_line_user_errors_end_without_a_traceback(command, message, tmp_path):
+  import os
+  import subprocess
+  import sys
+  from pathlib import Path
+
+  root = Path(__file__).resolve().parents[1]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAXNORM_DATA=str(tmp_path / "no-data"))
+  args = [a.format(tmp=tmp_path) for a in command]
+  if "experiments.depth" in args:
+    args += ["--config.download=False"]
+  proc = subprocess.run([sys.executable, *args], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
