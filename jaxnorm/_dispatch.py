@@ -84,9 +84,7 @@ def auto_pallas_platforms(shape, reduction_axes, feature_axes) -> tuple[str, ...
   return tuple(platform for platform, rule in sorted(AUTO_PALLAS.items()) if rule(shape, reduction_axes, feature_axes))
 
 
-def _options_allow_a_fast_path(
-  x, scale, bias, *, reduction_axes, epsilon, mask, axis_name, use_fast_variance, acc_dtype
-):
+def _options_allow_a_fast_path(scale, bias, *, reduction_axes, epsilon, mask, axis_name, use_fast_variance, acc_dtype):
   """The fast paths cover calls without a mask, without ``axis_name``, with
   the stable variance, a real accumulation dtype the parameters do not
   promote, and a fixed ε; the reference handles the rest."""
@@ -128,7 +126,6 @@ def fast_standardize(
   """
   name = get_implementation()
   if name == "reference" or not _options_allow_a_fast_path(
-    x,
     scale,
     bias,
     reduction_axes=reduction_axes,
