@@ -1,7 +1,6 @@
 """Every public function under chex's transformation variants.
 
-``chex.variants`` runs each test with and without ``jax.jit`` and with the
-inputs on the device or on the host; the functions that reduce across
+``chex.variants`` runs each test with and without ``jax.jit``; the functions that reduce across
 devices (``axis_name``) also run under ``jax.pmap`` over this host's devices,
 each holding a copy of the batch, where their statistics must equal the
 batch's own (skipped with one device; ``test_pmap_variants_on_four_devices``
@@ -62,7 +61,7 @@ def _reference(fn):
 
 
 class PublicFunctionsUnderTransformations(chex.TestCase):
-  @chex.variants(with_jit=True, without_jit=True, with_device=True, without_device=True)
+  @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(*((name, name) for name in FUNCTIONS))
   def test_equals_the_eager_reference(self, name):
     fn = FUNCTIONS[name]
