@@ -1,10 +1,11 @@
 """Every public function under chex's transformation variants.
 
-``chex.variants`` runs each test with and without ``jax.jit``; the functions that reduce across
-devices (``axis_name``) also run under ``jax.pmap`` over this host's devices,
-each holding a copy of the batch, where their statistics must equal the
-batch's own (skipped with one device; ``test_pmap_variants_on_four_devices``
-runs them in a subprocess with four). The expected values come from the eager reference path (the
+``chex.variants`` runs each test with and without ``jax.jit``; the
+functions that reduce across devices (``axis_name``) also run under
+``jax.pmap`` over this host's devices, each holding a copy of the batch,
+where their statistics must equal the batch's own (skipped with one device;
+``test_pmap_variants_on_four_devices`` runs them in a subprocess with
+four). The expected values come from the eager reference path (the
 statistics engine composed with ``jax.numpy``), itself checked against
 float64 NumPy elsewhere (``test_functional.py`` and the per-normalizer
 files).
