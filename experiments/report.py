@@ -175,7 +175,8 @@ def markdown_table(points, title: str = "") -> str:
     "",
     f"ResNet-{c['depth']} (width {c['width']}), {c['num_devices']} simulated devices, "
     f"{_distinct(p['epochs_completed'] for p in points)} epochs, "
-    f"{_distinct(p['train_examples'] for p in points)} training images, {c['schedule']} LR "
+    f"{_distinct(p['train_examples'] for p in points)} training images"
+    f"{'' if c.get('augment', True) else ' without augmentation'}, {c['schedule']} LR "
     f"(peak {c['base_lr']}·batch/{c['lr_reference_batch']}), seeds {seeds}. Each cell: median test "
     f"error of the last {c['report_last_evals']} epoch evaluations"
     + ("; mean ± std over seeds." if len(seeds) > 1 else "."),
