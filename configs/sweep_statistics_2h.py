@@ -2,6 +2,8 @@
 2 CPU cores (94 minutes measured), with a convergence check. NOT converged:
 trained twice as long, GN and BN at 32 examples each drop another 8.7-8.9
 points of test error (experiments/results/sweep_statistics_2h_reduced/).
+The converged CPU result is ``configs/sweep_statistics_small.py`` (a
+smaller training subset without augmentation).
 
 Same question and protocol as the README's main job
 (``configs/sweep_statistics_quick.py``): a fixed optimization — a global
