@@ -180,6 +180,7 @@ def test_drift_is_zero_without_change_and_one_for_a_one_std_shift():
   assert first["input_std"] == pytest.approx(np.sqrt(np.mean(var + (mean - mean.mean()) ** 2)))
 
 
+@pytest.mark.slow  # 24 s; the default suite keeps its 15-minute budget
 def test_plain_network_has_no_shortcuts():
   images = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
   for model, depends in (

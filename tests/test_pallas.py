@@ -142,6 +142,7 @@ def test_kernels_lower_to_triton_for_cuda_and_interpret_elsewhere(name, dtype):
   assert TRITON not in cpu
 
 
+@pytest.mark.slow  # 16 s interpreted; the default suite keeps its 15-minute budget
 def test_vmap_over_the_kernels():
   """vmap (the experiments' simulated devices) batches the pallas_call."""
   x = jax.random.normal(jax.random.key(0), (3, 4, 8, 8, 16))
