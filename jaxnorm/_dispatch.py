@@ -172,19 +172,26 @@ def _register_state():
   try:
     from jax._src import config as jax_config
 
-    return jax_config.enum_state(
+    kwargs = dict(
       name="jaxnorm_implementation",
       enum_values=IMPLEMENTATIONS,
       default=_default(),
       help="Which implementation computes jaxnorm's standardizing normalizers.",
       include_in_jit_key=True,
-      include_in_trace_context=True,
     )
+    try:
+      return jax_config.enum_state(**kwargs, include_in_trace_context=True), True
+    except TypeError:  # an older jax (0.7): a state, but not in the trace caches' keys
+      return jax_config.enum_state(**kwargs), False
   except (ImportError, AttributeError, TypeError):  # a JAX without the API
-    return None
+    return None, False
 
 
-_STATE = _register_state()
+# CHOICE_IN_TRACE_KEY: whether JAX's trace caches see the choice. With
+# jax 0.7 (no ``include_in_trace_context``) they do not: a function traced
+# (jitted) under one choice keeps that trace when the choice changes, so
+# wrap it anew (``jax.jit(f)`` again) after changing the choice.
+_STATE, CHOICE_IN_TRACE_KEY = _register_state()
 _state = threading.local()  # used only where _STATE is None
 _GLOBAL = [_default()]
 
@@ -212,7 +219,8 @@ def implementation(name: str):
   ``"pallas"`` for the functions traced inside (this thread only).
 
   The choice is part of JAX's trace cache key: a jitted function called
-  under a different choice is traced again.
+  under a different choice is traced again (with jax >= 0.8; with jax 0.7,
+  wrap the function anew after changing the choice).
   """
   _axes.check_choice(name, IMPLEMENTATIONS, name="name", owner="implementation")
   if _STATE is not None:
