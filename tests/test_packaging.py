@@ -85,8 +85,11 @@ def test_the_wheel_installs_and_imports_without_the_repository(distributions, tm
   env_dir = tmp_path / "venv"
   venv.create(env_dir, with_pip=False)
   python = env_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+  # Without the repository on PYTHONPATH (tests/conftest.py puts it there):
+  # its jaxnorm.egg-info would make pip think jaxnorm is installed already.
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)]
-  proc = subprocess.run(install, capture_output=True, text=True)
+  proc = subprocess.run(install, cwd=tmp_path, env=env, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-3000:]
   # The dependencies (jax, flax, numpy) from this environment's
   # site-packages, appended after the new environment's own: a path line in
@@ -108,7 +111,6 @@ def test_the_wheel_installs_and_imports_without_the_repository(distributions, tm
     "y = jaxnorm.layer_norm(jnp.arange(8.0).reshape(2, 4))\n"
     "print(float(abs(y.mean(-1)).max()) < 1e-6)\n"
   )
-  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   proc = subprocess.run([str(python), "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-3000:]
   location, no_experiments, works = proc.stdout.split("\n")[:3]
