@@ -110,7 +110,7 @@ def test_training_records_every_norm_layer_and_weight_layer(execution, norm, nor
     assert (tmp_path / "sweep" / "diagnostics" / "none_b8.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("norm", ["bn", "none"])
+@pytest.mark.parametrize("norm", [pytest.param("bn", marks=pytest.mark.slow), "none"])  # bn: 33 s
 def test_captured_moments_are_those_of_the_norm_layer_inputs(norm):
   model = CifarResNet(depth=8, width=4, norm=norm)
   spec = jaxnorm.create_norm(norm)
@@ -144,6 +144,7 @@ def _probe(model, norm, simulated, images, labels):
   return jax.device_get(step(variables, images, labels))
 
 
+@pytest.mark.slow  # 29 s; the default suite keeps its 15-minute budget
 def test_probe_merges_simulated_devices_exactly():
   images = jax.random.randint(jax.random.key(2), (16, 32, 32, 3), 0, 256).astype(jnp.uint8)
   labels = jnp.arange(16) % 10
