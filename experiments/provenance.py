@@ -98,10 +98,16 @@ def dataset_fingerprint(batches_dir: str | os.PathLike) -> dict:
   return {"dir": str(batches_dir), "sha256": sha, "copy": note}
 
 
-def write_json_atomic(path: str | os.PathLike, obj, *, indent: int | None = 2) -> None:
-  """Writes ``obj`` as JSON to ``path`` through a temporary file and a
-  rename, so a reader (or a killed run) never sees a half-written file."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+  """Writes ``text`` to ``path`` through a temporary file and a rename, so
+  a reader (another process of the run, or a killed run's successor) sees
+  the old file or the new one, never a half-written one."""
   path = Path(path)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=indent, default=str))
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  tmp.write_text(text)
   os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj, *, indent: int | None = 2) -> None:
+  """Writes ``obj`` as JSON to ``path`` atomically (:func:`write_text_atomic`)."""
+  write_text_atomic(path, json.dumps(obj, indent=indent, default=str))

@@ -39,6 +39,7 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 import jaxnorm
@@ -296,10 +297,29 @@ def _stack_host(batches):
 
 
 def _read_metrics(path: Path, up_to_epoch: int) -> list[dict]:
-  if not path.exists():
-    return []
-  lines = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-  return [m for m in lines if m["epoch"] <= up_to_epoch]
+  """The records of epochs 1…``up_to_epoch`` in ``metrics.jsonl`` (a resumed
+  run's history). Records of later epochs (trained after the last
+  checkpoint) are dropped: those epochs train again. A line that does not
+  parse, the torn last line of a run killed while appending, ends the
+  history; a warning says so if it ends before ``up_to_epoch``."""
+  records = []
+  for line in path.read_text().splitlines() if path.exists() else []:
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      break
+    if record["epoch"] > up_to_epoch:
+      break
+    records.append(record)
+  if len(records) < up_to_epoch:
+    warnings.warn(
+      f"{path} holds the records of {len(records)} of the {up_to_epoch} epochs its checkpoint has "
+      "trained (the file was damaged or removed); the history and result.json lack the others.",
+      stacklevel=2,
+    )
+  return records
 
 
 def _checkpoint_tree(state, root_key, mesh) -> dict:
@@ -319,22 +339,32 @@ def restore_latest_readable(manager, directory: Path, target: dict):
   is unreadable, :class:`RunFailure` names them."""
   steps = sorted(manager.all_steps(), reverse=True)
   bad = []
+  several = jax.process_count() > 1
   for step in steps:
+    reason = None
     try:
-      return step, manager.restore(step, args=ocp.args.StandardRestore(target))
+      tree = manager.restore(step, args=ocp.args.StandardRestore(target))
     except Exception as e:  # orbax and TensorStore raise many types for a damaged file
       reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
-      bad.append(f"{directory / str(step)} ({reason})")
-      quarantine = directory.parent / f"{directory.name}_unreadable"
-      if jax.process_index() == 0:
-        quarantine.mkdir(exist_ok=True)
-        os.replace(directory / str(step), quarantine / f"{step}-{int(time.time())}")
-      warnings.warn(
-        f"checkpoint {directory / str(step)} is unreadable ({reason}); moved it to {quarantine} and "
-        "falling back to the previous checkpoint.",
-        stacklevel=2,
-      )
-      manager.reload()
+    if several:  # the processes decide together, or they would resume from different epochs
+      readable_everywhere = multihost_utils.process_allgather(np.array(reason is None)).all()
+      if reason is None and not readable_everywhere:
+        reason = "unreadable on another process"
+    if reason is None:
+      return step, tree
+    bad.append(f"{directory / str(step)} ({reason})")
+    quarantine = directory.parent / f"{directory.name}_unreadable"
+    if jax.process_index() == 0:
+      quarantine.mkdir(exist_ok=True)
+      os.replace(directory / str(step), quarantine / f"{step}-{int(time.time())}")
+    if several:  # no process lists the steps again before the move
+      multihost_utils.sync_global_devices(f"jaxnorm quarantined {directory / str(step)}")
+    warnings.warn(
+      f"checkpoint {directory / str(step)} is unreadable ({reason}); moved it to {quarantine} and "
+      "falling back to the previous checkpoint.",
+      stacklevel=2,
+    )
+    manager.reload()
   if bad:
     raise RunFailure("no readable checkpoint: " + "; ".join(bad) + f". Delete {directory} to train from the start.")
   return None
@@ -498,9 +528,9 @@ def train_group(
     on_epochs(start_epoch)
   metrics_paths = [w / "metrics.jsonl" for w in workdirs]
   histories = [_read_metrics(p, start_epoch) for p in metrics_paths]
-  if is_main:
+  if is_main:  # atomically: the other processes read these files at the same time
     for path, history in zip(metrics_paths, histories):
-      path.write_text("".join(json.dumps(m) + "\n" for m in history))
+      provenance.write_text_atomic(path, "".join(json.dumps(m) + "\n" for m in history))
 
   engine = _Engine(model, tx, mesh, config, mode, train_images, train_labels, dataset, seeds=[c.seed for c in configs])
   grouped = bool(engine.runs)

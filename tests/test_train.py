@@ -18,6 +18,7 @@ from train_multidevice_checks import run_steps
 import jaxnorm
 from experiments import config as config_lib
 from experiments import data as data_lib
+from experiments import provenance
 from experiments import train
 from tiny_cifar import load_tiny_records
 from tiny_cifar import write_tiny_cifar
@@ -362,6 +363,28 @@ def test_no_readable_checkpoint_fails_naming_them(data_dir, tmp_path, capsys):
   assert err.startswith("error: no readable checkpoint: ")
   assert str(tmp_path / "checkpoints" / "2") in err and str(tmp_path / "checkpoints" / "1") in err
   assert "Traceback" not in err and "Delete" in err
+
+
+def test_resumed_history_drops_later_epochs_and_a_torn_last_line(tmp_path):
+  """metrics.jsonl of a run killed while appending epoch 3's record, resumed
+  from its epoch-2 checkpoint; and one that lost a record (a warning)."""
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"epoch": 1, "train_loss": 2.0}\n{"epoch": 2, "train_loss": 1.5}\n{"epoch": 3, "train_lo')
+  assert [m["epoch"] for m in train._read_metrics(path, 2)] == [1, 2]
+  with pytest.warns(UserWarning, match=r"holds the records of 2 of the 3 epochs"):
+    assert [m["epoch"] for m in train._read_metrics(path, 3)] == [1, 2]
+  path.write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3}\n')
+  assert [m["epoch"] for m in train._read_metrics(path, 1)] == [1]
+  with pytest.warns(UserWarning, match=r"metrics.jsonl holds the records of 0 of the 2 epochs"):
+    assert train._read_metrics(tmp_path / "missing" / "metrics.jsonl", 2) == []
+
+
+def test_atomic_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text("old\n" * 1000)
+  provenance.write_text_atomic(path, "new\n")
+  assert path.read_text() == "new\n"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
 
 
 def test_non_finite_loss_stops_before_saving_anything_of_that_epoch(data_dir, tmp_path, monkeypatch):
