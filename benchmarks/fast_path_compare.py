@@ -29,7 +29,7 @@ import jaxnorm
 from benchmarks import norm_bench
 from experiments import models
 from experiments import provenance
-from jaxnorm import _functional
+from jaxnorm import _dispatch
 
 SHAPES = [("gn", s, layout) for s in norm_bench.RESNET20_SHAPES for layout in ("NHWC", "NCHW")]
 SHAPES += [("bn", s, layout) for s in norm_bench.RESNET20_SHAPES for layout in ("NHWC", "NCHW")]
@@ -44,7 +44,7 @@ def _load(path):
 
 
 def _use(module):
-  _functional._fused = module  # read when a function is traced
+  _dispatch._fused = module  # read when a function is traced
 
 
 def layer_times(impls, dtypes, rounds, reps):
@@ -113,7 +113,7 @@ def main():
   parser.add_argument("--reps", type=int, default=10)
   args = parser.parse_args()
   try:
-    impls = {"baseline": _load(args.baseline), "current": _functional._fused}
+    impls = {"baseline": _load(args.baseline), "current": _dispatch._fused}
   except (OSError, SyntaxError) as error:
     parser.error(f"--baseline {args.baseline!r} could not be loaded: {error}")
   rows = layer_times(impls, args.dtypes, args.rounds, args.reps)
