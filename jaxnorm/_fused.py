@@ -201,48 +201,17 @@ class XlaPasses:
     dx = self._view(dx)
     return self._sum(dx), self._sum(dx * (self._view(x) - self._expand(mean)))
 
-  def tangent(self, dx, x, mean, a, b, d, out_dtype, centred: bool = True) -> Array:
+  def tangent(self, dx, x, mean, a, b, d, out_dtype) -> Array:
     """``∂x·a + (x − mean)·b + d`` (``d`` may be None), full size, in
-    ``out_dtype``: the output tangent, linear in ``∂x``, ``b`` and ``d``.
-
-    ``centred=False`` evaluates it as ``∂x·a + x·b + (d − mean·b)``: the
-    same map, whose transpose (reverse mode) reduces ``Σ ∂y·x`` instead of
-    ``Σ ∂y·(x − mean)``, which XLA:CPU runs markedly faster. It cancels
-    ``mean·b`` against ``x·b``, so it is used only where the statistics
-    are well centred (see :func:`standardize`).
-    """
-    if centred:
-      # A barrier keeps XLA from merging this x − mean with the one in
-      # tangent_sums: shared, it would be materialized (and, in the
-      # transposed program, kept alive from the forward pass).
-      dy = (self._view(x) - self._expand(lax.optimization_barrier(mean))) * self._expand(b)
-      if d is not None:
-        dy = dy + self._expand(d)
-    else:
-      shift = -mean * b if d is None else d - mean * b
-      dy = self._view(x) * self._expand(b) + self._expand(shift)
+    ``out_dtype``: the output tangent, linear in ``∂x``, ``b`` and ``d``."""
+    # A barrier keeps XLA from merging this x − mean with the one in
+    # tangent_sums: shared, it would be materialized (and, in the
+    # transposed program, kept alive from the forward pass).
+    dy = (self._view(x) - self._expand(lax.optimization_barrier(mean))) * self._expand(b)
     dy = dy + self._view(dx) * self._expand(a)
+    if d is not None:
+      dy = dy + self._expand(d)
     return dy.astype(out_dtype).reshape(self.shape)
-
-
-@jax.custom_batching.custom_vmap
-def _everywhere(flag: Array) -> Array:
-  """``flag`` (a boolean scalar), made the same for every example of a
-  ``vmap``: under ``vmap`` it is True only where it is True for all of them.
-
-  A ``lax.cond`` whose predicate ``vmap`` batches becomes a select of both
-  branches with ``stop_gradient`` on their operands, which JAX cannot
-  transpose when the operands are tangents; an unbatched predicate keeps it
-  a conditional with batched branches, which JAX transposes.
-  """
-  return flag
-
-
-@_everywhere.def_vmap
-def _everywhere_vmap(axis_size, in_batched, flag):
-  del axis_size
-  (batched,) = in_batched
-  return (jnp.all(flag, axis=0) if batched else flag), False
 
 
 def standardize(
@@ -332,7 +301,7 @@ def standardize(
   # rematerialized (jax.checkpoint), so reverse mode keeps only its primal
   # inputs (x, which is alive anyway, and per-group statistics) and
   # recomputes x − μ inside the fused backward pass instead of storing it.
-  def tangent_map(x, mean, rstd, scale, dx, dscale, dbias, centred=True):
+  def tangent_map(x, mean, rstd, scale, dx, dscale, dbias):
     gamma = parameter(scale, 1)
     a = rstd * gamma
     s1, s2 = xla.tangent_sums(dx, x, mean)  # Σ dx, Σ dx·(x − μ)
@@ -348,30 +317,13 @@ def standardize(
       dmean = jnp.zeros(stats_shape, acc_dtype) * dvar  # zero, but linear
     if dbias is not None:
       d = dbias.astype(acc_dtype) if d is None else d + dbias.astype(acc_dtype)
-    dy = xla.tangent(dx, x, mean, a, b, d, out_dtype, centred)
+    dy = xla.tangent(dx, x, mean, a, b, d, out_dtype)
     return dy, dmean, dvar.astype(real)
 
-  rematerialized = functools.partial(jax.checkpoint, prevent_cse=False)
-  # The uncentred output tangent (faster in reverse mode on XLA:CPU; see
-  # XlaPasses.tangent) where every statistic is well centred, in float32 or
-  # wider, chosen at run time; each branch is rematerialized on its own, so
-  # reverse mode recomputes inside the chosen one only. Without a mean
-  # (RMS norm) the two forms are the same.
-  uncentred_where_accurate = use_mean and jnp.finfo(acc_dtype).bits >= 32
-
-  def channel_tangent_map(var, x, mean, rstd, *args):
-    if not uncentred_where_accurate:
-      return rematerialized(tangent_map)(x, mean, rstd, *args)
-    accurate = _everywhere(jnp.all(lax.square(mean) <= WELL_CENTRED * var))
-    return lax.cond(
-      accurate,
-      rematerialized(functools.partial(tangent_map, centred=False)),
-      rematerialized(tangent_map),
-      x,
-      mean,
-      rstd,
-      *args,
-    )
+  # The tangent map stays centred: a run-time choice of the (faster on
+  # XLA:CPU) uncentred sums needs a lax.cond over tangents, which vmap turns
+  # into a select whose reverse mode JAX cannot transpose.
+  channel_tangent_map = functools.partial(jax.checkpoint, prevent_cse=False)(tangent_map)
 
   @functools.partial(jax.checkpoint, prevent_cse=False)
   def feature_tangent_map(x, mean, rstd, scale, dx, dscale, dbias):
@@ -412,6 +364,6 @@ def standardize(
     mean = outputs[1]
     if not inner:
       return outputs, feature_tangent_map(x, mean, rstd, scale, dx, dscale, dbias)
-    return outputs, channel_tangent_map(outputs[2], x, mean, rstd, scale, dx, dscale, dbias)
+    return outputs, channel_tangent_map(x, mean, rstd, scale, dx, dscale, dbias)
 
   return fn(x, scale, bias)
