@@ -68,7 +68,7 @@ def module_names_with_params(model) -> set[str]:
 @pytest.mark.parametrize(
   "execution, norm, norm_kwargs",
   [
-    ("microbatch", "bn", {}),
+    pytest.param("microbatch", "bn", {}, marks=pytest.mark.slow),
     pytest.param("vmap", "gn", {"num_groups": 2}, marks=pytest.mark.slow),
     pytest.param("vmap", "none", {}, marks=pytest.mark.slow),
   ],

@@ -142,7 +142,8 @@ def test_killed_and_resumed_run_equals_uninterrupted_run_bitwise(data_dir, tmp_p
   assert again["epochs_completed"] == 3 and again["final_test_error"] == full["final_test_error"]
 
 
-@pytest.mark.parametrize("norm", ["bn", pytest.param("gn", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["bn", "gn"])
 def test_microbatch_loop_equals_vmapped_simulated_devices(norm, data_dir):
   """Per-device statistics two ways: one call per device, or vmap over devices."""
   config = tiny_config(data_dir, norm=norm, norm_kwargs=NORM_KWARGS.get(norm, {}))
@@ -285,6 +286,7 @@ def test_eight_devices_scan_engine_subprocess():
 # BN statistics over ghost batches inside it.
 
 
+@pytest.mark.slow
 def test_group_norm_training_does_not_depend_on_the_statistics_partition(data_dir):
   """Bitwise: why a sweep trains GN once for every statistics batch."""
 
