@@ -32,6 +32,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -94,6 +95,16 @@ def validate(config) -> None:
   bad = [s for s in config.probe_steps if not 0 <= s <= config.steps]
   if bad:
     raise ValueError(f"depth: probe_steps {bad} are outside 0..steps={config.steps}.")
+
+
+def _recorded_config(path: Path):
+  """The config a finished run's file records; None if the file does not
+  parse (with a warning: that run trains again)."""
+  try:
+    return provenance.read_json(path).get("config")
+  except ValueError as e:
+    warnings.warn(f"{e} Training the run again.", stacklevel=2)
+    return None
 
 
 def run_name(arch: str, norm: str, lr: float) -> str:
@@ -182,7 +193,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     for norm in config.norms:
       for lr in config.learning_rates:
         path = workdir / "runs" / f"{run_name(arch, norm, lr)}.json"
-        done = path.exists() and json.loads(path.read_text()).get("config") == config_json
+        done = path.exists() and _recorded_config(path) == config_json
         if not done:
           todo.append((arch, norm, lr, path))
   bar = tqdm(total=len(todo) * config.steps, desc="depth experiment", unit="step", disable=not config.progress)
@@ -197,7 +208,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     provenance.write_json_atomic(path, out, indent=None)
   bar.close()
 
-  runs = [json.loads(p.read_text()) for p in sorted((workdir / "runs").glob("*.json"))]
+  runs = [provenance.read_json(p) for p in sorted((workdir / "runs").glob("*.json"))]
   runs = [r for r in runs if r.get("config") == config_json]
   result = {
     "name": config.name,

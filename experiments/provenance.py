@@ -14,8 +14,6 @@ import platform
 import subprocess
 from pathlib import Path
 
-import jax
-
 # SHA-256 over the files of cifar-10-batches-bin/ (sorted by name), as
 # printed by shared/data/cifar10/prepare.py for the JPEG-derived copy.
 JPEG_COPY_SHA256 = "1defaa5e908aa9e39909a29c85ed8ca54c9070c1eec98d7d928d979957843776"
@@ -68,8 +66,10 @@ def _cpu_model() -> str:
 
 def hardware() -> dict:
   """Backend, devices, CPU and library versions."""
+  import flax  # local: the JSON helpers here serve jax-free readers (experiments.report)
+  import jax
+
   devices = jax.devices()
-  import flax  # local: only for the version
 
   return {
     "backend": jax.default_backend(),
@@ -96,6 +96,16 @@ def dataset_fingerprint(batches_dir: str | os.PathLike) -> dict:
   sha = digest.hexdigest()
   note = JPEG_COPY_NOTE if sha == JPEG_COPY_SHA256 else "CIFAR-10 binary release (official layout)"
   return {"dir": str(batches_dir), "sha256": sha, "copy": note}
+
+
+def read_json(path: str | os.PathLike):
+  """The JSON in ``path``; a file that does not parse (damaged, or edited by
+  hand) raises ValueError naming it, instead of the parser's bare message."""
+  path = Path(path)
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); delete it to redo what it records.") from None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments import provenance
+
 # Wu & He (2018), Table 2 / Figure 1: ResNet-50 on ImageNet, 8 GPUs, BN
 # statistics per GPU. Top-1 validation error (%) by images per GPU.
 PAPER_IMAGENET = {
@@ -50,7 +52,7 @@ def load_points(workdir: Path, subdir: str = "points") -> list[dict]:
   convergence check's runs), each with its history and label."""
   points = []
   for result_path in sorted((workdir / subdir).glob("*/result.json")):
-    result = json.loads(result_path.read_text())
+    result = provenance.read_json(result_path)
     metrics_path = result_path.with_name("metrics.jsonl")
     result["history"] = [json.loads(l) for l in metrics_path.read_text().splitlines() if l.strip()]
     result["label"] = result_path.parent.name

@@ -41,6 +41,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import ml_collections
@@ -110,10 +111,17 @@ def convergence_points(sweep, points) -> list[tuple[str, ml_collections.ConfigDi
 
 
 def is_complete(point_dir: Path, config) -> bool:
+  """Whether the point's ``result.json`` records this config, trained to
+  the end. One that does not parse counts as missing, with a warning: the
+  point trains again (resuming from its checkpoints)."""
   path = point_dir / "result.json"
   if not path.exists():
     return False
-  result = json.loads(path.read_text())
+  try:
+    result = provenance.read_json(path)
+  except ValueError as e:
+    warnings.warn(f"{e} Training the point again.", stacklevel=2)
+    return False
   same_config = result.get("config") == json.loads(json.dumps(config.to_dict(), default=str))
   return same_config and result.get("epochs_completed") == config.epochs
 
@@ -122,7 +130,7 @@ def _copy_point(source: Path, point_dir: Path, config, source_label: str) -> Non
   """A point whose training equals ``source``'s: its metrics and result."""
   point_dir.mkdir(parents=True, exist_ok=True)
   shutil.copyfile(source / "metrics.jsonl", point_dir / "metrics.jsonl")
-  result = json.loads((source / "result.json").read_text())
+  result = provenance.read_json(source / "result.json")
   result["config"] = json.loads(json.dumps(config.to_dict(), default=str))
   result["trained_as"] = source_label
   provenance.write_json_atomic(point_dir / "result.json", result)  # last: its presence marks the point done
@@ -223,7 +231,7 @@ def run_sweep(sweep, workdir: str | os.PathLike) -> list[dict]:
         else:
           bar.write(f"{name}: training ({config.epochs} epochs)")
           train.train_and_evaluate(config, point_dir, on_epochs=bar.update)
-      results.append(json.loads((point_dir / "result.json").read_text()))
+      results.append(provenance.read_json(point_dir / "result.json"))
   print(f"sweep finished in {time.time() - start:.0f} s")
   report_lib.write_report(workdir)
   return results

@@ -76,3 +76,12 @@ def test_tiny_run_records_probes_divergence_and_provenance(tmp_path):
   after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").glob("*.json")}
   assert before == after
   assert json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+
+
+def test_a_damaged_run_file_counts_as_not_done(tmp_path):
+  path = tmp_path / "resnet20_bn_lr0.1.json"
+  path.write_text('{"config": {"steps": 3}}')
+  assert depth._recorded_config(path) == {"steps": 3}
+  path.write_text('{"config": {"st')
+  with pytest.warns(UserWarning, match="is not valid JSON .*Training the run again"):
+    assert depth._recorded_config(path) is None

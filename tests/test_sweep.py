@@ -192,6 +192,20 @@ def test_report_without_points_says_what_to_do(tmp_path):
     report.write_report(tmp_path)
 
 
+def test_damaged_result_file_is_retrained_by_the_sweep_and_named_by_the_report(tmp_path):
+  fake_point(tmp_path, "bn__b2", "bn", 2, 0, [0.5, 0.4])
+  path = tmp_path / "points" / "bn__b2" / "result.json"
+  config = config_lib.default_config()
+  config.norm, config.per_device_batch, config.seed, config.epochs = "bn", 2, 0, 2
+  config.report_last_evals = 2
+  assert sweep.is_complete(path.parent, config)
+  path.write_text(path.read_text()[:40])  # cut short, as by a full disk
+  with pytest.warns(UserWarning, match=r"result.json is not valid JSON .*Training the point again"):
+    assert not sweep.is_complete(path.parent, config)
+  with pytest.raises(ValueError, match=r"points/bn__b2/result.json is not valid JSON .*delete it"):
+    report.write_report(tmp_path)
+
+
 def statistics_sweep(root):
   """The statistics-batch protocol on a tiny grid: one global batch of 8."""
   s = tiny_sweep(root)
