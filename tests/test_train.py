@@ -553,8 +553,9 @@ def _run_files(workdir):
   return metrics, json.loads((workdir / "result.json").read_text())
 
 
-@pytest.mark.slow  # 30-50 s each; the sweep's pack_seeds test trains a group in the default suite
-@pytest.mark.parametrize("mode", ["vmap", "microbatch", "scan"])
+@pytest.mark.parametrize(
+  "mode", ["vmap", pytest.param("microbatch", marks=pytest.mark.slow), pytest.param("scan", marks=pytest.mark.slow)]
+)
 def test_two_vmapped_seeds_train_as_the_two_runs_alone(data_dir, tmp_path, mode):
   """A group of two seeds in one program: each run's metrics and result
   equal those of the same seed trained alone (float32: the vmapped
