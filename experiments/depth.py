@@ -32,7 +32,6 @@ import json
 import math
 import os
 import time
-import warnings
 from pathlib import Path
 
 import jax
@@ -100,11 +99,8 @@ def validate(config) -> None:
 def _recorded_config(path: Path):
   """The config a finished run's file records; None if the file does not
   parse (with a warning: that run trains again)."""
-  try:
-    return provenance.read_json(path).get("config")
-  except ValueError as e:
-    warnings.warn(f"{e} Training the run again.", stacklevel=2)
-    return None
+  run = provenance.read_json_or_redo(path, "Training the run again.")
+  return None if run is None else run.get("config")
 
 
 def run_name(arch: str, norm: str, lr: float) -> str:

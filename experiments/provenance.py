@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import subprocess
+import warnings
 from pathlib import Path
 
 # SHA-256 over the files of cifar-10-batches-bin/ (sorted by name), as
@@ -106,6 +107,17 @@ def read_json(path: str | os.PathLike):
     return json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise ValueError(f"{path} is not valid JSON ({e}); delete it to redo what it records.") from None
+
+
+def read_json_or_redo(path: str | os.PathLike, redo: str):
+  """:func:`read_json`, or None with a warning ending in ``redo`` (what the
+  caller does instead, e.g. train the point again) if the file does not
+  parse: for files whose absence the caller handles by redoing the work."""
+  try:
+    return read_json(path)
+  except ValueError as e:
+    warnings.warn(f"{e} {redo}", stacklevel=3)
+    return None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

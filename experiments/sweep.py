@@ -41,7 +41,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import ml_collections
@@ -117,10 +116,8 @@ def is_complete(point_dir: Path, config) -> bool:
   path = point_dir / "result.json"
   if not path.exists():
     return False
-  try:
-    result = provenance.read_json(path)
-  except ValueError as e:
-    warnings.warn(f"{e} Training the point again.", stacklevel=2)
+  result = provenance.read_json_or_redo(path, "Training the point again.")
+  if result is None:
     return False
   same_config = result.get("config") == json.loads(json.dumps(config.to_dict(), default=str))
   return same_config and result.get("epochs_completed") == config.epochs
