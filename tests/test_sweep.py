@@ -363,6 +363,7 @@ def test_command_without_data_prints_the_fix_without_a_traceback(tmp_path):
     "sweep_quick",
     "sweep_statistics_2h",
     "sweep_statistics_small",
+    "sweep_statistics_full",
     "sweep_statistics_h100",
     "sweep_paper_h100",
   ],
@@ -380,7 +381,7 @@ def test_committed_sweep_configs_are_valid_at_every_point(name):
   s.lock()
   points = sweep.expand(s)
   assert len(points) == (
-    20 if name in ("sweep_statistics_2h", "sweep_statistics_small", "sweep_statistics_h100") else 10
+    20 if name in ("sweep_statistics_2h", "sweep_statistics_small", "sweep_statistics_full", "sweep_statistics_h100") else 10
   )
   for label, _, config in points:
     config_lib.validate(config, 1)
