@@ -65,7 +65,7 @@ timings leave :data:`TRAIN_RESERVE` of the budget to the training steps.
 ResNet-8 with width 8 at batch 2, few repetitions, LLVM at -O0) in well
 under a minute on a CPU (about 30 s on two idle cores), where the Pallas
 kernels run interpreted and PyTorch's CPU kernels stand in for CUDA;
-``tests/test_device_check.py`` runs it. On a GPU it is a quick compiled
+``tests/benchmarks/test_device_check.py`` runs it. On a GPU it is a quick compiled
 check of the whole script.
 
 A watchdog ends the process ``--grace-s`` (default 15) seconds after the

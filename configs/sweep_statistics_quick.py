@@ -8,7 +8,7 @@ optimization is fixed — a global batch of 128 images (4 simulated devices ×
 of examples per BN statistics batch varies, 32, 16, 8, 4, 2, as ghost
 batches inside each device's 32 (``statistics_batch``). GN's training does
 not depend on it, so the sweep trains GN once and reports that run in every
-column (``tests/test_train.py`` checks the invariance bitwise).
+column (``tests/experiments/test_train.py`` checks the invariance bitwise).
 
 Reduced: ResNet-8 (widths 16/32/64), the first 12,800 training images, 3
 epochs (300 steps), one seed — far from converged; the test error is the

@@ -11,7 +11,7 @@ W)`` for group norm, the input itself otherwise), asks the library which
 axes of that view are reduced, and shades every element that shares a
 statistic with the last element (n = N−1, c = C−1, h = H−1, w = W−1),
 the corner in front of the viewer. If a definition
-changes, the figure changes with it; ``tests/test_axes_figure.py`` checks
+changes, the figure changes with it; ``tests/experiments/test_axes_figure.py`` checks
 that.
 
 The figure imports the private ``jaxnorm._reduction_axes`` and

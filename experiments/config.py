@@ -206,7 +206,7 @@ def training_config(config):
 
   Norms without batch statistics do not depend on ``statistics_batch``, so
   points of the statistics-batch protocol that differ only there train
-  identically (``tests/test_train.py`` checks it bitwise) and a sweep runs
+  identically (``tests/experiments/test_train.py`` checks it bitwise) and a sweep runs
   them once.
   """
   config = config.copy_and_resolve_references()

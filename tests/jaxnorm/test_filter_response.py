@@ -66,7 +66,7 @@ def test_batch_independence_and_vmap():
   np.testing.assert_allclose(full[1:2], one, rtol=1e-6)
   stacked = jax.vmap(lambda a: jn.filter_response_norm(a, gamma, beta, tau))(x.reshape(2, 2, 3, 3, 2))
   np.testing.assert_allclose(stacked.reshape(x.shape), full, rtol=1e-6)
-  # jit, and host or device inputs: tests/test_transformations.py (chex variants).
+  # jit, and host or device inputs: tests/jaxnorm/test_transformations.py (chex variants).
 
 
 def test_check_grads():

@@ -20,8 +20,8 @@ from jax.test_util import check_grads
 
 import jaxnorm
 from jaxnorm import _dispatch
-from tests import compat
-from tests.test_fused import _uses_fast_path
+from tests.jaxnorm import compat
+from tests.jaxnorm.test_fused import _uses_fast_path
 
 
 def _uses_tangent_map(fn, *args) -> bool:

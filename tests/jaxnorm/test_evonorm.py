@@ -89,7 +89,7 @@ def test_b0_sync_under_vmap_equals_global_batch_and_jit():
   y, var = jax.vmap(per_device, axis_name="d")(x.reshape(4, 2, 2, 2, 3))
   np.testing.assert_allclose(y.reshape(x.shape), y_global, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(var[0], var_global, rtol=1e-5)
-  # jit, and host or device inputs: tests/test_transformations.py (chex variants).
+  # jit, and host or device inputs: tests/jaxnorm/test_transformations.py (chex variants).
 
 
 # --------------------------------------------------------------------------

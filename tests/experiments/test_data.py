@@ -399,7 +399,7 @@ def test_put_global_batch_multi_device_subprocess():
         except ValueError as e:
             print("ERR", e)
     """)
-  root = Path(__file__).resolve().parents[1]
+  root = Path(__file__).resolve().parents[2]
   env = dict(
     os.environ,
     XLA_FLAGS="--xla_force_host_platform_device_count=2",

@@ -349,7 +349,7 @@ def test_command_without_data_prints_the_fix_without_a_traceback(tmp_path):
     f"--config.base.data_dir={tmp_path / 'nothing'}",
     "--config.base.download=False",
   ]
-  run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+  run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
   assert run.returncode == 2
   assert "Traceback" not in run.stderr
   assert "CIFAR-10 not found" in run.stderr and "JAXNORM_DATA" in run.stderr
@@ -373,7 +373,7 @@ def test_committed_sweep_configs_are_valid_at_every_point(name):
   the checks a run does before compute, on one device, without training."""
   import importlib.util
 
-  path = Path(__file__).resolve().parent.parent / "configs" / f"{name}.py"
+  path = Path(__file__).resolve().parents[2] / "configs" / f"{name}.py"
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -102,7 +102,7 @@ def test_check_grads_where_r_and_d_are_clipped():
 def test_vmap_with_axis_name_equals_global_batch():
   x, gamma, beta, mean, var = setup((8, 2, 2, 4))
   f = lambda x: jn.batch_renorm(x, gamma, beta, mean, var, r_max=1.5, d_max=0.5)
-  y_global, stats_global = f(x)  # jit: tests/test_transformations.py (chex variants)
+  y_global, stats_global = f(x)  # jit: tests/jaxnorm/test_transformations.py (chex variants)
   per_device = lambda xd: jn.batch_renorm(xd, gamma, beta, mean, var, r_max=1.5, d_max=0.5, axis_name="d")
   y, stats = jax.vmap(per_device, axis_name="d")(x.reshape(4, 2, 2, 2, 4))
   np.testing.assert_allclose(y.reshape(x.shape), y_global, rtol=1e-5, atol=1e-5)

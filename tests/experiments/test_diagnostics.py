@@ -231,7 +231,7 @@ def test_command_line_user_errors_end_without_a_traceback(command, message, tmp_
   import sys
   from pathlib import Path
 
-  root = Path(__file__).resolve().parents[1]
+  root = Path(__file__).resolve().parents[2]
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAXNORM_DATA=str(tmp_path / "no-data"))
   args = [a.format(tmp=tmp_path) for a in command]
   if "experiments.depth" in args:

@@ -20,7 +20,7 @@ def tiny_config(root):
   import importlib.util
   from pathlib import Path
 
-  path = Path(__file__).resolve().parents[1] / "configs" / "depth_reduced.py"
+  path = Path(__file__).resolve().parents[2] / "configs" / "depth_reduced.py"
   spec = importlib.util.spec_from_file_location("depth_reduced", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

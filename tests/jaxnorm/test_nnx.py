@@ -11,7 +11,7 @@ from flax import nnx
 
 import jaxnorm
 import jaxnorm.nnx as jnnx
-from tests import compat
+from tests.jaxnorm import compat
 
 SHARED = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm"]
 EXTRA = {"GroupNorm": {"num_groups": 4}}

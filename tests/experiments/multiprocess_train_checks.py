@@ -1,11 +1,11 @@
 """One process of a multi-process training run on CPU, through jax.distributed.
 
-Run by tests/test_train.py: as 2 processes × 2 devices, and as 1 process × 4
+Run by tests/experiments/test_train.py: as 2 processes × 2 devices, and as 1 process × 4
 devices, both training the same tiny config. ``--die-after-epoch N`` ends
 the process (as a kill would, without cleanup) after epoch N's checkpoint
 is saved, so a rerun must resume. Process 0 prints the result as JSON.
 
-    python tests/multiprocess_train_checks.py DATA WORKDIR PROCESS_ID NUM_PROCESSES PORT [--die-after-epoch N] [--group]
+    python tests/experiments/multiprocess_train_checks.py DATA WORKDIR PROCESS_ID NUM_PROCESSES PORT [--die-after-epoch N] [--group]
 
 ``--group`` trains seeds 0 and 1 as one group (``train.train_group``) into
 ``WORKDIR/s0`` and ``WORKDIR/s1``; the JSON then has one entry per seed.
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 RECORDS = 64
 

@@ -446,7 +446,7 @@ def test_normalizer_settings_from_the_command_line():
   ],
 )
 def test_command_line_norm_kwargs_reach_the_model_or_fail_cleanly(kwarg, message, tmp_path):
-  root = Path(__file__).resolve().parent.parent
+  root = Path(__file__).resolve().parents[2]
   proc = subprocess.run(
     [
       sys.executable,

@@ -529,7 +529,7 @@ SCRIPT = pathlib.Path(__file__).with_name("export_multidevice_checks.py")
 @pytest.fixture(scope="module")
 def training_exports() -> dict[str, Any]:
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  root = str(pathlib.Path(__file__).parent.parent)
+  root = str(pathlib.Path(__file__).resolve().parents[2])
   env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
   proc = subprocess.run([sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]

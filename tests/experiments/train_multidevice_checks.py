@@ -1,6 +1,6 @@
 """Training-step checks on 8 simulated CPU devices.
 
-Run by tests/test_train.py in a subprocess with
+Run by tests/experiments/test_train.py in a subprocess with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``. Prints one JSON
 object of max abs differences between the parameters and running statistics
 that different device layouts produce from the same batches.

@@ -1,6 +1,6 @@
 """The training step of experiments/, exported for CUDA and TPU on 8 CPU devices.
 
-Run by tests/test_export.py in a subprocess with
+Run by tests/jaxnorm/test_export.py in a subprocess with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``. Builds the jitted
 step exactly as ``experiments/train.py`` does (``train.build_model``,
 ``make_optimizer``, ``make_step`` with ``execution='vmap'``), gives it

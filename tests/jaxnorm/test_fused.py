@@ -20,8 +20,8 @@ from jax.test_util import check_grads
 import jaxnorm
 from jaxnorm import _dispatch
 from jaxnorm import _fused
-from tests import compat
-from tests import references as ref
+from tests.jaxnorm import compat
+from tests.jaxnorm import references as ref
 
 # name -> (input shape, f(x, scale, bias) -> output or (output, stats)).
 # Inputs have 8 channels on the feature axis (12 for gn_2d).

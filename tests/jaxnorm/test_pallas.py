@@ -19,14 +19,14 @@ import jaxnorm
 from jaxnorm import _dispatch
 from jaxnorm import _fused
 from jaxnorm import _pallas
-from tests import compat
-from tests.test_export import TRITON
-from tests.test_export import export_for
-from tests.test_fused import CASES
-from tests.test_fused import _inputs
-from tests.test_fused import _loss
-from tests.test_fused import _run
-from tests.test_fused import _uses_fast_path
+from tests.jaxnorm import compat
+from tests.jaxnorm.test_export import TRITON
+from tests.jaxnorm.test_export import export_for
+from tests.jaxnorm.test_fused import CASES
+from tests.jaxnorm.test_fused import _inputs
+from tests.jaxnorm.test_fused import _loss
+from tests.jaxnorm.test_fused import _run
+from tests.jaxnorm.test_fused import _uses_fast_path
 
 # Shapes the tiling covers: rows per example (H·W, or N·H·W for batch
 # norm) with a power-of-two tile of at least 8 rows.

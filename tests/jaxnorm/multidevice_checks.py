@@ -1,6 +1,6 @@
 """Cross-device checks on 8 simulated CPU devices.
 
-Run by tests/test_multidevice.py in a subprocess with
+Run by tests/jaxnorm/test_multidevice.py in a subprocess with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (the flag must be set
 before JAX starts). Prints one JSON object: check name -> max abs error
 against the float64 reference computed on the gathered global array.
