@@ -381,7 +381,9 @@ def test_committed_sweep_configs_are_valid_at_every_point(name):
   s.lock()
   points = sweep.expand(s)
   assert len(points) == (
-    20 if name in ("sweep_statistics_2h", "sweep_statistics_small", "sweep_statistics_full", "sweep_statistics_h100") else 10
+    20
+    if name in ("sweep_statistics_2h", "sweep_statistics_small", "sweep_statistics_full", "sweep_statistics_h100")
+    else 10
   )
   for label, _, config in points:
     config_lib.validate(config, 1)
