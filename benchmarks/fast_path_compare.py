@@ -29,7 +29,7 @@ import jaxnorm
 from benchmarks import norm_bench
 from experiments import models
 from experiments import provenance
-from jaxnorm import _dispatch
+from jaxnorm._core import dispatch as _dispatch
 
 SHAPES = [("gn", s, layout) for s in norm_bench.RESNET20_SHAPES for layout in ("NHWC", "NCHW")]
 SHAPES += [("bn", s, layout) for s in norm_bench.RESNET20_SHAPES for layout in ("NHWC", "NCHW")]

@@ -4,7 +4,7 @@ r"""The N × C × (H·W) cubes: which elements share one statistic, per normaliz
 
 The familiar figure of the Group Normalization paper (Wu & He, 2018, Fig. 2),
 generated from the library's own definitions of the reduction axes
-(``jaxnorm/_reduction_axes.py``, and ``group_layout`` for GN's channel
+(``jaxnorm/_core/reduction_axes.py``, and ``group_layout`` for GN's channel
 split), not drawn by hand: each panel takes the view the library computes
 its statistics on (``(G, N/G, C, H, W)`` for batch norm, ``(N, G, C/G, H,
 W)`` for group norm, the input itself otherwise), asks the library which
@@ -14,8 +14,8 @@ the corner in front of the viewer. If a definition
 changes, the figure changes with it; ``tests/experiments/test_axes_figure.py`` checks
 that.
 
-The figure imports the private ``jaxnorm._reduction_axes`` and
-``jaxnorm._functional.group_layout`` on purpose: it documents how the
+The figure imports the private ``jaxnorm._core.reduction_axes`` and
+``jaxnorm._core.axes.group_layout`` on purpose: it documents how the
 library computes, which the public API does not expose.
 """
 
@@ -27,8 +27,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxnorm import _functional
-from jaxnorm import _reduction_axes
+from jaxnorm._core import axes as _axes
+from jaxnorm._core import reduction_axes as _reduction_axes
 
 # The example input, NCHW so that the channel axis is not last (the library
 # supports any channel axis; the cube is drawn as N × C × H·W).
@@ -66,7 +66,7 @@ def panels() -> list[Panel]:
   out = []
 
   # Batch norm and ghost batch norm: the view (G, N/G, C, H, W), as in
-  # jaxnorm._batch_norm; features shift by one behind the virtual-batch axis.
+  # jaxnorm.functional.batch_norm; features shift by one behind the virtual-batch axis.
   for title, groups in (("Batch Norm", 1), (f"Ghost BN (virtual batch {VIRTUAL_BATCH})", N // VIRTUAL_BATCH)):
     view = (groups, N // groups, C, H, W)
     reduced = _reduction_axes.batch_norm_axes(len(view), (CHANNEL_AXIS + 1,))
@@ -79,7 +79,7 @@ def panels() -> list[Panel]:
   reduced = _reduction_axes.instance_norm_axes(len(shape), 0, (CHANNEL_AXIS,))
   out.append(Panel("Instance Norm", ("N", "C", "H", "W"), reduced, cube(shared_statistic(shape, reduced))))
 
-  layout = _functional.group_layout(
+  layout = _axes.group_layout(
     shape,
     num_groups=NUM_GROUPS,
     group_size=None,
@@ -146,7 +146,7 @@ def draw(path: str | os.PathLike) -> None:
     ax.set_title(f"{panel.title}\nreduces {reduced}\none statistic per ({kept})", fontsize=9)
   fig.suptitle(
     f"Which elements of an (N={N}, C={C}, H={H}, W={W}) input share one mean/variance "
-    f"(shaded: those of one statistic)\ngenerated from jaxnorm/_reduction_axes.py",
+    f"(shaded: those of one statistic)\ngenerated from jaxnorm/_core/reduction_axes.py",
     fontsize=11,
   )
   fig.tight_layout(rect=(0, 0, 1, 0.93))

@@ -22,45 +22,52 @@ Around them: :func:`precise_batch_stats` (population statistics after
 training), :func:`fold_batch_norm` (inference folding) and
 :func:`create_norm` (choose a normalizer by name). :func:`implementation`
 selects how the standardizing normalizers are computed (fused XLA path,
-Pallas GPU kernels or the composed reference; see :mod:`jaxnorm._dispatch`).
+Pallas GPU kernels or the composed reference; see :mod:`jaxnorm._core.dispatch`).
+
+Layout: :mod:`jaxnorm.functional` (pure functions, one file per family),
+:mod:`jaxnorm.linen` and :mod:`jaxnorm.nnx` (the modules, the same files),
+``jaxnorm._core`` (the engine), ``jaxnorm._stateful`` (the train/eval/update
+plumbing both front ends share) and :mod:`jaxnorm.factory`.
 """
 
-from jaxnorm import nnx as nnx  # the flax.nnx modules (after the core they build on)
-from jaxnorm._batch_norm import BatchStats as BatchStats
-from jaxnorm._batch_norm import batch_norm as batch_norm
-from jaxnorm._batch_renorm import BatchRenorm as BatchRenorm
-from jaxnorm._batch_renorm import batch_renorm as batch_renorm
-from jaxnorm._batch_renorm import batch_renorm_limits as batch_renorm_limits
-from jaxnorm._dispatch import IMPLEMENTATIONS as IMPLEMENTATIONS
-from jaxnorm._dispatch import get_implementation as get_implementation
-from jaxnorm._dispatch import implementation as implementation
-from jaxnorm._dispatch import set_implementation as set_implementation
-from jaxnorm._evonorm import EvoNormB0 as EvoNormB0
-from jaxnorm._evonorm import EvoNormS0 as EvoNormS0
-from jaxnorm._evonorm import evonorm_b0 as evonorm_b0
-from jaxnorm._evonorm import evonorm_s0 as evonorm_s0
-from jaxnorm._factory import NORM_NAMES as NORM_NAMES
-from jaxnorm._factory import NormSpec as NormSpec
-from jaxnorm._factory import create_norm as create_norm
-from jaxnorm._filter_response import FilterResponseNorm as FilterResponseNorm
-from jaxnorm._filter_response import filter_response_norm as filter_response_norm
-from jaxnorm._folding import fold_batch_norm as fold_batch_norm
-from jaxnorm._functional import group_norm as group_norm
-from jaxnorm._functional import instance_norm as instance_norm
-from jaxnorm._functional import layer_norm as layer_norm
-from jaxnorm._functional import normalize as normalize
-from jaxnorm._functional import rms_norm as rms_norm
-from jaxnorm._modules import BatchNorm as BatchNorm
-from jaxnorm._modules import GroupNorm as GroupNorm
-from jaxnorm._modules import InstanceNorm as InstanceNorm
-from jaxnorm._modules import LayerNorm as LayerNorm
-from jaxnorm._modules import RMSNorm as RMSNorm
-from jaxnorm._moments import Moments as Moments
-from jaxnorm._moments import moments as moments
-from jaxnorm._precise_bn import BATCH_MOMENTS as BATCH_MOMENTS
-from jaxnorm._precise_bn import precise_batch_stats as precise_batch_stats
-from jaxnorm._weight_standardization import StandardizedConv as StandardizedConv
-from jaxnorm._weight_standardization import standardize_weight as standardize_weight
+from jaxnorm import functional as functional
+from jaxnorm import linen as linen
+from jaxnorm import nnx as nnx
+from jaxnorm._core.dispatch import IMPLEMENTATIONS as IMPLEMENTATIONS
+from jaxnorm._core.dispatch import get_implementation as get_implementation
+from jaxnorm._core.dispatch import implementation as implementation
+from jaxnorm._core.dispatch import set_implementation as set_implementation
+from jaxnorm.factory import NORM_NAMES as NORM_NAMES
+from jaxnorm.factory import NormSpec as NormSpec
+from jaxnorm.factory import create_norm as create_norm
+from jaxnorm.functional import BATCH_MOMENTS as BATCH_MOMENTS
+from jaxnorm.functional import BatchStats as BatchStats
+from jaxnorm.functional import Moments as Moments
+from jaxnorm.functional import batch_norm as batch_norm
+from jaxnorm.functional import batch_renorm as batch_renorm
+from jaxnorm.functional import batch_renorm_limits as batch_renorm_limits
+from jaxnorm.functional import evonorm_b0 as evonorm_b0
+from jaxnorm.functional import evonorm_s0 as evonorm_s0
+from jaxnorm.functional import filter_response_norm as filter_response_norm
+from jaxnorm.functional import fold_batch_norm as fold_batch_norm
+from jaxnorm.functional import group_norm as group_norm
+from jaxnorm.functional import instance_norm as instance_norm
+from jaxnorm.functional import layer_norm as layer_norm
+from jaxnorm.functional import moments as moments
+from jaxnorm.functional import normalize as normalize
+from jaxnorm.functional import precise_batch_stats as precise_batch_stats
+from jaxnorm.functional import rms_norm as rms_norm
+from jaxnorm.functional import standardize_weight as standardize_weight
+from jaxnorm.linen import BatchNorm as BatchNorm
+from jaxnorm.linen import BatchRenorm as BatchRenorm
+from jaxnorm.linen import EvoNormB0 as EvoNormB0
+from jaxnorm.linen import EvoNormS0 as EvoNormS0
+from jaxnorm.linen import FilterResponseNorm as FilterResponseNorm
+from jaxnorm.linen import GroupNorm as GroupNorm
+from jaxnorm.linen import InstanceNorm as InstanceNorm
+from jaxnorm.linen import LayerNorm as LayerNorm
+from jaxnorm.linen import RMSNorm as RMSNorm
+from jaxnorm.linen import StandardizedConv as StandardizedConv
 
 __version__ = "0.1.0"
 
@@ -89,11 +96,13 @@ __all__ = (
   "evonorm_s0",
   "filter_response_norm",
   "fold_batch_norm",
+  "functional",
   "get_implementation",
   "group_norm",
   "implementation",
   "instance_norm",
   "layer_norm",
+  "linen",
   "moments",
   "nnx",
   "normalize",

@@ -11,10 +11,11 @@ parameters, its running state and its computation. :func:`linen_apply`
 the same attribute names.
 
 Adding a normalizer with running state means writing its pure function
-(state in, new state out), declaring it here as a :class:`StatefulNorm`,
-and writing its two modules: their fields or constructor arguments, and a
-``__call__`` that returns ``linen_apply(SPEC, self, ...)`` or
-``nnx_apply(SPEC, self, ...)``.
+(state in, new state out) in ``functional/<family>.py``, declaring it there,
+beside the function, as a :class:`StatefulNorm`, and writing its two
+modules, in ``linen/<family>.py`` and ``nnx/<family>.py``: their fields or
+constructor arguments, and a ``__call__`` that returns
+``linen_apply(SPEC, self, ...)`` or ``nnx_apply(SPEC, self, ...)``.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxnorm import _axes
-from jaxnorm import _batch_norm
-from jaxnorm._precise_bn import report_batch_moments
+from jaxnorm._core import axes as _axes
+from jaxnorm._core.running_stats import BATCH_MOMENTS
+from jaxnorm._core.running_stats import stored_value
 
 Array = jax.Array
 
@@ -94,9 +95,18 @@ def initial_state(module, stat: RunningStat, features: tuple[int, ...]) -> Array
   return stat.init(features, state_dtype(module, stat))
 
 
-def store(new: Array, stored_dtype) -> Array:
-  """A new state value in its stored dtype (a complex value stays complex)."""
-  return _batch_norm.stored_running_value(new, stored_dtype)
+def scale_and_bias(module) -> tuple[tuple[str, str], ...]:
+  """The ``scale``/``bias`` parameters a module's ``use_scale``/``use_bias`` ask for."""
+  return (("scale", "scale_init"),) * bool(module.use_scale) + (("bias", "bias_init"),) * bool(module.use_bias)
+
+
+def report_batch_moments(module, per_batch) -> None:
+  """Sows the moments ``(num_batches, *features)`` of each batch a linen
+  layer used into :data:`BATCH_MOMENTS`, for :func:`jaxnorm.precise_batch_stats`."""
+  if per_batch is None or module.is_initializing():
+    return
+  module.sow(BATCH_MOMENTS, "mean", per_batch.mean)
+  module.sow(BATCH_MOMENTS, "var", per_batch.var)
 
 
 def linen_apply(spec: StatefulNorm, module, x, use_running_average: bool | None, mask) -> Array:
@@ -133,7 +143,7 @@ def linen_apply(spec: StatefulNorm, module, x, use_running_average: bool | None,
   )
   if not use_running_average and not initializing:
     for name, variable in variables.items():
-      variable.value = store(new[name], variable.value.dtype)
+      variable.value = stored_value(new[name], variable.value.dtype)
     report_batch_moments(module, per_batch)
   return y
 
@@ -179,7 +189,7 @@ def nnx_apply(spec: StatefulNorm, module, x, use_running_average: bool | None, m
   if not use_running_average:
     for stat in stats:
       variable = getattr(module, stat.name)
-      _replace_value(variable, jax.lax.stop_gradient(store(new[stat.name], variable[...].dtype)))
+      _replace_value(variable, jax.lax.stop_gradient(stored_value(new[stat.name], variable[...].dtype)))
   return y
 
 

@@ -24,12 +24,12 @@ from test_export import PLATFORMS
 from test_export import TRITON
 from test_export import export_for
 from test_export import with_device
-from train_multidevice_checks import small_config
 
 import jaxnorm
 from experiments import config as config_lib
 from experiments import parallel
 from experiments import train
+from tests.experiments.train_multidevice_checks import small_config
 
 # variant -> (config overrides, physical devices, implementation)
 VARIANTS = {

@@ -40,7 +40,7 @@ from flax import nnx
 from jax import export
 
 import jaxnorm
-from jaxnorm import _dispatch
+from jaxnorm._core import dispatch as _dispatch
 
 PLATFORMS = ("cuda", "tpu")
 TRITON = "__gpu$xla.gpu.triton"  # the custom call of a Triton pallas_call
@@ -413,7 +413,8 @@ for _name in jaxnorm.NORM_NAMES:
 # and its list of names (it applies to every case above). The data types
 # (Moments, BatchStats, NormSpec) and constants are covered as outputs and
 # inputs of the cases that name them.
-NOT_TRACED = {"IMPLEMENTATIONS", "implementation", "get_implementation", "set_implementation"}
+# The namespaces `functional` and `linen` hold names the table covers by their top-level aliases.
+NOT_TRACED = {"IMPLEMENTATIONS", "implementation", "get_implementation", "set_implementation", "functional", "linen"}
 
 
 def _is_float(leaf) -> bool:
@@ -502,7 +503,7 @@ def test_exports_the_pallas_kernels(name, platform):
   _check_exported(exported, case, platform)
   if platform == "cuda":
     # Compiled kernels, not interpreted ones: this holds only because
-    # jaxnorm/_pallas.py chooses interpret mode per lowering platform
+    # jaxnorm/_core/pallas.py chooses interpret mode per lowering platform
     # (lax.platform_dependent); a choice by the host's default backend
     # would lower plain XLA for CUDA on this CPU host and fail here.
     triton_kernels = exported.mlir_module().count(TRITON)

@@ -194,7 +194,7 @@ def test_every_name_builds_the_same_nnx_layer(name):
   if spec.is_identity:
     np.testing.assert_array_equal(layer(X), X)
   else:
-    assert type(layer).__module__ == "jaxnorm.nnx" and type(layer).__name__ == spec.module.__name__
+    assert type(layer) is getattr(jn.nnx, spec.module.__name__)
     for path, value in jax.tree_util.tree_leaves_with_path(variables["params"]):
       key = path[-1].key
       getattr(layer, "epsilon_param" if key == "epsilon" else key)[...] = value

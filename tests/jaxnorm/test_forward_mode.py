@@ -1,6 +1,6 @@
 """Every JAX transformation through every normalizer under ``"auto"``.
 
-The fast paths define a ``custom_jvp`` (jaxnorm._fused); JAX derives
+The fast paths define a ``custom_jvp`` (jaxnorm._core.fused); JAX derives
 reverse mode by transposing its tangent map. These tests pin that forward
 mode, reverse mode and their compositions — ``jvp``, ``jacfwd``,
 ``linearize``, ``hessian``, forward-over-reverse and reverse-over-reverse —
@@ -19,7 +19,7 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxnorm
-from jaxnorm import _dispatch
+from jaxnorm._core import dispatch as _dispatch
 from tests.jaxnorm import compat
 from tests.jaxnorm.test_fused import _uses_fast_path
 

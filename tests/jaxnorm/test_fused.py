@@ -1,4 +1,4 @@
-"""The fused path (jaxnorm._fused) against the composed reference.
+"""The fused path (jaxnorm._core.fused) against the composed reference.
 
 Every standardizing normalizer runs the fused path by default; these tests
 pin that it computes the same function and the same derivatives as the
@@ -18,8 +18,8 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxnorm
-from jaxnorm import _dispatch
-from jaxnorm import _fused
+from jaxnorm._core import dispatch as _dispatch
+from jaxnorm._core import fused as _fused
 from tests.jaxnorm import compat
 from tests.jaxnorm import references as ref
 

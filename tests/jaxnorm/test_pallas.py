@@ -1,4 +1,4 @@
-"""The Pallas kernels (jaxnorm._pallas), run with interpret=True on CPU.
+"""The Pallas kernels (jaxnorm._core.pallas), run with interpret=True on CPU.
 
 Lowered for a GPU the same kernels compile through Triton; here they are
 interpreted, which checks their numerics: outputs, statistics and
@@ -16,9 +16,9 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxnorm
-from jaxnorm import _dispatch
-from jaxnorm import _fused
-from jaxnorm import _pallas
+from jaxnorm._core import dispatch as _dispatch
+from jaxnorm._core import fused as _fused
+from jaxnorm._core import pallas as _pallas
 from tests.jaxnorm import compat
 from tests.jaxnorm.test_export import TRITON
 from tests.jaxnorm.test_export import export_for

@@ -20,23 +20,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import numpy as np
 from flax import traverse_util
 
-from jaxnorm import _axes
-from jaxnorm._moments import Moments
-
-BATCH_MOMENTS = "batch_moments"
-
-
-def report_batch_moments(module: nn.Module, per_batch: Moments | None):
-  """Sows the moments ``(num_batches, *features)`` of each batch a layer used."""
-  if per_batch is None or module.is_initializing():
-    return
-  module.sow(BATCH_MOMENTS, "mean", per_batch.mean)
-  module.sow(BATCH_MOMENTS, "var", per_batch.var)
+from jaxnorm._core import axes as _axes
+from jaxnorm._core.running_stats import BATCH_MOMENTS
 
 
 class _Population:

@@ -1,7 +1,7 @@
 """Pallas kernels for the forward passes of batch, group and layer norm.
 
 :class:`PallasPasses` implements the forward passes of
-:class:`jaxnorm._fused.XlaPasses` with three ``pallas_call`` kernels, so the
+:class:`jaxnorm._core.fused.XlaPasses` with three ``pallas_call`` kernels, so the
 statistics, the group folding and the derivative rule are shared with the
 fused XLA path and only the passes over full-size arrays change:
 
@@ -19,7 +19,7 @@ The grid runs over examples and tiles of ``T`` rows; each program holds a
 up (they are ``L/T`` times smaller than the input). The forward pass thus
 reads ``x`` three times and writes ``y`` once, without the centred
 intermediate that XLA materializes. Derivatives, forward and reverse mode,
-come from the fused path's tangent map (:func:`jaxnorm._fused.standardize`),
+come from the fused path's tangent map (:func:`jaxnorm._core.fused.standardize`),
 which is XLA: JAX transposes it for reverse mode, and a ``pallas_call`` has
 no transpose. Channels-first layouts (NCHW) and shapes the tiling does not
 cover use the fused XLA path.
@@ -44,7 +44,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pallas_triton
 
-from jaxnorm import _fused
+from jaxnorm._core import fused as _fused
 
 Array = jax.Array
 
@@ -117,10 +117,10 @@ def _affine_kernel(x_ref, m_ref, a_ref, d_ref, y_ref):
 
 
 class PallasPasses:
-  """The passes of :func:`jaxnorm._fused.standardize` as Pallas kernels: an
-  implementation of :class:`jaxnorm._fused.Passes`.
+  """The passes of :func:`jaxnorm._core.fused.standardize` as Pallas kernels: an
+  implementation of :class:`jaxnorm._core.fused.Passes`.
 
-  :func:`jaxnorm._fused.standardize` takes the variance from the centred
+  :func:`jaxnorm._core.fused.standardize` takes the variance from the centred
   pass (``single_pass = False``): the kernels never materialize ``x − μ``,
   so single-pass statistics would save only one read.
   """
@@ -205,7 +205,7 @@ class PallasPasses:
   def _differentiable(self, name, *args, **static):
     """The kernel's values, with derivatives of the XLA pass of that name.
 
-    :func:`jaxnorm._fused.standardize` calls the kernels for primal values
+    :func:`jaxnorm._core.fused.standardize` calls the kernels for primal values
     only; differentiating those again (second order) differentiates the
     XLA passes.
     """
@@ -229,7 +229,7 @@ class PallasPasses:
 
 
 def standardize(x, scale, bias, *, reduction_axes, feature_axes, acc_dtype, **kwargs):
-  """:func:`jaxnorm._fused.standardize` with the passes run by Pallas kernels."""
+  """:func:`jaxnorm._core.fused.standardize` with the passes run by Pallas kernels."""
   passes = PallasPasses(x.shape, reduction_axes, feature_axes, acc_dtype)
   return _fused.standardize(
     x,

@@ -19,19 +19,24 @@ import flax.linen as nn
 import jax
 from flax import nnx
 
-from jaxnorm import _axes
-from jaxnorm import _reduction_axes
-from jaxnorm import nnx as jaxnorm_nnx
-from jaxnorm._batch_renorm import BatchRenorm
-from jaxnorm._evonorm import EvoNormB0
-from jaxnorm._evonorm import EvoNormS0
-from jaxnorm._filter_response import FilterResponseNorm
-from jaxnorm._modules import BatchNorm
-from jaxnorm._modules import GroupNorm
-from jaxnorm._modules import InstanceNorm
-from jaxnorm._modules import LayerNorm
-from jaxnorm._modules import RMSNorm
-from jaxnorm._weight_standardization import StandardizedConv
+from jaxnorm._core import axes as _axes
+from jaxnorm._core import reduction_axes as _reduction_axes
+from jaxnorm.linen.batch_norm import BatchNorm
+from jaxnorm.linen.batch_renorm import BatchRenorm
+from jaxnorm.linen.evonorm import EvoNormB0
+from jaxnorm.linen.evonorm import EvoNormS0
+from jaxnorm.linen.filter_response import FilterResponseNorm
+from jaxnorm.linen.per_example import GroupNorm
+from jaxnorm.linen.per_example import InstanceNorm
+from jaxnorm.linen.per_example import LayerNorm
+from jaxnorm.linen.per_example import RMSNorm
+from jaxnorm.linen.weight_standardization import StandardizedConv
+from jaxnorm.nnx import batch_norm as nnx_batch_norm
+from jaxnorm.nnx import batch_renorm as nnx_batch_renorm
+from jaxnorm.nnx import evonorm as nnx_evonorm
+from jaxnorm.nnx import filter_response as nnx_filter_response
+from jaxnorm.nnx import per_example as nnx_per_example
+from jaxnorm.nnx import weight_standardization as nnx_weight_standardization
 
 # Statistics over (H, W, C) of each example: the Group Normalization paper's
 # LN for convolutional activations (GN with one group).
@@ -54,26 +59,30 @@ class _NnxIdentity(nnx.Module):
 
 class _Entry(NamedTuple):
   module: type[nn.Module]
+  nnx_module: type[nnx.Module]
   defaults: Mapping[str, Any] = {}
-  conv: type[nn.Module] = nn.Conv
+  ws: bool = False  # after a weight-standardized convolution
   required: tuple[str, ...] = ()
   batch_stats: bool = False
 
 
+_BN, _GN = (BatchNorm, nnx_batch_norm.BatchNorm), (GroupNorm, nnx_per_example.GroupNorm)
+
+# name -> (linen module, nnx module, ...): a new normalizer adds its line here.
 _REGISTRY: dict[str, _Entry] = {
-  "bn": _Entry(BatchNorm, batch_stats=True),
-  "bn+ws": _Entry(BatchNorm, conv=StandardizedConv, batch_stats=True),
-  "brn": _Entry(BatchRenorm, batch_stats=True),
-  "ghost_bn": _Entry(BatchNorm, required=("virtual_batch_size",), batch_stats=True),
-  "gn": _Entry(GroupNorm),
-  "gn+ws": _Entry(GroupNorm, conv=StandardizedConv),
-  "ln": _Entry(LayerNorm, _PER_EXAMPLE),
-  "in": _Entry(InstanceNorm),
-  "rms": _Entry(RMSNorm, _PER_EXAMPLE),
-  "frn": _Entry(FilterResponseNorm),
-  "evonorm_b0": _Entry(EvoNormB0, batch_stats=True),
-  "evonorm_s0": _Entry(EvoNormS0),
-  "none": _Entry(_Identity),
+  "bn": _Entry(*_BN, batch_stats=True),
+  "bn+ws": _Entry(*_BN, ws=True, batch_stats=True),
+  "brn": _Entry(BatchRenorm, nnx_batch_renorm.BatchRenorm, batch_stats=True),
+  "ghost_bn": _Entry(*_BN, required=("virtual_batch_size",), batch_stats=True),
+  "gn": _Entry(*_GN),
+  "gn+ws": _Entry(*_GN, ws=True),
+  "ln": _Entry(LayerNorm, nnx_per_example.LayerNorm, _PER_EXAMPLE),
+  "in": _Entry(InstanceNorm, nnx_per_example.InstanceNorm),
+  "rms": _Entry(RMSNorm, nnx_per_example.RMSNorm, _PER_EXAMPLE),
+  "frn": _Entry(FilterResponseNorm, nnx_filter_response.FilterResponseNorm),
+  "evonorm_b0": _Entry(EvoNormB0, nnx_evonorm.EvoNormB0, batch_stats=True),
+  "evonorm_s0": _Entry(EvoNormS0, nnx_evonorm.EvoNormS0),
+  "none": _Entry(_Identity, _NnxIdentity),
 }
 
 NORM_NAMES: tuple[str, ...] = tuple(_REGISTRY)
@@ -107,6 +116,7 @@ class NormSpec:
       convolutions a bias then).
     module: the flax module class the layers are made of.
     kwargs: the module keywords, defaults of the name included.
+    nnx_module: the :mod:`jaxnorm.nnx` class of the same layer.
 
   A spec is immutable and hashable (if its keyword values are), so it can be
   a field of a flax module. ``spec.layer(train)`` and ``spec.conv`` build
@@ -120,6 +130,7 @@ class NormSpec:
   is_identity: bool
   module: type[nn.Module]
   kwargs: Mapping[str, Any]
+  nnx_module: type[nnx.Module] | None = None
 
   def layer(self, train: bool, *, name: str | None = None, **overrides) -> nn.Module:
     """A layer for NHWC convolutional activations, called as ``layer(x)``.
@@ -164,14 +175,15 @@ class NormSpec:
       TypeError: an override is not an argument of the module.
 
     Example:
+      >>> import jaxnorm
       >>> from flax import nnx
       >>> layer = create_norm("gn", num_groups=4).nnx_layer(16, rngs=nnx.Rngs(0))
-      >>> type(layer).__module__, layer.num_groups
-      ('jaxnorm.nnx', 4)
+      >>> type(layer) is jaxnorm.nnx.GroupNorm, layer.num_groups
+      (True, 4)
     """
     if self.is_identity:
       return _NnxIdentity()
-    module = getattr(jaxnorm_nnx, self.module.__name__)
+    module = self.nnx_module
     skip = {"self", "num_features", "rngs", "use_running_average"}
     accepted = tuple(p for p in inspect.signature(module.__init__).parameters if p not in skip)
     _axes.check_keywords(overrides, accepted, owner=f"NormSpec({self.name!r}).nnx_layer")
@@ -181,7 +193,7 @@ class NormSpec:
   def nnx_conv(self) -> type[nnx.Module]:
     """The flax.nnx convolution to pair with it: ``flax.nnx.Conv``, or
     :class:`jaxnorm.nnx.StandardizedConv` for the ``"+ws"`` names."""
-    return jaxnorm_nnx.StandardizedConv if self.conv is StandardizedConv else nnx.Conv
+    return nnx_weight_standardization.StandardizedConv if self.conv is StandardizedConv else nnx.Conv
 
 
 def create_norm(name: str, **kwargs) -> NormSpec:
@@ -243,9 +255,10 @@ def create_norm(name: str, **kwargs) -> NormSpec:
     )
   return NormSpec(
     name=name,
-    conv=entry.conv,
+    conv=StandardizedConv if entry.ws else nn.Conv,
     has_batch_stats=entry.batch_stats,
     is_identity=identity,
     module=entry.module,
     kwargs=flax.core.FrozenDict(_with_groups({**entry.defaults, **kwargs})),
+    nnx_module=entry.nnx_module,
   )

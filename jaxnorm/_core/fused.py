@@ -47,6 +47,7 @@ Why it is faster than letting JAX differentiate the composition:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -99,8 +100,8 @@ WELL_CENTRED = 16.0
 class Passes(Protocol):
   """The full-size forward passes of :func:`standardize`: what an
   implementation supplies, :class:`XlaPasses` as XLA operations and
-  :class:`jaxnorm._pallas.PallasPasses` as Pallas kernels (chosen in
-  :mod:`jaxnorm._dispatch`).
+  :class:`jaxnorm._core.pallas.PallasPasses` as Pallas kernels (chosen in
+  :mod:`jaxnorm._core.dispatch`).
 
   Per-channel arrays have the partial shape (see :class:`XlaPasses`); sums
   run over the inner axes, in the accumulation dtype. Every pass is
@@ -241,129 +242,162 @@ def standardize(
     out_dtype: dtype of ``y``.
     passes: the :class:`Passes` that run the forward full-size passes:
       :class:`XlaPasses` (default) or the Pallas kernels of
-      :mod:`jaxnorm._pallas`, built for
-      ``x``'s shape and the inner axes ``R \\ F``. The tangent map always
-      runs as XLA operations, which JAX can transpose.
+      :mod:`jaxnorm._core.pallas`, built for ``x``'s shape and the inner
+      axes ``R \\ F``. The tangent map always runs as XLA operations, which
+      JAX can transpose.
 
   Returns:
     ``(y, mean, var)``; ``mean`` and ``var`` have size 1 along ``R``
     (``mean`` is zeros when ``use_mean`` is False). All three are
     differentiable, in forward and reverse mode, to any order.
   """
-  inner = tuple(a for a in reduction_axes if a not in feature_axes)
-  outer = tuple(a for a in reduction_axes if a in feature_axes)
-  xla = XlaPasses(x.shape, inner, acc_dtype)
-  if passes is None:
-    passes = xla
-  count = math.prod(x.shape[a] for a in reduction_axes)
-  real = jnp.finfo(acc_dtype).dtype
-  stats_shape = tuple(1 if a in reduction_axes else n for a, n in enumerate(x.shape))
-
-  def mean_over_groups(partial):  # per-channel sums -> statistics over R
-    return _sum(partial, outer) / count
-
-  def parameter(p, default):
-    return jnp.asarray(default, acc_dtype) if p is None else p.astype(acc_dtype)
-
-  # Uncentred sums only in float32 or wider: with half-precision
-  # accumulation (force_float32_reductions=False) even a factor 17 of the
-  # dtype's precision is too much.
-  single_pass = passes.single_pass and jnp.finfo(acc_dtype).bits >= 32
-
-  def two_pass_variance(x, mean):
-    return mean_over_groups(passes.centred_square_sum(x, mean)).astype(real)
-
-  def statistics(x):
-    """Mean and variance; single-pass where uncentred sums are accurate."""
-    if not use_mean:
-      zeros = jnp.zeros(stats_shape, acc_dtype)
-      return zeros, two_pass_variance(x, zeros)
-    if not single_pass:
-      mean = mean_over_groups(passes.sum(x))
-      return mean, two_pass_variance(x, mean)
-    s1, s2 = passes.sum_and_square_sum(x)
-    mean, mean_square = mean_over_groups(s1), mean_over_groups(s2)
-    var = (mean_square - lax.square(mean)).astype(real)
-    accurate = jnp.all(lax.square(mean) <= WELL_CENTRED * var)
-    var = lax.cond(accurate, lambda: var, lambda: two_pass_variance(x, mean))
-    return mean, var
-
-  def forward(x, scale, bias):
-    mean, var = statistics(x)
-    if not inner:  # per-row statistics (layer and RMS norm over the features)
-      mean, var = fence(mean), fence(var)
-    rstd = lax.rsqrt(var + epsilon)
-    y = passes.affine(x, mean, rstd * parameter(scale, 1), parameter(bias, 0), out_dtype)
-    return (y, mean, var), rstd
-
-  # The tangent map is linear in the tangents (dx, dscale, dbias): JAX
-  # evaluates it for forward mode and transposes it for reverse mode. It is
-  # rematerialized (jax.checkpoint), so reverse mode keeps only its primal
-  # inputs (x, which is alive anyway, and per-group statistics) and
-  # recomputes x − μ inside the fused backward pass instead of storing it.
-  def tangent_map(x, mean, rstd, scale, dx, dscale, dbias):
-    gamma = parameter(scale, 1)
-    a = rstd * gamma
-    s1, s2 = xla.tangent_sums(dx, x, mean)  # Σ dx, Σ dx·(x − μ)
-    dvar = (2.0 / count) * _sum(s2, outer)
-    b = -0.5 * rstd**3 * dvar * gamma
-    if dscale is not None:
-      b = b + rstd * dscale.astype(acc_dtype)
-    d = None
-    if use_mean:
-      dmean = mean_over_groups(s1)
-      d = -a * dmean
-    else:
-      dmean = jnp.zeros(stats_shape, acc_dtype) * dvar  # zero, but linear
-    if dbias is not None:
-      d = dbias.astype(acc_dtype) if d is None else d + dbias.astype(acc_dtype)
-    dy = xla.tangent(dx, x, mean, a, b, d, out_dtype)
-    return dy, dmean, dvar.astype(real)
-
-  # The tangent map stays centred: a run-time choice of the (faster on
-  # XLA:CPU) uncentred sums needs a lax.cond over tangents, which vmap turns
-  # into a select whose reverse mode JAX cannot transpose.
-  channel_tangent_map = functools.partial(jax.checkpoint, prevent_cse=False)(tangent_map)
-
-  @functools.partial(jax.checkpoint, prevent_cse=False)
-  def feature_tangent_map(x, mean, rstd, scale, dx, dscale, dbias):
-    """The tangent map when parameters vary along every reduced axis (layer
-    and RMS norm over the features): per-channel sums would be full-size,
-    so the reductions run over ``R`` directly and the scale multiplies once.
-    """
-    x, dx = x.astype(acc_dtype), dx.astype(acc_dtype)
-    # Everything full-size is written in terms of one x̂ = (x − μ)·r, which
-    # reverse mode materializes once (XLA:CPU feeds products with broadcast
-    # operands to its reductions materialized, so x − μ and a broadcast r
-    # would cost two buffers).
-    normalized = (x - mean) * rstd
-    s2 = fence(_sum(dx * normalized, reduction_axes) / count)  # mean of dx·x̂
-    dvar = 2.0 * s2 / rstd
-    inner_tangent = dx - s2 * normalized
-    if use_mean:
-      dmean = fence(_sum(dx, reduction_axes) / count)
-      inner_tangent = inner_tangent - dmean
-    else:
-      dmean = jnp.zeros(stats_shape, acc_dtype) * dvar  # zero, but linear
-    dy = (rstd * parameter(scale, 1)) * inner_tangent
-    if dscale is not None:
-      dy = dy + normalized * dscale.astype(acc_dtype)
-    if dbias is not None:
-      dy = dy + dbias.astype(acc_dtype)
-    return dy.astype(out_dtype), dmean, dvar.astype(real)
+  plan = _Plan.build(x.shape, reduction_axes, feature_axes, epsilon, use_mean, acc_dtype, out_dtype, passes)
+  # The tangent maps are rematerialized (jax.checkpoint), so reverse mode
+  # keeps only their primal inputs (x, which is alive anyway, and
+  # per-group statistics) and recomputes x − μ inside the fused backward
+  # pass instead of storing it.
+  remat = functools.partial(jax.checkpoint, prevent_cse=False)
+  tangent_map = remat(plan.feature_tangent_map if not plan.inner else plan.channel_tangent_map)
 
   @jax.custom_jvp
   def fn(x, scale, bias):
-    return forward(x, scale, bias)[0]
+    return plan.forward(x, scale, bias)[0]
 
   @fn.defjvp
   def fn_jvp(primals, tangents):
     x, scale, bias = primals
     dx, dscale, dbias = tangents
-    outputs, rstd = forward(x, scale, bias)
-    mean = outputs[1]
-    if not inner:
-      return outputs, feature_tangent_map(x, mean, rstd, scale, dx, dscale, dbias)
-    return outputs, channel_tangent_map(x, mean, rstd, scale, dx, dscale, dbias)
+    outputs, rstd = plan.forward(x, scale, bias)
+    return outputs, tangent_map(x, outputs[1], rstd, scale, dx, dscale, dbias)
 
   return fn(x, scale, bias)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """One call of :func:`standardize`: its layout, dtypes and passes, and
+  the steps it runs — the statistics, the forward pass and the two tangent
+  maps (per-channel sums, or per-row sums when the parameters vary along
+  every reduced axis)."""
+
+  shape: tuple[int, ...]
+  reduction_axes: tuple[int, ...]
+  inner: tuple[int, ...]  # reduced axes the parameters do not vary along
+  outer: tuple[int, ...]  # reduced axes the parameters vary along
+  epsilon: float
+  use_mean: bool
+  acc_dtype: Any
+  out_dtype: Any
+  passes: Any
+  xla: XlaPasses
+
+  @classmethod
+  def build(cls, shape, reduction_axes, feature_axes, epsilon, use_mean, acc_dtype, out_dtype, passes):
+    inner = tuple(a for a in reduction_axes if a not in feature_axes)
+    outer = tuple(a for a in reduction_axes if a in feature_axes)
+    xla = XlaPasses(shape, inner, acc_dtype)
+    passes = xla if passes is None else passes
+    return cls(shape, reduction_axes, inner, outer, epsilon, use_mean, acc_dtype, out_dtype, passes, xla)
+
+  @property
+  def count(self) -> int:
+    return math.prod(self.shape[a] for a in self.reduction_axes)
+
+  @property
+  def real(self):
+    return jnp.finfo(self.acc_dtype).dtype
+
+  @property
+  def stats_shape(self) -> tuple[int, ...]:
+    return tuple(1 if a in self.reduction_axes else n for a, n in enumerate(self.shape))
+
+  def mean_over_groups(self, partial: Array) -> Array:
+    """Per-channel sums -> statistics over ``R``."""
+    return _sum(partial, self.outer) / self.count
+
+  def parameter(self, p: Array | None, default: float) -> Array:
+    return jnp.asarray(default, self.acc_dtype) if p is None else p.astype(self.acc_dtype)
+
+  def two_pass_variance(self, x: Array, mean: Array) -> Array:
+    return self.mean_over_groups(self.passes.centred_square_sum(x, mean)).astype(self.real)
+
+  def statistics(self, x: Array) -> tuple[Array, Array]:
+    """Mean and variance; single-pass where uncentred sums are accurate."""
+    if not self.use_mean:
+      zeros = jnp.zeros(self.stats_shape, self.acc_dtype)
+      return zeros, self.two_pass_variance(x, zeros)
+    # Uncentred sums only in float32 or wider: with half-precision
+    # accumulation (force_float32_reductions=False) even a factor 17 of the
+    # dtype's precision is too much.
+    if not (self.passes.single_pass and jnp.finfo(self.acc_dtype).bits >= 32):
+      mean = self.mean_over_groups(self.passes.sum(x))
+      return mean, self.two_pass_variance(x, mean)
+    s1, s2 = self.passes.sum_and_square_sum(x)
+    mean, mean_square = self.mean_over_groups(s1), self.mean_over_groups(s2)
+    var = (mean_square - lax.square(mean)).astype(self.real)
+    accurate = jnp.all(lax.square(mean) <= WELL_CENTRED * var)
+    var = lax.cond(accurate, lambda: var, lambda: self.two_pass_variance(x, mean))
+    return mean, var
+
+  def forward(self, x: Array, scale: Array | None, bias: Array | None):
+    """``((y, mean, var), rstd)``."""
+    mean, var = self.statistics(x)
+    if not self.inner:  # per-row statistics (layer and RMS norm over the features)
+      mean, var = fence(mean), fence(var)
+    rstd = lax.rsqrt(var + self.epsilon)
+    y = self.passes.affine(x, mean, rstd * self.parameter(scale, 1), self.parameter(bias, 0), self.out_dtype)
+    return (y, mean, var), rstd
+
+  # The tangent maps are linear in the tangents (dx, dscale, dbias): JAX
+  # evaluates them for forward mode and transposes them for reverse mode.
+  # They stay centred: a run-time choice of the (faster on XLA:CPU)
+  # uncentred sums needs a lax.cond over tangents, which vmap turns into a
+  # select whose reverse mode JAX cannot transpose.
+
+  def channel_tangent_map(self, x, mean, rstd, scale, dx, dscale, dbias):
+    """``(dy, dmean, dvar)`` from two per-channel sums of the tangent."""
+    acc, count = self.acc_dtype, self.count
+    gamma = self.parameter(scale, 1)
+    a = rstd * gamma
+    s1, s2 = self.xla.tangent_sums(dx, x, mean)  # Σ dx, Σ dx·(x − μ)
+    dvar = (2.0 / count) * _sum(s2, self.outer)
+    b = -0.5 * rstd**3 * dvar * gamma
+    if dscale is not None:
+      b = b + rstd * dscale.astype(acc)
+    d = None
+    if self.use_mean:
+      dmean = self.mean_over_groups(s1)
+      d = -a * dmean
+    else:
+      dmean = jnp.zeros(self.stats_shape, acc) * dvar  # zero, but linear
+    if dbias is not None:
+      d = dbias.astype(acc) if d is None else d + dbias.astype(acc)
+    dy = self.xla.tangent(dx, x, mean, a, b, d, self.out_dtype)
+    return dy, dmean, dvar.astype(self.real)
+
+  def feature_tangent_map(self, x, mean, rstd, scale, dx, dscale, dbias):
+    """The tangent map when parameters vary along every reduced axis (layer
+    and RMS norm over the features): per-channel sums would be full-size,
+    so the reductions run over ``R`` directly and the scale multiplies once.
+    """
+    acc, axes, count = self.acc_dtype, self.reduction_axes, self.count
+    x, dx = x.astype(acc), dx.astype(acc)
+    # Everything full-size is written in terms of one x̂ = (x − μ)·r, which
+    # reverse mode materializes once (XLA:CPU feeds products with broadcast
+    # operands to its reductions materialized, so x − μ and a broadcast r
+    # would cost two buffers).
+    normalized = (x - mean) * rstd
+    s2 = fence(_sum(dx * normalized, axes) / count)  # mean of dx·x̂
+    dvar = 2.0 * s2 / rstd
+    inner_tangent = dx - s2 * normalized
+    if self.use_mean:
+      dmean = fence(_sum(dx, axes) / count)
+      inner_tangent = inner_tangent - dmean
+    else:
+      dmean = jnp.zeros(self.stats_shape, acc) * dvar  # zero, but linear
+    dy = (rstd * self.parameter(scale, 1)) * inner_tangent
+    if dscale is not None:
+      dy = dy + normalized * dscale.astype(acc)
+    if dbias is not None:
+      dy = dy + dbias.astype(acc)
+    return dy.astype(self.out_dtype), dmean, dvar.astype(self.real)

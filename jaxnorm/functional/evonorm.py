@@ -10,28 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.nn import initializers
 
-from jaxnorm import _axes
 from jaxnorm import _stateful
-from jaxnorm._batch_norm import check_running_shapes
-from jaxnorm._batch_norm import ema
-from jaxnorm._filter_response import _per_example_channel_axes
-from jaxnorm._functional import _param
-from jaxnorm._functional import _prepare
-from jaxnorm._functional import group_layout
-from jaxnorm._functional import normalize
-from jaxnorm._functional import output_dtype
-from jaxnorm._modules import _feature_params
-from jaxnorm._modules import scale_and_bias
-from jaxnorm._moments import Moments
-from jaxnorm._moments import moments
+from jaxnorm._core import axes as _axes
+from jaxnorm._core.moments import Moments
+from jaxnorm._core.moments import moments
+from jaxnorm._core.normalize import normalize
+from jaxnorm._core.normalize import output_dtype
+from jaxnorm._core.running_stats import ema
 
 Array = jax.Array
-Initializer = Any
 
 
 def _evonorm_b0(
@@ -54,14 +44,15 @@ def _evonorm_b0(
   owner: str,
 ) -> tuple[Array, Array | None, Moments | None]:
   """:func:`evonorm_b0`, also returning the batch moments (None at eval)."""
-  x = _prepare(x, owner)
-  c, spatial = _per_example_channel_axes(x, channel_axis, owner)
-  features = (x.shape[c],)
-  check_running_shapes(owner, x.shape, features, channel_axis, running_var=running_var)
-  scale, bias, v = (
-    _param(p, x.shape, (c,), name=n, owner=owner) for p, n in ((scale, "scale"), (bias, "bias"), (v, "v"))
+  x, (scale, bias, v, running), mask, spatial, (c,) = _axes.check_channels(
+    owner,
+    x,
+    {"scale": scale, "bias": bias, "v": v, "running_var": running_var},
+    mask,
+    channel_axis=channel_axis,
+    running_var=running_var,
   )
-  mask = _axes.check_mask(mask, x.shape, owner=owner)
+  features = (x.shape[c],)
   engine = dict(
     use_fast_variance=use_fast_variance,
     dtype=dtype,
@@ -75,7 +66,7 @@ def _evonorm_b0(
       raise ValueError(
         f"{owner}: use_running_average=True needs running_var; pass it or set use_running_average=False."
       )
-    batch_var = _param(running_var, x.shape, (c,), name="running_var", owner=owner)
+    batch_var = running
   else:
     stats = moments(
       x,
@@ -214,24 +205,20 @@ def evonorm_s0(
     <https://arxiv.org/abs/2004.02967>`_, 2020.
   """
   owner = "evonorm_s0"
-  x = _prepare(x, owner)
-  c, _ = _per_example_channel_axes(x, channel_axis, owner)
-  layout = group_layout(
-    x.shape,
+  (xg, (scale, bias, v), mask, reduced, _), _ = _axes.check_grouped(
+    owner,
+    x,
+    {"scale": scale, "bias": bias, "v": v},
+    mask,
+    channel_axis=channel_axis,
     num_groups=num_groups,
     group_size=group_size,
-    channel_axis=c,
-    reduction_axes=None,
-    owner=owner,
+    per_example=True,
   )
-  scale, bias, v = (
-    layout.split(_param(p, x.shape, (c,), name=n, owner=owner)) for p, n in ((scale, "scale"), (bias, "bias"), (v, "v"))
-  )
-  xg = layout.split(x)
   stats = moments(
     xg,
-    layout.reduction_axes,
-    mask=layout.split(_axes.check_mask(mask, x.shape, owner=owner)),
+    reduced,
+    mask=mask,
     use_fast_variance=use_fast_variance,
     dtype=dtype,
     force_float32_reductions=force_float32_reductions,
@@ -249,11 +236,11 @@ def evonorm_s0(
     epsilon=epsilon,
     dtype=out,
   )
-  return y.reshape(x.shape)
+  return y.reshape(jnp.shape(x))
 
 
 def _evonorm_b0_compute(module, x, params, state, *, use_running_average, mask, axis_name):
-  c, _ = _per_example_channel_axes(x, module.channel_axis, "EvoNormB0")
+  c, _ = _axes.per_example_channel_axes(jnp.ndim(x), module.channel_axis, "EvoNormB0")
   y, new_var, per_batch = _evonorm_b0(
     x,
     params["scale"],
@@ -276,138 +263,15 @@ def _evonorm_b0_compute(module, x, params, state, *, use_running_average, mask, 
 
 
 def _channels(module, x) -> tuple[int, ...]:
-  c, _ = _per_example_channel_axes(x, module.channel_axis, "EvoNormB0")
+  c, _ = _axes.per_example_channel_axes(jnp.ndim(x), module.channel_axis, "EvoNormB0")
   return (jnp.shape(x)[c],)
 
 
 # Running state: the batch variance's average (evaluation uses it).
 EVONORM_B0 = _stateful.StatefulNorm(
   owner="EvoNormB0",
-  params=lambda module: scale_and_bias(module) + (("v", "v_init"),),
+  params=lambda module: _stateful.scale_and_bias(module) + (("v", "v_init"),),
   state=lambda module: (_stateful.RunningStat("var", jnp.ones),),
   features=_channels,
   compute=_evonorm_b0_compute,
 )
-
-
-class EvoNormB0(nn.Module):
-  r"""EvoNorm-B0: batch-dependent normalization-activation layer.
-
-  :math:`y = x / \max(\sqrt{s^2_{b,w,h} + \epsilon}, v x + \sqrt{s^2_{w,h} +
-  \epsilon})\,\gamma + \beta`; see :func:`evonorm_b0`. Like batch norm, it
-  uses the batch variance in training and the running variance
-  (``batch_stats/var``, flax's momentum convention) in evaluation.
-
-  Variables: ``params/scale, bias, v`` of shape ``(C,)``;
-  ``batch_stats/var``.
-
-  Attributes:
-    use_running_average: evaluation mode (or pass it to ``__call__``).
-    momentum: EMA decay: ``new = momentum * old + (1 - momentum) * batch``.
-    axis_name, axis_index_groups: synchronise the batch variance across
-      devices.
-    epsilon: added to the variances (1e-5, as in the paper's code).
-    dtype: output dtype (default: promoted dtype of input and parameters).
-    param_dtype: dtype of the parameters.
-    use_bias, use_scale: learn ``β``, ``γ``.
-    bias_init, scale_init, v_init: initializers (zeros, ones, ones).
-    channel_axis: the channel axis (-1 for NHWC, 1 for NCHW).
-    use_fast_variance: one-pass variance (default False: stable).
-    force_float32_reductions: statistics in at least float32.
-
-  References:
-    Liu, Brock, Simonyan & Le, `Evolving Normalization-Activation Layers
-    <https://arxiv.org/abs/2004.02967>`_, 2020.
-  """
-
-  use_running_average: bool | None = None
-  momentum: float = 0.99
-  epsilon: float = 1e-5
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  use_bias: bool = True
-  use_scale: bool = True
-  bias_init: Initializer = initializers.zeros
-  scale_init: Initializer = initializers.ones
-  v_init: Initializer = initializers.ones
-  channel_axis: int = -1
-  axis_name: Any = None
-  axis_index_groups: Any = None
-  use_fast_variance: bool = False
-  force_float32_reductions: bool = True
-
-  @nn.compact
-  def __call__(
-    self,
-    x: Array,
-    use_running_average: bool | None = None,
-    *,
-    mask: Array | None = None,
-  ) -> Array:
-    return _stateful.linen_apply(EVONORM_B0, self, x, use_running_average, mask)
-
-
-class EvoNormS0(nn.Module):
-  r"""EvoNorm-S0: batch-independent normalization-activation layer.
-
-  :math:`y = x\,\sigma(v x)/\sqrt{s^2_{w,h,c/g} + \epsilon}\,\gamma + \beta`
-  with group statistics as in group norm; see :func:`evonorm_s0`.
-
-  Variables: ``params/scale, bias, v`` of shape ``(C,)``.
-
-  Attributes:
-    num_groups: number of groups (default 32, as in the paper); pass
-      ``None`` to use ``group_size``.
-    group_size: channels per group.
-    epsilon: added to the variances (1e-5, as in the paper's code).
-    dtype: output dtype (default: promoted dtype of input and parameters).
-    param_dtype: dtype of the parameters.
-    use_bias, use_scale: learn ``β``, ``γ``.
-    bias_init, scale_init, v_init: initializers (zeros, ones, ones).
-    channel_axis: the channel axis (-1 for NHWC, 1 for NCHW).
-    use_fast_variance: one-pass variance (default False: stable).
-    force_float32_reductions: statistics in at least float32.
-
-  References:
-    Liu, Brock, Simonyan & Le, `Evolving Normalization-Activation Layers
-    <https://arxiv.org/abs/2004.02967>`_, 2020.
-  """
-
-  num_groups: int | None = 32
-  group_size: int | None = None
-  epsilon: float = 1e-5
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  use_bias: bool = True
-  use_scale: bool = True
-  bias_init: Initializer = initializers.zeros
-  scale_init: Initializer = initializers.ones
-  v_init: Initializer = initializers.ones
-  channel_axis: int = -1
-  use_fast_variance: bool = False
-  force_float32_reductions: bool = True
-
-  @nn.compact
-  def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
-    owner = "EvoNormS0"
-    _axes.check_floating(x, owner=owner)
-    c, _ = _per_example_channel_axes(x, self.channel_axis, owner)
-    channels = jnp.shape(x)[c]
-    # Validate before creating parameters, so init fails with our message.
-    _axes.resolve_groups(channels, self.num_groups, self.group_size, owner=owner)
-    scale, bias = _feature_params(self, (channels,), use_scale=self.use_scale, use_bias=self.use_bias)
-    v = self.param("v", self.v_init, (channels,), self.param_dtype)
-    return evonorm_s0(
-      x,
-      scale,
-      bias,
-      v,
-      num_groups=self.num_groups,
-      group_size=self.group_size,
-      channel_axis=c,
-      epsilon=self.epsilon,
-      mask=mask,
-      use_fast_variance=self.use_fast_variance,
-      dtype=self.dtype,
-      force_float32_reductions=self.force_float32_reductions,
-    )

@@ -6,11 +6,11 @@ Three implementations compute the same function:
   composed with ``jax.numpy``; JAX differentiates it. It handles every
   option (masks, ``axis_name``, ``use_fast_variance``, learned ε, complex
   inputs) and every transformation, forward-mode autodiff included.
-* ``"fused"``: :mod:`jaxnorm._fused`, a ``jax.custom_jvp`` whose reductions
+* ``"fused"``: :mod:`jaxnorm._core.fused`, a ``jax.custom_jvp`` whose reductions
   suit the layout and whose transposed tangent map (the backward pass) is
   one elementwise pass plus small reductions, keeping only the input and
   per-group statistics for it.
-* ``"pallas"``: :mod:`jaxnorm._pallas`, Pallas GPU kernels for the forward
+* ``"pallas"``: :mod:`jaxnorm._core.pallas`, Pallas GPU kernels for the forward
   passes of channels-last batch, group, layer, instance and RMS norm
   (compiled when lowered for a GPU, interpreted elsewhere).
 
@@ -24,15 +24,18 @@ Every path supports every JAX transformation: ``jit``, ``vmap``, ``grad``
 and ``vjp``, ``jvp``, ``jacfwd``, ``jacrev``, ``linearize``, ``hessian``,
 forward-over-reverse and reverse-over-reverse, to any order. The fast paths
 define a ``jax.custom_jvp`` whose tangent map is linear, so reverse mode is
-JAX's transpose of it (see :mod:`jaxnorm._fused`).
+JAX's transpose of it (see :mod:`jaxnorm._core.fused`).
 
-This module is the one place that decides: :func:`fast_standardize` checks
+This module is the one place that decides. :func:`standardize`, which
+every standardizing normalizer calls, takes the fast path that
+:func:`fast_standardize` returns, else composes the reference.
+:func:`fast_standardize` checks
 whether a call's options allow a fast path, asks the Pallas kernels whether
-their tiling covers the input (:func:`jaxnorm._pallas.covers`), and picks
-the path; both fast paths run :func:`jaxnorm._fused.standardize` with its
+their tiling covers the input (:func:`jaxnorm._core.pallas.covers`), and picks
+the path; both fast paths run :func:`jaxnorm._core.fused.standardize` with its
 forward passes supplied by an implementation of
-:class:`jaxnorm._fused.Passes` (:class:`~jaxnorm._fused.XlaPasses` or
-:class:`~jaxnorm._pallas.PallasPasses`).
+:class:`jaxnorm._core.fused.Passes` (:class:`~jaxnorm._core.fused.XlaPasses` or
+:class:`~jaxnorm._core.pallas.PallasPasses`).
 
 The choice is read when a function is traced, so it applies to everything
 traced inside::
@@ -46,17 +49,26 @@ The environment variable ``JAXNORM_IMPLEMENTATION`` sets the initial value.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnorm import _axes
-from jaxnorm import _fused
-from jaxnorm import _pallas
+from jaxnorm._core import axes as _axes
+from jaxnorm._core import fused as _fused
+from jaxnorm._core import pallas as _pallas
+from jaxnorm._core.moments import Moments
+from jaxnorm._core.moments import accumulation_dtype
+from jaxnorm._core.moments import moments
+from jaxnorm._core.normalize import normalize
+from jaxnorm._core.normalize import output_dtype
+
+Array = jax.Array
 
 IMPLEMENTATIONS = ("auto", "fused", "reference", "pallas")
 
@@ -153,6 +165,65 @@ def fast_standardize(
   if not platforms:
     return fused(x, scale, bias)
   return lax.platform_dependent(x, scale, bias, default=fused, **dict.fromkeys(platforms, pallas))
+
+
+def standardize(
+  x: Array,
+  scale: Array | None,
+  bias: Array | None,
+  *,
+  reduction_axes: tuple[int, ...],
+  feature_axes: tuple[int, ...],
+  epsilon: Any,
+  mask: Array | None,
+  axis_name: Any,
+  axis_index_groups: Any,
+  use_mean: bool,
+  use_fast_variance: bool,
+  dtype: Any,
+  force_float32_reductions: bool,
+) -> tuple[Array, Moments]:
+  """Statistics over ``reduction_axes``, then ``normalize``: ``(y, Moments)``.
+
+  :func:`fast_standardize` decides whether the fused path or the Pallas
+  kernels compute it; where neither applies, :func:`jaxnorm.moments` and
+  :func:`jaxnorm.normalize` are composed (the reference). ``scale``,
+  ``bias`` and ``mask`` have ``x``'s rank (validated by the caller); the
+  moments keep the reduced axes with size 1.
+  """
+  acc = accumulation_dtype(jnp.result_type(x), dtype, force_float32_reductions)
+  fast = fast_standardize(
+    x,
+    scale,
+    bias,
+    reduction_axes=reduction_axes,
+    feature_axes=feature_axes,
+    epsilon=epsilon,
+    mask=mask,
+    axis_name=axis_name,
+    use_mean=use_mean,
+    use_fast_variance=use_fast_variance,
+    acc_dtype=acc,
+    out_dtype=output_dtype(x, scale, bias, dtype=dtype),
+  )
+  if fast is not None:
+    y, mean, var = fast
+    count = jnp.full(mean.shape, math.prod(x.shape[a] for a in reduction_axes), var.dtype)
+    return y, Moments(count, mean, var)
+  stats = moments(
+    x,
+    reduction_axes,
+    mask=mask,
+    axis_name=axis_name,
+    axis_index_groups=axis_index_groups,
+    use_mean=use_mean,
+    use_fast_variance=use_fast_variance,
+    dtype=dtype,
+    force_float32_reductions=force_float32_reductions,
+    keepdims=True,
+  )
+  y = normalize(x, stats.mean, stats.var, scale, bias, epsilon=epsilon, dtype=dtype)
+  return y, stats
 
 
 def _default() -> str:

@@ -10,90 +10,29 @@ axes. Two options extend flax's batch norm without changing its defaults:
   cumulative average (``"cumulative"``, its ``momentum=None``), or not at all
   (``"frozen"``: training uses the running statistics, like evaluation).
 
-The helpers here (shape checks, the running-average update) are shared with
-the other normalizers that keep ``batch_stats``: batch renormalization and
-EvoNorm-B0.
+The running statistics and their update policies
+(:mod:`jaxnorm._core.running_stats`) are shared with the other normalizers
+that keep ``batch_stats``: batch renormalization and EvoNorm-B0.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxnorm import _axes
-from jaxnorm import _reduction_axes
-from jaxnorm._functional import _param
-from jaxnorm._functional import _prepare
-from jaxnorm._functional import moments_and_normalize
-from jaxnorm._functional import normalize
-from jaxnorm._moments import Moments
+from jaxnorm import _stateful
+from jaxnorm._core import axes as _axes
+from jaxnorm._core import reduction_axes as _reduction
+from jaxnorm._core.dispatch import standardize
+from jaxnorm._core.moments import Moments
+from jaxnorm._core.normalize import normalize
+from jaxnorm._core.running_stats import RUNNING_STATS
+from jaxnorm._core.running_stats import BatchStats
+from jaxnorm._core.running_stats import update_running
 
 Array = jax.Array
-
-RUNNING_STATS = ("ema", "cumulative", "frozen")
-
-
-class BatchStats(NamedTuple):
-  """Running statistics of batch normalization (flax's ``batch_stats``).
-
-  Attributes:
-    mean, var: running mean and variance, feature-shaped.
-    count: number of batches averaged so far; only kept by the
-      ``running_stats="cumulative"`` policy (None otherwise).
-  """
-
-  mean: Array
-  var: Array
-  count: Array | None = None
-
-
-def check_running_shapes(owner: str, x_shape: tuple[int, ...], feature_shape: tuple[int, ...], axis: Any, **running):
-  """Raises ValueError if a running statistic is not feature-shaped."""
-  for name, value in running.items():
-    if value is not None and jnp.shape(value) != feature_shape:
-      raise ValueError(
-        f"{owner}: {name} has shape {jnp.shape(value)}; expected the feature "
-        f"shape {feature_shape} of axis={axis!r} for an input of shape "
-        f"{x_shape}."
-      )
-
-
-def ema(old: Array, new: Array, momentum: float) -> Array:
-  """flax's running-average convention: ``momentum · old + (1 − momentum) · new``."""
-  return momentum * old + (1 - momentum) * new
-
-
-def update_running(
-  running: BatchStats,
-  mean: Array,
-  var: Array,
-  *,
-  running_stats: str = "ema",
-  momentum: float = 0.99,
-) -> BatchStats:
-  r"""The running statistics after one batch with statistics ``mean``, ``var``.
-
-  * ``"ema"`` (flax): :math:`r \leftarrow m\,r + (1 - m)\,b` with ``m =
-    momentum``.
-  * ``"cumulative"`` (PyTorch's ``momentum=None``): after ``k`` batches,
-    :math:`r \leftarrow r + (b - r)/(k + 1)`, the plain average of the batch
-    statistics; ``count`` goes from ``k`` to ``k + 1``.
-  * ``"frozen"``: unchanged.
-  """
-  if running_stats == "frozen":
-    return running
-  if running_stats == "cumulative":
-    count = jnp.asarray(0 if running.count is None else running.count)
-    weight = 1 / (count + 1)
-    return BatchStats(
-      running.mean + (mean - running.mean) * weight,
-      running.var + (var - running.var) * weight,
-      count + 1,
-    )
-  return BatchStats(ema(running.mean, mean, momentum), ema(running.var, var, momentum), running.count)
 
 
 def _average_virtual_batches(per_batch: Moments, masked: bool) -> tuple[Array, Array]:
@@ -136,42 +75,53 @@ def _batch_norm(
   modules report for :func:`jaxnorm.precise_batch_stats`; they are None in
   evaluation mode.
   """
-  x = _prepare(x, owner)
   _axes.check_choice(running_stats, RUNNING_STATS, name="running_stats", owner=owner)
-  feature_axes = _axes.canonicalize_axes(axis, x.ndim, name="axis", owner=owner)
-  feature_shape = tuple(x.shape[a] for a in feature_axes)
-  if running is not None:
-    check_running_shapes(
-      owner,
-      x.shape,
-      feature_shape,
-      axis,
-      running_mean=running.mean,
-      running_var=running.var,
+  evaluating = use_running_average or running_stats == "frozen"
+  checked = _axes.check_batch(
+    owner,
+    x,
+    {"scale": scale, "bias": bias},
+    None if evaluating else mask,
+    axis=axis,
+    running={"running_mean": None, "running_var": None}
+    if running is None
+    else {"running_mean": running.mean, "running_var": running.var},
+    needs_running=(
+      "use_running_average=True needs running_mean and running_var (so does running_stats='frozen'); "
+      "pass them or set use_running_average=False"
     )
-  scale = _param(scale, x.shape, feature_axes, name="scale", owner=owner)
-  bias = _param(bias, x.shape, feature_axes, name="bias", owner=owner)
-
-  if use_running_average or running_stats == "frozen":
-    if running is None:
-      raise ValueError(
-        f"{owner}: use_running_average=True needs running_mean and "
-        f"running_var (so does running_stats='frozen'); pass them or set "
-        f"use_running_average=False."
-      )
+    if evaluating
+    else None,
+    virtual_batch_size=None if evaluating else virtual_batch_size,
+  )
+  if evaluating:
+    x, (scale, bias), _, _, feature_axes = checked
     full = tuple(s if a in feature_axes else 1 for a, s in enumerate(x.shape))
     mean, var = (jnp.asarray(s).reshape(full) for s in running[:2])
-    y = normalize(x, mean, var, scale, bias, epsilon=epsilon, dtype=dtype)
-    return y, running, None
+    return normalize(x, mean, var, scale, bias, epsilon=epsilon, dtype=dtype), running, None
+  y, per_batch = _per_virtual_batch(
+    checked,
+    virtual_batch_size,
+    epsilon=epsilon,
+    axis_name=axis_name,
+    axis_index_groups=axis_index_groups,
+    use_mean=True,
+    use_fast_variance=use_fast_variance,
+    dtype=dtype,
+    force_float32_reductions=force_float32_reductions,
+  )
+  mean, var = _average_virtual_batches(per_batch, masked=checked.mask is not None)
+  if running is None:
+    return y, BatchStats(mean, var), per_batch
+  new = update_running(running, mean, var, running_stats=running_stats, momentum=momentum)
+  return y, new, per_batch
 
-  groups = _axes.check_virtual_batch(x.shape[0], virtual_batch_size, owner=owner)
-  if virtual_batch_size is not None and 0 in feature_axes:
-    raise ValueError(
-      f"{owner}: axis={axis!r} includes the batch axis 0, which "
-      f"virtual_batch_size={virtual_batch_size} splits into virtual "
-      f"batches; choose feature axes other than 0."
-    )
-  mask = _axes.check_mask(mask, x.shape, owner=owner)
+
+def _per_virtual_batch(checked: _axes.Checked, virtual_batch_size: int | None, **engine) -> tuple[Array, Moments]:
+  """Standardizes each virtual batch with its own statistics, in one engine
+  call on the view ``(G, N/G, ...)``: ``(y, Moments of each virtual batch)``."""
+  x, (scale, bias), mask, _, feature_axes = checked
+  groups = 1 if virtual_batch_size is None else x.shape[0] // virtual_batch_size
 
   def split(a):  # (N, ...) -> (G, N/G, ...); a size-1 leading axis broadcasts
     if a is None:
@@ -181,32 +131,15 @@ def _batch_norm(
     return a.reshape((groups, a.shape[0] // groups) + a.shape[1:])
 
   # Statistics per virtual batch: reduce every axis of the grouped view but
-  # the group axis 0 and the (shifted) feature axes, in one engine call.
+  # the group axis 0 and the (shifted) feature axes.
   xg = split(x)
   grouped_features = tuple(a + 1 for a in feature_axes)
-  reduced = _reduction_axes.batch_norm_axes(xg.ndim, grouped_features)
-  y, stats = moments_and_normalize(
-    xg,
-    split(scale),
-    split(bias),
-    reduction_axes=reduced,
-    feature_axes=grouped_features,
-    epsilon=epsilon,
-    mask=split(mask),
-    axis_name=axis_name,
-    axis_index_groups=axis_index_groups,
-    use_mean=True,
-    use_fast_variance=use_fast_variance,
-    dtype=dtype,
-    force_float32_reductions=force_float32_reductions,
+  reduced = _reduction.batch_norm_axes(xg.ndim, grouped_features)
+  y, stats = standardize(
+    xg, split(scale), split(bias), reduction_axes=reduced, feature_axes=grouped_features, mask=split(mask), **engine
   )
-  y = y.reshape(x.shape)
-  per_batch = Moments(*(s.reshape((groups,) + feature_shape) for s in stats))
-  mean, var = _average_virtual_batches(per_batch, masked=mask is not None)
-  if running is None:
-    return y, BatchStats(mean, var), per_batch
-  new = update_running(running, mean, var, running_stats=running_stats, momentum=momentum)
-  return y, new, per_batch
+  feature_shape = tuple(x.shape[a] for a in feature_axes)
+  return y.reshape(x.shape), Moments(*(s.reshape((groups,) + feature_shape) for s in stats))
 
 
 def batch_norm(
@@ -319,14 +252,51 @@ def batch_norm(
   return y, new
 
 
-def stored_running_value(new: Array, stored_dtype) -> Array:
-  """A running statistic's new value in the dtype it is stored in.
+# The modules' declaration (linen/batch_norm.py, nnx/batch_norm.py): parameters,
+# running state and computation.
 
-  The stored dtype is kept (a float32 average stays float32 whatever the
-  input dtype), except that a complex value is never cast to a real dtype:
-  BatchNorm on complex inputs keeps a complex running mean, as flax does,
-  instead of silently dropping its imaginary part.
-  """
-  if jnp.iscomplexobj(new) and not jnp.issubdtype(stored_dtype, jnp.complexfloating):
-    return new.astype(jnp.promote_types(stored_dtype, new.dtype))
-  return new.astype(stored_dtype)
+
+def _batch_norm_features(module, x) -> tuple[int, ...]:
+  axes = _axes.canonicalize_axes(module.axis, jnp.ndim(x), name="axis", owner="BatchNorm")
+  return tuple(jnp.shape(x)[a] for a in axes)
+
+
+def _batch_norm_state(module) -> tuple[_stateful.RunningStat, ...]:
+  count = (_stateful.RunningStat("count", per_feature=False),) if module.running_stats == "cumulative" else ()
+  return (_stateful.RunningStat("mean", jnp.zeros), _stateful.RunningStat("var", jnp.ones)) + count
+
+
+def _batch_norm_compute(module, x, params, state, *, use_running_average, mask, axis_name):
+  y, new, per_batch = _batch_norm(
+    x,
+    params["scale"],
+    params["bias"],
+    BatchStats(state["mean"], state["var"], state.get("count")),
+    use_running_average=use_running_average,
+    axis=_axes.canonicalize_axes(module.axis, jnp.ndim(x), name="axis", owner="BatchNorm"),
+    momentum=module.momentum,
+    epsilon=module.epsilon,
+    mask=mask,
+    axis_name=axis_name,
+    axis_index_groups=module.axis_index_groups,
+    use_fast_variance=module.use_fast_variance,
+    dtype=module.dtype,
+    force_float32_reductions=module.force_float32_reductions,
+    virtual_batch_size=module.virtual_batch_size,
+    running_stats=module.running_stats,
+    owner="BatchNorm",
+  )
+  return y, {"mean": new.mean, "var": new.var, "count": new.count}, per_batch
+
+
+BATCH_NORM = _stateful.StatefulNorm(
+  owner="BatchNorm",
+  params=_stateful.scale_and_bias,
+  state=_batch_norm_state,
+  features=_batch_norm_features,
+  compute=_batch_norm_compute,
+  always_running=lambda module: module.running_stats == "frozen",
+  validate=lambda module: _axes.check_choice(
+    module.running_stats, RUNNING_STATS, name="running_stats", owner="BatchNorm"
+  ),
+)

@@ -12,33 +12,26 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.nn import initializers
 
-from jaxnorm import _axes
 from jaxnorm import _stateful
-from jaxnorm._batch_norm import BatchStats
-from jaxnorm._batch_norm import check_running_shapes
-from jaxnorm._batch_norm import update_running
-from jaxnorm._functional import _param
-from jaxnorm._functional import _prepare
-from jaxnorm._functional import normalize
-from jaxnorm._functional import output_dtype
-from jaxnorm._modules import scale_and_bias
-from jaxnorm._moments import Moments
-from jaxnorm._moments import moments
+from jaxnorm._core import axes as _axes
+from jaxnorm._core.moments import Moments
+from jaxnorm._core.moments import moments
+from jaxnorm._core.normalize import normalize
+from jaxnorm._core.normalize import output_dtype
+from jaxnorm._core.running_stats import BatchStats
+from jaxnorm._core.running_stats import update_running
 
 Array = jax.Array
-Initializer = Any
 
 _R_MAX_FIX = "r is clipped to [1/r_max, r_max], so use r_max >= 1 (1 is batch norm)"
 _D_MAX_FIX = "d is clipped to [-d_max, d_max], so use d_max >= 0 (0 is batch norm)"
 
 
-def _check_schedule(r_max, d_max, warmup_delay, r_warmup, d_warmup, *, owner):
+def check_schedule(r_max, d_max, warmup_delay, r_warmup, d_warmup, *, owner):
   _axes.check_at_least(r_max, 1.0, name="r_max", owner=owner, fix=_R_MAX_FIX)
   _axes.check_at_least(d_max, 0.0, name="d_max", owner=owner, fix=_D_MAX_FIX)
   for name, value in (
@@ -75,7 +68,7 @@ def batch_renorm_limits(
     Ioffe, `Batch Renormalization: Towards Reducing Minibatch Dependence in
     Batch-Normalized Models <https://arxiv.org/abs/1702.03275>`_, 2017.
   """
-  _check_schedule(
+  check_schedule(
     r_max,
     d_max,
     warmup_delay,
@@ -115,27 +108,21 @@ def _batch_renorm(
   owner: str,
 ) -> tuple[Array, BatchStats, Moments | None]:
   """:func:`batch_renorm`, also returning the batch moments (None at eval)."""
-  x = _prepare(x, owner)
   _axes.check_at_least(r_max, 1.0, name="r_max", owner=owner, fix=_R_MAX_FIX)
   _axes.check_at_least(d_max, 0.0, name="d_max", owner=owner, fix=_D_MAX_FIX)
-  feature_axes = _axes.canonicalize_axes(axis, x.ndim, name="axis", owner=owner)
-  feature_shape = tuple(x.shape[a] for a in feature_axes)
-  if running_mean is None or running_var is None:
-    raise ValueError(
-      f"{owner}: running_mean and running_var are required (r and d "
-      f"compare the batch statistics with them); pass the running "
-      f"statistics, e.g. zeros and ones at the start of training."
-    )
-  check_running_shapes(
+  x, (scale, bias), mask, reduced, feature_axes = _axes.check_batch(
     owner,
-    x.shape,
-    feature_shape,
-    axis,
-    running_mean=running_mean,
-    running_var=running_var,
+    x,
+    {"scale": scale, "bias": bias},
+    None if use_running_average else mask,
+    axis=axis,
+    running={"running_mean": running_mean, "running_var": running_var},
+    needs_running=(
+      "running_mean and running_var are required (r and d compare the batch statistics with them); "
+      "pass the running statistics, e.g. zeros and ones at the start of training"
+    ),
   )
-  scale = _param(scale, x.shape, feature_axes, name="scale", owner=owner)
-  bias = _param(bias, x.shape, feature_axes, name="bias", owner=owner)
+  feature_shape = tuple(x.shape[a] for a in feature_axes)
   full = tuple(s if a in feature_axes else 1 for a, s in enumerate(x.shape))
   mu, var = jnp.asarray(running_mean).reshape(full), jnp.asarray(running_var).reshape(full)
   if use_running_average:
@@ -144,8 +131,8 @@ def _batch_renorm(
 
   stats = moments(
     x,
-    tuple(a for a in range(x.ndim) if a not in feature_axes),
-    mask=_axes.check_mask(mask, x.shape, owner=owner),
+    reduced,
+    mask=mask,
     axis_name=axis_name,
     axis_index_groups=axis_index_groups,
     use_fast_variance=use_fast_variance,
@@ -290,7 +277,7 @@ def _batch_renorm_features(module, x) -> tuple[int, ...]:
 # the clipping schedule.
 BATCH_RENORM = _stateful.StatefulNorm(
   owner="BatchRenorm",
-  params=scale_and_bias,
+  params=_stateful.scale_and_bias,
   state=lambda module: (
     _stateful.RunningStat("mean", jnp.zeros),
     _stateful.RunningStat("var", jnp.ones),
@@ -298,7 +285,7 @@ BATCH_RENORM = _stateful.StatefulNorm(
   ),
   features=_batch_renorm_features,
   compute=_batch_renorm_compute,
-  validate=lambda module: _check_schedule(
+  validate=lambda module: check_schedule(
     module.r_max,
     module.d_max,
     module.warmup_delay,
@@ -307,65 +294,3 @@ BATCH_RENORM = _stateful.StatefulNorm(
     owner="BatchRenorm",
   ),
 )
-
-
-class BatchRenorm(nn.Module):
-  r"""Batch renormalization with a warm-up of its clipping limits.
-
-  :math:`y = \gamma((x - \mu_B)/\sigma_B \cdot r + d) + \beta` in training,
-  :math:`y = \gamma (x - \mu)/\sigma + \beta` in evaluation; see
-  :func:`batch_renorm`. The fields are :class:`jaxnorm.BatchNorm`'s (flax's)
-  followed by the clipping limits and their schedule
-  (:func:`batch_renorm_limits`), driven by ``batch_stats/steps``, the number
-  of training steps taken (not advanced by ``init`` or in evaluation).
-
-  Variables: ``params/scale, bias``; ``batch_stats/mean, var, steps``.
-
-  Attributes:
-    use_running_average, axis, momentum, epsilon, dtype, param_dtype,
-    use_bias, use_scale, bias_init, scale_init, axis_name, axis_index_groups,
-    use_fast_variance, force_float32_reductions: as in
-      :class:`jaxnorm.BatchNorm`.
-    r_max: final limit of ``r`` (paper: 3).
-    d_max: final limit of ``d`` (paper: 5).
-    warmup_delay: steps with ``r_max = 1, d_max = 0`` (paper: 5000).
-    r_max_warmup_steps: steps of the linear ramp of ``r_max`` after the
-      delay (paper: 35000, reaching 3 at step 40k).
-    d_max_warmup_steps: steps of the ramp of ``d_max`` (paper: 20000,
-      reaching 5 at step 25k).
-
-  References:
-    Ioffe, `Batch Renormalization: Towards Reducing Minibatch Dependence in
-    Batch-Normalized Models <https://arxiv.org/abs/1702.03275>`_, 2017.
-  """
-
-  use_running_average: bool | None = None
-  axis: _axes.Axes = -1
-  momentum: float = 0.99
-  epsilon: float = 1e-5
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  use_bias: bool = True
-  use_scale: bool = True
-  bias_init: Initializer = initializers.zeros
-  scale_init: Initializer = initializers.ones
-  axis_name: Any = None
-  axis_index_groups: Any = None
-  use_fast_variance: bool = False
-  force_float32_reductions: bool = True
-  r_max: float = 3.0
-  d_max: float = 5.0
-  warmup_delay: int = 0
-  r_max_warmup_steps: int = 0
-  d_max_warmup_steps: int = 0
-
-  @nn.compact
-  def __call__(
-    self,
-    x: Array,
-    use_running_average: bool | None = None,
-    *,
-    mask: Array | None = None,
-  ) -> Array:
-    """Normalizes ``x``; updates ``batch_stats`` (and the step) in training."""
-    return _stateful.linen_apply(BATCH_RENORM, self, x, use_running_average, mask)

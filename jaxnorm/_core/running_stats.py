@@ -1,0 +1,85 @@
+"""Running statistics: what the layers with ``batch_stats`` keep, and how
+they follow the batch statistics.
+
+Batch norm, batch renorm and EvoNorm-B0 share these: the
+:class:`BatchStats` tuple, the update policies (:data:`RUNNING_STATS`),
+flax's exponential moving average, and the rule for the dtype a new value
+is stored in. In training the layers also report the moments of each batch
+they normalized with into the collection :data:`BATCH_MOMENTS`, which
+:func:`jaxnorm.precise_batch_stats` reads.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+RUNNING_STATS = ("ema", "cumulative", "frozen")
+
+BATCH_MOMENTS = "batch_moments"
+
+
+class BatchStats(NamedTuple):
+  """Running statistics of batch normalization (flax's ``batch_stats``).
+
+  Attributes:
+    mean, var: running mean and variance, feature-shaped.
+    count: number of batches averaged so far; only kept by the
+      ``running_stats="cumulative"`` policy (None otherwise).
+  """
+
+  mean: Array
+  var: Array
+  count: Array | None = None
+
+
+def ema(old: Array, new: Array, momentum: float) -> Array:
+  """flax's running-average convention: ``momentum · old + (1 − momentum) · new``."""
+  return momentum * old + (1 - momentum) * new
+
+
+def update_running(
+  running: BatchStats,
+  mean: Array,
+  var: Array,
+  *,
+  running_stats: str = "ema",
+  momentum: float = 0.99,
+) -> BatchStats:
+  r"""The running statistics after one batch with statistics ``mean``, ``var``.
+
+  * ``"ema"`` (flax): :math:`r \leftarrow m\,r + (1 - m)\,b` with ``m =
+    momentum``.
+  * ``"cumulative"`` (PyTorch's ``momentum=None``): after ``k`` batches,
+    :math:`r \leftarrow r + (b - r)/(k + 1)`, the plain average of the batch
+    statistics; ``count`` goes from ``k`` to ``k + 1``.
+  * ``"frozen"``: unchanged.
+  """
+  if running_stats == "frozen":
+    return running
+  if running_stats == "cumulative":
+    count = jnp.asarray(0 if running.count is None else running.count)
+    weight = 1 / (count + 1)
+    return BatchStats(
+      running.mean + (mean - running.mean) * weight,
+      running.var + (var - running.var) * weight,
+      count + 1,
+    )
+  return BatchStats(ema(running.mean, mean, momentum), ema(running.var, var, momentum), running.count)
+
+
+def stored_value(new: Array, stored_dtype) -> Array:
+  """A running statistic's new value in the dtype it is stored in.
+
+  The stored dtype is kept (a float32 average stays float32 whatever the
+  input dtype), except that a complex value is never cast to a real dtype:
+  BatchNorm on complex inputs keeps a complex running mean, as flax does,
+  instead of silently dropping its imaginary part.
+  """
+  if jnp.iscomplexobj(new) and not jnp.issubdtype(stored_dtype, jnp.complexfloating):
+    return new.astype(jnp.promote_types(stored_dtype, new.dtype))
+  return new.astype(stored_dtype)

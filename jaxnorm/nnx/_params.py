@@ -1,0 +1,67 @@
+"""How the nnx modules create their parameters and running statistics, as
+flax.nnx creates its own."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+NO_METADATA: Mapping[str, Any] = MappingProxyType({})
+
+
+def features(num_features, owner: str) -> tuple[int, ...]:
+  """``num_features`` as the parameter shape; a positive int (or a tuple of
+  them, for several feature axes)."""
+  shape = num_features if isinstance(num_features, tuple) else (num_features,)
+  if not shape or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+    raise ValueError(
+      f"{owner}: num_features={num_features!r}; expected a positive integer (the size of the feature axis)."
+    )
+  return shape
+
+
+def feature_params(
+  owner: nnx.Module,
+  shape,
+  *,
+  rngs: nnx.Rngs,
+  use_scale: bool,
+  use_bias: bool,
+  scale_init,
+  bias_init,
+  param_dtype,
+  scale_metadata,
+  bias_metadata,
+) -> None:
+  """``scale`` then ``bias`` as flax.nnx creates them: each an ``nnx.Param``
+  from its own ``rngs.params()`` key, or ``None``."""
+  owner.scale = (
+    nnx.Param(scale_init(rngs.params(), shape, param_dtype), **scale_metadata) if use_scale else nnx.data(None)
+  )
+  owner.bias = nnx.Param(bias_init(rngs.params(), shape, param_dtype), **bias_metadata) if use_bias else nnx.data(None)
+
+
+def value_of(variable):
+  return None if variable is None else variable[...]
+
+
+def running_stat(init, shape, force_float32_reductions: bool, param_dtype):
+  """An ``nnx.BatchStat`` in float32 (or ``param_dtype`` without
+  ``force_float32_reductions``), as the linen modules keep them."""
+  return nnx.BatchStat(init(shape, jnp.float32 if force_float32_reductions else param_dtype))
+
+
+class ModeMixin:
+  """``set_view`` for ``nnx.view(model, use_running_average=...)``."""
+
+  def set_view(self, use_running_average: bool | None = None):
+    if use_running_average is not None:
+      self.use_running_average = use_running_average
+
+
+def extra_param(init, shape, param_dtype, rngs: nnx.Rngs) -> nnx.Param:
+  return nnx.Param(init(rngs.params(), shape, param_dtype))
