@@ -15,181 +15,28 @@ reduction and feature axes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from collections.abc import Mapping
-from collections.abc import Sequence
 from typing import Any
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax import lax
 
 from jaxnorm._core import reduction_axes as _reduction
+from jaxnorm._core.arguments import Axes as Axes
+from jaxnorm._core.arguments import canonicalize_axes as canonicalize_axes
+from jaxnorm._core.arguments import check_at_least as check_at_least
+from jaxnorm._core.arguments import check_axis_name as check_axis_name
+from jaxnorm._core.arguments import check_choice as check_choice
+from jaxnorm._core.arguments import check_floating as check_floating
+from jaxnorm._core.arguments import check_keywords as check_keywords
+from jaxnorm._core.arguments import check_mask as check_mask
+from jaxnorm._core.arguments import check_non_negative_int as check_non_negative_int
+from jaxnorm._core.arguments import check_positive_int as check_positive_int
+from jaxnorm._core.arguments import check_virtual_batch as check_virtual_batch
+from jaxnorm._core.arguments import resolve_groups as resolve_groups
 
 Array = jax.Array
-Axes = int | Sequence[int]
-
-
-def canonicalize_axes(axes: Axes, ndim: int, *, name: str = "axes", owner: str = "jaxnorm") -> tuple[int, ...]:
-  """Returns `axes` as a sorted tuple of non-negative ints.
-
-  Raises:
-    TypeError: an axis is not an integer.
-    ValueError: an axis is out of range for rank `ndim`, or repeated.
-  """
-  if axes is None:
-    raise TypeError(f"{owner}: {name}=None; pass an int or a sequence of ints.")
-  items = list(axes) if isinstance(axes, Iterable) else [axes]
-  out = []
-  for a in items:
-    if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
-      raise TypeError(f"{owner}: {name}={axes!r} contains {a!r}; axes must be integers.")
-    a = int(a)
-    if not -ndim <= a < ndim:
-      raise ValueError(
-        f"{owner}: {name}={axes!r} is out of range for an input of rank {ndim}; valid axes are {-ndim}..{ndim - 1}."
-      )
-    out.append(a % ndim)
-  if len(set(out)) != len(out):
-    raise ValueError(f"{owner}: {name}={axes!r} names the same axis twice.")
-  return tuple(sorted(out))
-
-
-def check_floating(x: Any, *, name: str = "x", owner: str = "jaxnorm"):
-  """Raises TypeError unless `x` has a floating or complex dtype."""
-  dtype = jax.numpy.result_type(x)
-  if not jax.numpy.issubdtype(dtype, jax.numpy.inexact):
-    raise TypeError(
-      f"{owner}: {name} has dtype {dtype}; normalization needs a floating "
-      f"point input (cast it with x.astype(jnp.float32))."
-    )
-
-
-def check_mask(mask: Any, shape: tuple[int, ...], *, owner: str = "jaxnorm"):
-  """Checks that `mask` broadcasts to `shape` without growing it."""
-  if mask is None:
-    return None
-  mask_shape = tuple(np.shape(mask))
-  try:
-    broadcast = np.broadcast_shapes(mask_shape, shape)
-  except ValueError:
-    broadcast = None
-  if broadcast != tuple(shape):
-    raise ValueError(
-      f"{owner}: mask of shape {mask_shape} does not broadcast to the input "
-      f"shape {tuple(shape)}; give a mask of shape {tuple(shape)} or one "
-      f"with size-1 axes where it should broadcast."
-    )
-  if len(mask_shape) < len(shape):
-    mask = jax.numpy.reshape(mask, (1,) * (len(shape) - len(mask_shape)) + mask_shape)
-  return mask
-
-
-def check_axis_name(axis_name: Any, *, owner: str = "jaxnorm"):
-  """Raises a clear error if `axis_name` is not bound by vmap/pmap/shard_map."""
-  if axis_name is None:
-    return
-  names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
-  for n in names:
-    try:
-      lax.axis_size(n)
-    except NameError as e:
-      raise ValueError(
-        f"{owner}: axis_name={axis_name!r} is not bound here; call the "
-        f"normalizer inside jax.vmap / jax.pmap / jax.shard_map with "
-        f"axis_name={n!r} (or a mesh axis of that name), or pass "
-        f"axis_name=None for per-device statistics."
-      ) from e
-
-
-def check_positive_int(value: Any, *, name: str, owner: str):
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-    raise ValueError(f"{owner}: {name}={value!r}; expected a positive integer.")
-
-
-def resolve_groups(
-  channels: int,
-  num_groups: int | None,
-  group_size: int | None,
-  *,
-  owner: str = "group_norm",
-) -> tuple[int, int]:
-  """Returns (num_groups, group_size) for `channels`, validating the choice."""
-  # Each message starts with flax's sentence for the same mistake (code that
-  # matches flax's errors keeps working), then says what to do.
-  if (num_groups is None) == (group_size is None):
-    raise ValueError(
-      f"{owner}: Either `num_groups` or `group_size` should be specified. "
-      f"Give exactly one of num_groups and group_size (got "
-      f"num_groups={num_groups!r}, group_size={group_size!r}); to use "
-      f"group_size, pass num_groups=None."
-    )
-  if group_size is not None:
-    check_positive_int(group_size, name="group_size", owner=owner)
-    if channels % group_size:
-      raise ValueError(
-        f"{owner}: Number of channels ({channels}) is not multiple of the group size ({group_size}). "
-        f"group_size={group_size} does not divide {channels} "
-        f"channels; choose a divisor of {channels} or set num_groups."
-      )
-    return channels // group_size, int(group_size)
-  check_positive_int(num_groups, name="num_groups", owner=owner)
-  if channels % num_groups:
-    raise ValueError(
-      f"{owner}: Number of groups ({num_groups}) does not divide the number of channels ({channels}). "
-      f"num_groups={num_groups} does not divide {channels} "
-      f"channels; choose a divisor of {channels} or set group_size."
-    )
-  return int(num_groups), channels // num_groups
-
-
-def check_non_negative_int(value: Any, *, name: str, owner: str):
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-    raise ValueError(f"{owner}: {name}={value!r}; expected a non-negative integer.")
-
-
-def check_at_least(value: Any, minimum: float, *, name: str, owner: str, fix: str):
-  """Raises ValueError if a concrete `value` is below `minimum`.
-
-  Traced values (inside ``jit``) cannot be checked and pass through.
-  """
-  try:
-    concrete = float(value)
-  except (TypeError, jax.errors.ConcretizationTypeError):
-    return
-  if not concrete >= minimum:  # also catches NaN
-    raise ValueError(f"{owner}: {name}={value!r} is less than {minimum}; {fix}.")
-
-
-def check_choice(value: Any, choices: Sequence[Any], *, name: str, owner: str):
-  """Raises ValueError unless `value` is one of `choices`."""
-  if value not in choices:
-    valid = ", ".join(repr(c) for c in choices)
-    raise ValueError(f"{owner}: {name}={value!r} is not a valid choice; choose one of {valid}.")
-
-
-def check_keywords(given: Iterable[str], accepted: Iterable[str], *, owner: str):
-  """Raises TypeError naming the keywords of `given` not in `accepted`."""
-  accepted = sorted(accepted)
-  unknown = sorted(set(given) - set(accepted))
-  if unknown:
-    raise TypeError(f"{owner}: unknown keyword arguments {unknown}; the accepted ones are {accepted}.")
-
-
-def check_virtual_batch(batch: int, virtual_batch_size: int | None, *, owner: str) -> int:
-  """Returns the number of virtual batches of `virtual_batch_size` in `batch`."""
-  if virtual_batch_size is None:
-    return 1
-  check_positive_int(virtual_batch_size, name="virtual_batch_size", owner=owner)
-  if batch % virtual_batch_size:
-    raise ValueError(
-      f"{owner}: virtual_batch_size={virtual_batch_size} does not divide the "
-      f"batch of {batch} examples (axis 0); choose a divisor of {batch}, "
-      f"pad the batch, or set virtual_batch_size=None."
-    )
-  return batch // virtual_batch_size
 
 
 def check_running_shapes(owner: str, x_shape: tuple[int, ...], feature_shape: tuple[int, ...], axis: Any, **running):
@@ -332,15 +179,6 @@ def check_input(x: Any, *, owner: str) -> Array:
   """``x`` as an array; TypeError unless it is floating point."""
   check_floating(x, owner=owner)
   return jnp.asarray(x)
-
-
-def check_reduction(owner: str, x: Any, axes: Axes, mask: Any, axis_name: Any) -> Checked:
-  """:func:`jaxnorm.moments`: ``axes`` of ``x``, a mask, a bound ``axis_name``."""
-  check_floating(x, owner=owner)
-  reduced = canonicalize_axes(axes, jnp.ndim(x), owner=owner)
-  mask = check_mask(mask, jnp.shape(x), owner=owner)
-  check_axis_name(axis_name, owner=owner)
-  return Checked(x, (), mask, reduced, ())
 
 
 def check_per_example(

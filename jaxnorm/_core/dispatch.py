@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnorm._core import axes as _axes
+from jaxnorm._core import arguments as _axes
 from jaxnorm._core import fused as _fused
 from jaxnorm._core import pallas as _pallas
 from jaxnorm._core.moments import Moments

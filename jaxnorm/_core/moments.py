@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnorm._core import axes as _axes
+from jaxnorm._core import arguments as _axes
 
 Array = jax.Array
 
@@ -123,7 +123,7 @@ def moments(
     >>> m.mean, m.var
     (Array([2., 6.], dtype=float32), Array([0.6666667, 2.6666667], dtype=float32))
   """
-  _, _, mask, axes, _ = _axes.check_reduction("moments", x, axes, mask, axis_name)
+  axes, mask = _axes.check_reduction("moments", x, axes, mask, axis_name)
 
   acc = accumulation_dtype(jnp.result_type(x), dtype, force_float32_reductions)
   real = jnp.finfo(acc).dtype  # the real dtype matching acc (complex -> float)
