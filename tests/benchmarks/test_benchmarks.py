@@ -5,7 +5,7 @@ import pytest
 
 import jaxnorm
 from benchmarks import fast_path_compare
-from jaxnorm import _dispatch
+from jaxnorm._core import dispatch as _dispatch
 
 
 def test_fast_path_compare_runs_the_loaded_baseline(tmp_path):

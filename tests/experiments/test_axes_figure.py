@@ -6,7 +6,7 @@ import pytest
 
 import jaxnorm
 from experiments import axes_figure
-from jaxnorm import _reduction_axes
+from jaxnorm._core import reduction_axes as _reduction_axes
 
 N, C, H, W = axes_figure.N, axes_figure.C, axes_figure.H, axes_figure.W
 
