@@ -2,8 +2,10 @@
 
     python benchmarks/data_throughput.py --data-dir ~/.cache/cifar10-local
 
-Times host batching (shuffle + gather), transfer and the jitted augmentation
-(random crop + flip + normalization), blocking on each batch's result.
+Times host batching (shuffle + gather), the transfer to the devices as
+training does it (``experiments.parallel.put_global_batch``: sharded over the
+``'data'`` mesh axis) and the jitted augmentation (random crop + flip +
+normalization), blocking on each batch's result.
 """
 
 import argparse
@@ -15,9 +17,9 @@ import jax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from experiments import parallel
 from experiments.augment import augment
 from experiments.data import load_cifar10
-from experiments.data import shard_batch
 from experiments.data import train_batches
 
 
@@ -36,12 +38,13 @@ def main():
   load_s = time.perf_counter() - t0
 
   key = jax.random.key(0)
+  mesh = parallel.make_mesh()
   batches = train_batches(ds.train_images, ds.train_labels, args.batch_size, seed=0, epoch=0)
   if args.warmup + args.num_batches > ds.train_images.shape[0] // args.batch_size:
     parser.error("--warmup + --num-batches exceeds one epoch")
 
   def step(i):
-    batch = shard_batch(next(batches))
+    batch = parallel.put_global_batch(next(batches), mesh)
     x = augment(jax.random.fold_in(key, i), batch["images"])
     x.block_until_ready()
     batch["labels"].block_until_ready()

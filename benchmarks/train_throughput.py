@@ -5,7 +5,7 @@
         [--xla-cpu experiments|default]
 
 Random uint8 images, one epoch of --steps steps as train.py runs it
-(``train._Engine``: host batches copied each step, or the scan engine's one
+(``experiments.engine.Engine``: host batches copied each step, or the scan engine's one
 call per epoch, augmentation included), timed after a warm-up epoch; prints
 one line per configuration and, with --json, writes the figures there.
 Measure on an idle machine.
@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from experiments import config as config_lib
+from experiments import engine as engine_lib
 from experiments import parallel
 from experiments import provenance
 from experiments import train
@@ -38,7 +39,6 @@ def measure(config, steps: int, runs: int = 1) -> dict:
   program (``train.train_group``); images/s counts every run's images."""
   model = train.build_model(config)
   mesh = parallel.make_mesh()
-  mode = train.execution_mode(config, mesh.size)
   tx = train.make_optimizer(config, 0.01)
 
   n = config_lib.global_batch(config)
@@ -47,9 +47,9 @@ def measure(config, steps: int, runs: int = 1) -> dict:
   labels = rng.integers(0, 10, steps * n).astype(np.int32)
   test = types.SimpleNamespace(test_images=images[:n], test_labels=labels[:n])
   seeds = list(range(runs))
-  engine = train._Engine(model, tx, mesh, config, mode, images, labels, test, seeds=seeds)
+  engine = engine_lib.Engine(model, tx, mesh, config, images, labels, test, seeds=seeds)
   state = (
-    train._stack([parallel.init_state(model, tx, jax.random.key(s)) for s in seeds])
+    engine.combine_runs([parallel.init_state(model, tx, jax.random.key(s)) for s in seeds])
     if engine.runs
     else parallel.init_state(model, tx, jax.random.key(0))
   )
@@ -63,7 +63,7 @@ def measure(config, steps: int, runs: int = 1) -> dict:
   return {
     "images_per_sec": runs * n * steps / seconds,
     "steps_per_sec": steps / seconds,
-    "execution": mode,
+    "execution": engine.mode,
     "global_batch": n,
     "runs": runs,
   }

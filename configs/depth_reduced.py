@@ -26,7 +26,14 @@ def get_config():
   # He et al.'s ResNet starts every block's last γ at 1; with γ = 0 (this
   # project's training default) the blocks' gradients are exactly 0 at init.
   c.resnet_zero_init_last = False
-  c.batch_size = 64
+  # Training's keys, with training's meaning (experiments/config.py): the
+  # global batch is num_devices × per_device_batch; the runs train through
+  # training's engine on one physical device.
+  c.num_devices = 1
+  c.per_device_batch = 64
+  c.sync_batch_stats = False
+  c.augment = False
+  c.execution = "vmap"  # per step: the runs stop and probe mid-epoch
   c.steps = 120  # SGD steps per run
   c.momentum = 0.9
   c.learning_rates = (0.02, 0.1, 0.5, 2.0)  # constant, no warm-up

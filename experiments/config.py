@@ -105,24 +105,42 @@ def peak_learning_rate(config) -> float:
   return config.base_lr * global_batch(config) / config.lr_reference_batch
 
 
+def _check_positive(config, name: str) -> None:
+  value = config[name]
+  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    raise ValueError(f"config: {name}={value!r}; expected a positive integer.")
+
+
+def validate_execution(config, num_physical_devices: int) -> None:
+  """Raises ValueError for bad values of the keys the training engine reads
+  (``num_devices``, ``per_device_batch``, ``sync_batch_stats``,
+  ``execution``; ``experiments/engine.py``) on ``num_physical_devices``.
+  Part of :func:`validate`; the depth experiment, whose config shares these
+  keys, calls it alone."""
+  for name in ("num_devices", "per_device_batch"):
+    _check_positive(config, name)
+  if config.execution not in EXECUTIONS:
+    raise ValueError(f"config: execution={config.execution!r}; choose one of {EXECUTIONS}.")
+  if config.num_devices % num_physical_devices:
+    raise ValueError(
+      f"config: num_devices={config.num_devices} simulated devices cannot be "
+      f"spread evenly over {num_physical_devices} physical devices; the "
+      f"global batch {global_batch(config)} must split into equal per-device "
+      f"shards. Use a multiple of {num_physical_devices}."
+    )
+  if config.execution == "microbatch" and config.sync_batch_stats:
+    raise ValueError(
+      "config: execution='microbatch' runs simulated devices one after "
+      "another, so it cannot synchronise statistics across them; use "
+      "execution='vmap' (or 'auto') with sync_batch_stats=True."
+    )
+
+
 def validate(config, num_physical_devices: int) -> None:
   """Raises ValueError for a bad configuration, before any compute."""
-
-  def positive(name):
-    value = config[name]
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-      raise ValueError(f"config: {name}={value!r}; expected a positive integer.")
-
-  for name in (
-    "num_devices",
-    "per_device_batch",
-    "epochs",
-    "eval_batch_size",
-    "width",
-    "eval_every",
-    "report_last_evals",
-  ):
-    positive(name)
+  validate_execution(config, num_physical_devices)
+  for name in ("epochs", "eval_batch_size", "width", "eval_every", "report_last_evals"):
+    _check_positive(config, name)
   for name in ("diagnostics", "residual"):
     if not isinstance(config[name], bool):
       raise ValueError(f"config: {name}={config[name]!r}; expected True or False.")
@@ -133,27 +151,12 @@ def validate(config, num_physical_devices: int) -> None:
     )
   if config.schedule not in SCHEDULES:
     raise ValueError(f"config: schedule={config.schedule!r}; choose one of {SCHEDULES}.")
-  if config.execution not in EXECUTIONS:
-    raise ValueError(f"config: execution={config.execution!r}; choose one of {EXECUTIONS}.")
   if config.shortcut not in ("pad", "projection"):
     raise ValueError(f"config: shortcut={config.shortcut!r}; choose 'pad' or 'projection'.")
-  if config.num_devices % num_physical_devices:
-    raise ValueError(
-      f"config: num_devices={config.num_devices} simulated devices cannot be "
-      f"spread evenly over {num_physical_devices} physical devices; the "
-      f"global batch {global_batch(config)} must split into equal per-device "
-      f"shards. Use a multiple of {num_physical_devices}."
-    )
   if config.eval_batch_size % num_physical_devices:
     raise ValueError(
       f"config: eval_batch_size={config.eval_batch_size} is not divisible by "
       f"{num_physical_devices} devices; use a multiple of {num_physical_devices}."
-    )
-  if config.execution == "microbatch" and config.sync_batch_stats:
-    raise ValueError(
-      "config: execution='microbatch' runs simulated devices one after "
-      "another, so it cannot synchronise statistics across them; use "
-      "execution='vmap' (or 'auto') with sync_batch_stats=True."
     )
   validate_statistics_batch(config)
   if config.train_examples and config.train_examples < global_batch(config):

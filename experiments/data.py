@@ -41,12 +41,6 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from experiments.augment import CIFAR10_MEAN  # noqa: F401  (re-exported for convenience)
-from experiments.augment import CIFAR10_STD  # noqa: F401  (re-exported for convenience)
-from experiments.augment import augment  # noqa: F401  (re-exported for convenience)
-from experiments.augment import normalize_images  # noqa: F401  (re-exported for convenience)
-from experiments.augment import random_crop_flip  # noqa: F401  (re-exported for convenience)
-
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 ENV_VAR = "JAXNORM_DATA"

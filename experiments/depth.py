@@ -6,11 +6,19 @@ r"""Depth experiment: gradient flow and trainability with and without normalizat
 For every architecture (plain CNNs without shortcuts and ResNets, see
 :func:`experiments.models.cifar_plain_net`), every normalizer and every
 learning rate of a small grid, trains ``steps`` SGD steps (momentum, constant
-learning rate, no warm-up, no weight decay, no augmentation) on a subset of
-the CIFAR-10 training set and records the training loss of every step. The
-run at ``reference_lr`` also probes a fixed training batch at
-``probe_steps`` (:mod:`experiments.diagnostics`): per-layer gradient norms
-and the statistics and drift of every normalization layer's input.
+learning rate, no warm-up, no weight decay, no augmentation in the reduced
+config) on a subset of the CIFAR-10 training set and records the training
+loss of every step. The run at ``reference_lr`` also probes a fixed training
+batch at ``probe_steps`` (:class:`experiments.diagnostics.Probe`): per-layer
+gradient norms and the statistics and drift of every normalization layer's
+input.
+
+The runs train through training's engine (:class:`experiments.engine.Engine`,
+on one physical device), and the keys they share with a training config
+mean what they mean there (``experiments/config.py``): the global batch is
+``num_devices × per_device_batch``, and ``sync_batch_stats``, ``augment``,
+``execution`` (a per-step mode: the runs stop and probe mid-epoch), ``seed``,
+``train_examples``, ``width`` and ``momentum`` are training's.
 
 Each run is saved to ``WORKDIR/runs/<arch>_<norm>_lr<lr>.json`` as soon as
 it ends, and a rerun skips finished runs. At the end, ``results.json``
@@ -42,8 +50,11 @@ import optax
 from tqdm import tqdm
 
 import jaxnorm
+from experiments import cli
+from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import diagnostics
+from experiments import engine as engine_lib
 from experiments import parallel
 from experiments import provenance
 from experiments import xla_cpu
@@ -87,9 +98,17 @@ def validate(config) -> None:
       f"depth: reference_lr={config.reference_lr} is not in learning_rates="
       f"{tuple(config.learning_rates)}; add it to the grid."
     )
-  if config.train_examples < config.batch_size:
+  config_lib.validate_execution(config, 1)
+  if engine_lib.execution_mode(config, 1) == "scan":
     raise ValueError(
-      f"depth: train_examples={config.train_examples} is smaller than one batch (batch_size={config.batch_size})."
+      "depth: execution='scan' (what 'auto' chooses on GPU and TPU) trains whole epochs, and the depth "
+      "experiment stops and probes its runs mid-epoch; set execution='vmap' or 'microbatch'."
+    )
+  batch = config_lib.global_batch(config)
+  if config.train_examples < batch:
+    raise ValueError(
+      f"depth: train_examples={config.train_examples} is smaller than one global batch "
+      f"({batch} = num_devices × per_device_batch)."
     )
   bad = [s for s in config.probe_steps if not 0 <= s <= config.steps]
   if bad:
@@ -108,55 +127,57 @@ def run_name(arch: str, norm: str, lr: float) -> str:
 
 
 class _Compiled:
-  """The compiled training step and probe of one (architecture, normalizer):
-  the training step of every experiment (:func:`experiments.parallel.make_vmap_step`,
-  one device, no augmentation) and the diagnostics probe
-  (:func:`experiments.diagnostics.make_probe_step`)."""
+  """The engine and the probe of one (architecture, normalizer), compiled
+  once for the grid of learning rates: training's engine
+  (:class:`experiments.engine.Engine`, on one physical device) and the
+  diagnostics probe (:class:`experiments.diagnostics.Probe`) on the first
+  global batch of the training images."""
 
-  def __init__(self, arch, norm, config, momentum):
+  def __init__(self, arch, norm, config, images, labels):
     self.model = build_model(arch, norm, config)
     spec = jaxnorm.create_norm(norm, **dict(config.norm_kwargs.get(norm, {})))
-    self.order = diagnostics.call_order(self.model)
-    self.mesh = parallel.make_mesh(jax.devices()[:1])
+    mesh = parallel.make_mesh(jax.devices()[:1])
     # The learning rate is state, so one compiled step serves the grid.
-    self.tx = optax.inject_hyperparams(optax.sgd)(learning_rate=1.0, momentum=momentum)
-    self.step = parallel.make_vmap_step(self.model, self.tx, self.mesh, simulated=1, augment=False)
-    self.probe = diagnostics.make_probe_step(self.model, self.mesh, simulated=1, norm_module=spec.module)
+    self.tx = optax.inject_hyperparams(optax.sgd)(learning_rate=1.0, momentum=config.momentum)
+    self.engine = engine_lib.Engine(self.model, self.tx, mesh, config, images, labels)
+    n = self.engine.batch
+    self.probe = diagnostics.Probe(
+      self.model,
+      mesh,
+      {"images": images[:n], "labels": labels[:n]},
+      simulated=self.engine.simulated,
+      norm_module=spec.module,
+    )
 
 
-def train_one(compiled: _Compiled, lr: float, config, images, labels, probe_batch, probe: bool, bar) -> dict:
+def train_one(compiled: _Compiled, lr: float, config, probe: bool, bar) -> dict:
   """Trains one run; returns its losses and, when ``probe``, its probes."""
   state = parallel.init_state(compiled.model, compiled.tx, jax.random.key(config.seed))
   state.opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
-  probe_batch = parallel.put_global_batch(probe_batch, compiled.mesh)
-  no_augmentation = jax.random.key(0)  # the step takes a key; without augmentation it is unused
-  losses, probes, previous = [], {}, None
+  root_key = compiled.engine.root_key()
+  compiled.probe.reset()
+  losses, probes = [], {}
   start = time.time()
 
   def measure(step):
-    nonlocal previous
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    now = jax.device_get(compiled.probe(variables, probe_batch["images"], probe_batch["labels"]))
-    probes[str(step)] = diagnostics.summarize(now, previous, compiled.order)
-    previous = now
+    if probe and step in config.probe_steps:
+      probes[str(step)] = compiled.probe.measure(state)
 
+  if config.steps:
+    measure(0)
   epoch, diverged = 0, False
   while len(losses) < config.steps and not diverged:
-    for batch in data_lib.train_batches(images, labels, config.batch_size, seed=config.seed, epoch=epoch):
-      if probe and len(losses) in config.probe_steps:
-        measure(len(losses))
-      batch = parallel.put_global_batch(batch, compiled.mesh)
-      state, metrics = compiled.step(state, batch["images"], batch["labels"], no_augmentation)
+    for stepped, metrics in compiled.engine.train_steps(state, root_key, epoch):
+      state = stepped
       loss = float(metrics["loss"])
       losses.append(loss)
       bar.update(1)
-      if not math.isfinite(loss) or loss > DIVERGED_LOSS:
-        diverged = True
+      diverged = not math.isfinite(loss) or loss > DIVERGED_LOSS
+      if diverged or len(losses) == config.steps:
         break
-      if len(losses) == config.steps:
-        break
+      measure(len(losses))  # before the next step
     epoch += 1
-  if probe and not diverged and config.steps in config.probe_steps:
+  if not diverged:
     measure(config.steps)
   bar.update(config.steps - len(losses))  # the steps a diverged run skips
   tail = losses[-config.trains_window :]
@@ -181,7 +202,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   data_dir = Path(config.data_dir or data_lib.default_data_dir()).expanduser()
   images = dataset.train_images[: config.train_examples]
   labels = dataset.train_labels[: config.train_examples]
-  probe_batch = {"images": images[: config.batch_size], "labels": labels[: config.batch_size]}
   config_json = json.loads(json.dumps(config.to_dict(), default=str))
 
   todo = []
@@ -198,8 +218,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     bar.set_postfix_str(run_name(arch, norm, lr))
     if (arch, norm) not in compiled:
       compiled.clear()  # one architecture at a time in memory
-      compiled[(arch, norm)] = _Compiled(arch, norm, config, config.momentum)
-    out = train_one(compiled[(arch, norm)], lr, config, images, labels, probe_batch, lr == config.reference_lr, bar)
+      compiled[(arch, norm)] = _Compiled(arch, norm, config, images, labels)
+    out = train_one(compiled[(arch, norm)], lr, config, lr == config.reference_lr, bar)
     out.update(arch=arch, norm=norm, lr=lr, config=config_json, git_commit=provenance.git_commit())
     provenance.write_json_atomic(path, out, indent=None)
   bar.close()
@@ -260,7 +280,8 @@ def write_report(result: dict, workdir: Path) -> None:
   colors = {n: plt.get_cmap("tab10")(i) for i, n in enumerate(norms)}
   by_key = {(r["arch"], r["norm"], r["lr"]): r for r in runs}
   reduced = (
-    f"reduced: width {config['width']}, {config['steps']} steps of batch {config['batch_size']}, "
+    f"reduced: width {config['width']}, {config['steps']} steps of batch "
+    f"{config['num_devices'] * config['per_device_batch']}, "
     f"first {config['train_examples']} CIFAR-10 training images"
   )
 
@@ -417,9 +438,7 @@ def main(argv) -> None:
   xla_cpu.configure()
   provenance.git_commit()  # cached: the code this process imports, even if the tree changes later
   del argv
-  from experiments.train import exit_on_user_error
-
-  result = exit_on_user_error(run, _CONFIG.value, _WORKDIR.value)
+  result = cli.exit_on_user_error(run, _CONFIG.value, _WORKDIR.value)
   print((Path(_WORKDIR.value) / "table.md").read_text())
   print(f"total run wall time {result['run_wall_seconds_total']:.0f} s")
 

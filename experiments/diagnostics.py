@@ -4,10 +4,10 @@ r"""Training diagnostics: what each normalization layer sees, and gradient flow.
 
 Switched on by ``config.diagnostics`` (see ``experiments/config.py``).
 At initialization and after every epoch, :mod:`experiments.train` runs one
-*probe*: a forward and backward pass in training mode on a fixed batch (the
-first global batch of the training set, unaugmented), with the same
-statistics protocol as training (per simulated device, or synced). The
-probe records
+*probe* (:class:`Probe`): a forward and backward pass in training mode on
+a fixed batch (the first global batch of the training set, unaugmented),
+with the same statistics protocol as training (per simulated device, or
+synced). The probe records
 
 * for each normalization layer (every layer the model builds from its
   :class:`jaxnorm.NormSpec`; with ``norm="none"`` the identity layers at the
@@ -58,6 +58,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxnorm
 from experiments import augment as augment_lib
+from experiments import cli
 from experiments import parallel
 
 DATA_AXIS = parallel.DATA_AXIS
@@ -227,6 +228,36 @@ def summarize(probe: dict, previous: dict | None, order: list[str]) -> dict:
   }
 
 
+class Probe:
+  """The probes of a run: :func:`make_probe_step` on one fixed batch, each
+  probe summarized (:func:`summarize`) against the one before it.
+
+  ``batch`` is a host batch (``images``, uint8, and ``labels``); the probe
+  splits it into ``simulated`` devices per physical device of ``mesh`` as
+  the run's training step does. The first :meth:`measure` (and the first
+  after :meth:`reset`, for the next run of the same model) has no drift.
+  """
+
+  def __init__(self, model, mesh: Mesh, batch: dict, *, simulated: int, norm_module: type):
+    self.step = make_probe_step(model, mesh, simulated=simulated, norm_module=norm_module)
+    self.order = call_order(model)
+    self.batch = parallel.put_global_batch(batch, mesh)
+    self.previous = None
+
+  def reset(self) -> None:
+    """Forgets the previous probe: the next run starts."""
+    self.previous = None
+
+  def measure(self, state) -> dict:
+    """Probes the state (a :class:`experiments.parallel.TrainState`); drifts
+    are against the previous call."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    now = jax.device_get(self.step(variables, self.batch["images"], self.batch["labels"]))
+    out = summarize(now, self.previous, self.order)
+    self.previous = now
+    return out
+
+
 def weight_layers(summary: dict) -> list[str]:
   """Names of the conv/dense layers (not the norm layers), input first."""
   norm = set(summary["norm_layers"])
@@ -315,9 +346,7 @@ def plot_workdir(workdir: str | Path) -> Path:
 
 def main(argv) -> None:
   del argv
-  from experiments.train import exit_on_user_error
-
-  print(exit_on_user_error(plot_workdir, _WORKDIR.value))
+  print(cli.exit_on_user_error(plot_workdir, _WORKDIR.value))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments import cli
 from experiments import provenance
 
 # Wu & He (2018), Table 2 / Figure 1: ResNet-50 on ImageNet, 8 GPUs, BN
@@ -328,9 +329,7 @@ def write_report(workdir: str | os.PathLike) -> str:
 
 def main(argv) -> None:
   del argv
-  from experiments.train import exit_on_user_error  # local: the report alone needs no training code
-
-  print(exit_on_user_error(write_report, _WORKDIR.value))
+  print(cli.exit_on_user_error(write_report, _WORKDIR.value))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from pathlib import Path
 import ml_collections
 from tqdm import tqdm
 
+from experiments import cli
 from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import provenance
@@ -242,7 +243,7 @@ def main(argv) -> None:
 
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   config_lib.apply_norm_kwargs(_CONFIG.value.base, _NORM_KWARGS)
-  train.exit_on_user_error(run_sweep, _CONFIG.value, _WORKDIR.value)
+  cli.exit_on_user_error(run_sweep, _CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def tiny_config(root):
   spec.loader.exec_module(module)
   c = module.get_config()
   c.data_dir, c.download, c.progress = str(root), False, False
-  c.train_examples, c.batch_size, c.width = 128, 16, 4
+  c.train_examples, c.per_device_batch, c.width = 128, 16, 4
   c.archs, c.norms = ("plain8",), ("none", "bn")
   c.steps, c.probe_steps, c.trains_window = 6, (0, 3, 6), 2
   c.learning_rates, c.reference_lr = (0.05, 1e5), 0.05

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import config as config_lib
+from experiments import metrics as metrics_lib
 from experiments import report
 from experiments import sweep
 from experiments import train
@@ -115,7 +116,7 @@ def fake_point(root, label, norm, b, seed, errors, kwargs=None, hardware=None):
   ]
   (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
   result = {
-    **train.summarize(history, 2),
+    **metrics_lib.summarize(history, 2),
     "epochs_completed": len(errors),
     "train_wall_seconds": 12.0,
     "train_examples": 1000,
@@ -257,7 +258,7 @@ def _fake_train_recording(trained):
     ]
     (point_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
     result = {
-      **train.summarize(history, 1),
+      **metrics_lib.summarize(history, 1),
       "config": json.loads(json.dumps(config.to_dict(), default=str)),
       "epochs_completed": config.epochs,
       "train_wall_seconds": 1.0,

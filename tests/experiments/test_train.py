@@ -16,8 +16,11 @@ import pytest
 from train_multidevice_checks import run_steps
 
 import jaxnorm
+from experiments import cli
 from experiments import config as config_lib
 from experiments import data as data_lib
+from experiments import engine
+from experiments import metrics as metrics_lib
 from experiments import provenance
 from experiments import train
 from tiny_cifar import load_tiny_records
@@ -110,7 +113,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run_bitwise(data_dir, tmp_p
   full = train.train_and_evaluate(config, tmp_path / "full")
 
   # Second run: die in the middle of epoch 3 (after checkpoint 2), then rerun.
-  real_make_step = train.make_step
+  real_make_step = engine.make_step
 
   def dying_make_step(*args, **kwargs):
     step = real_make_step(*args, **kwargs)
@@ -124,10 +127,10 @@ def test_killed_and_resumed_run_equals_uninterrupted_run_bitwise(data_dir, tmp_p
 
     return wrapped
 
-  monkeypatch.setattr(train, "make_step", dying_make_step)
+  monkeypatch.setattr(engine, "make_step", dying_make_step)
   with pytest.raises(Interrupted):
     train.train_and_evaluate(config, tmp_path / "resumed")
-  monkeypatch.setattr(train, "make_step", real_make_step)
+  monkeypatch.setattr(engine, "make_step", real_make_step)
   resumed = train.train_and_evaluate(config, tmp_path / "resumed")
 
   def metrics(d):
@@ -234,7 +237,7 @@ def test_weight_decay_switch_skips_one_dimensional_parameters():
 )
 def test_bad_configs_fail_before_compute(overrides, error, match, data_dir, tmp_path, monkeypatch):
   compiled = []
-  monkeypatch.setattr(train, "make_step", lambda *a, **k: compiled.append(1))
+  monkeypatch.setattr(engine, "make_step", lambda *a, **k: compiled.append(1))
   with pytest.raises(error, match=match):
     train.train_and_evaluate(tiny_config(data_dir, **overrides), tmp_path)
   assert not compiled
@@ -359,7 +362,7 @@ def test_no_readable_checkpoint_fails_naming_them(data_dir, tmp_path, capsys):
   for step in ("1", "2"):
     _corrupt(tmp_path / "checkpoints" / step)
   with pytest.warns(UserWarning), pytest.raises(SystemExit) as exit_info:
-    train.exit_on_user_error(train.train_and_evaluate, config, tmp_path)
+    cli.exit_on_user_error(train.train_and_evaluate, config, tmp_path)
   assert exit_info.value.code == 1
   err = capsys.readouterr().err
   assert err.startswith("error: no readable checkpoint: ")
@@ -372,13 +375,13 @@ def test_resumed_history_drops_later_epochs_and_a_torn_last_line(tmp_path):
   from its epoch-2 checkpoint; and one that lost a record (a warning)."""
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"epoch": 1, "train_loss": 2.0}\n{"epoch": 2, "train_loss": 1.5}\n{"epoch": 3, "train_lo')
-  assert [m["epoch"] for m in train._read_metrics(path, 2)] == [1, 2]
+  assert [m["epoch"] for m in metrics_lib.read_metrics(path, 2)] == [1, 2]
   with pytest.warns(UserWarning, match=r"holds the records of 2 of the 3 epochs"):
-    assert [m["epoch"] for m in train._read_metrics(path, 3)] == [1, 2]
+    assert [m["epoch"] for m in metrics_lib.read_metrics(path, 3)] == [1, 2]
   path.write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3}\n')
-  assert [m["epoch"] for m in train._read_metrics(path, 1)] == [1]
+  assert [m["epoch"] for m in metrics_lib.read_metrics(path, 1)] == [1]
   with pytest.warns(UserWarning, match=r"metrics.jsonl holds the records of 0 of the 2 epochs"):
-    assert train._read_metrics(tmp_path / "missing" / "metrics.jsonl", 2) == []
+    assert metrics_lib.read_metrics(tmp_path / "missing" / "metrics.jsonl", 2) == []
 
 
 def test_atomic_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
@@ -391,7 +394,7 @@ def test_atomic_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
 
 def test_non_finite_loss_stops_before_saving_anything_of_that_epoch(data_dir, tmp_path, monkeypatch):
   config = tiny_config(data_dir, norm="bn", epochs=3, checkpoint=True, train_examples=64)  # 2 steps/epoch
-  real_make_step = train.make_step
+  real_make_step = engine.make_step
 
   def poisoned_make_step(*args, **kwargs):
     step = real_make_step(*args, **kwargs)
@@ -407,8 +410,8 @@ def test_non_finite_loss_stops_before_saving_anything_of_that_epoch(data_dir, tm
 
     return wrapped
 
-  monkeypatch.setattr(train, "make_step", poisoned_make_step)
-  with pytest.raises(train.RunFailure, match=r"the loss is nan at step 4 \(epoch 2\).*up to epoch 1"):
+  monkeypatch.setattr(engine, "make_step", poisoned_make_step)
+  with pytest.raises(cli.RunFailure, match=r"the loss is nan at step 4 \(epoch 2\).*up to epoch 1"):
     train.train_and_evaluate(config, tmp_path)
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(l, parse_constant=lambda c: pytest.fail(f"bare {c}"))["epoch"] for l in lines] == [1]

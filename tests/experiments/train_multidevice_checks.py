@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from experiments import config as config_lib
+from experiments import engine
 from experiments import parallel
 from experiments import train
 
@@ -28,7 +29,7 @@ def run_steps(config, mode, devices=None, steps=2):
   mesh = parallel.make_mesh(devices)
   tx = train.make_optimizer(config, train.make_schedule(config, steps))
   state = parallel.init_state(model, tx, jax.random.key(0))
-  step = train.make_step(model, tx, mesh, config, mode)
+  step = engine.make_step(model, tx, mesh, config, mode)
   rng = np.random.default_rng(0)
   n = config_lib.global_batch(config)
   for i in range(steps):
@@ -52,8 +53,8 @@ def run_scan_epoch(config, devices, steps=2, seeds=(0,)):
 
   initial = lambda seed: parallel.init_state(model, tx, jax.random.key(seed))
   runs = len(seeds) if len(seeds) > 1 else 0
-  state = train._stack([initial(s) for s in seeds]) if runs else initial(seeds[0])
-  root_key = train._stack_keys([jax.random.key(s) for s in seeds]) if runs else jax.random.key(seeds[0])
+  state = engine.stack_runs([initial(s) for s in seeds]) if runs else initial(seeds[0])
+  root_key = engine.stack_keys([jax.random.key(s) for s in seeds]) if runs else jax.random.key(seeds[0])
   state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   n = config_lib.global_batch(config)
   rng = np.random.default_rng(1)
@@ -70,7 +71,7 @@ def run_scan_epoch(config, devices, steps=2, seeds=(0,)):
   )
   state, _ = run_epoch(state, data["images"], data["labels"], root_key, 0)
   state = jax.device_get(state)
-  return [train._unstack(state, r) for r in range(runs)] if runs else state
+  return [engine.unstack_run(state, r) for r in range(runs)] if runs else state
 
 
 def max_diff(a, b):

@@ -27,6 +27,7 @@ from test_export import with_device
 
 import jaxnorm
 from experiments import config as config_lib
+from experiments import engine
 from experiments import parallel
 from experiments import train
 from tests.experiments.train_multidevice_checks import small_config
@@ -67,7 +68,7 @@ def export_step(overrides, devices, implementation, platform) -> dict:
   # The shard_map body is lowered under the shard_map's mesh, so that mesh
   # carries the target's abstract device (jax >= 0.12 needs a GPU there to
   # lower Triton kernels); the inputs keep the concrete devices' shardings.
-  step = train.make_step(model, tx, with_device(mesh, platform), config, train.execution_mode(config, devices))
+  step = engine.make_step(model, tx, with_device(mesh, platform), config, engine.execution_mode(config, devices))
   with jaxnorm.implementation(implementation):
     exported = export_for(platform, step, *args)
   module = exported.mlir_module()
