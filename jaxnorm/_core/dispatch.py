@@ -49,6 +49,7 @@ The environment variable ``JAXNORM_IMPLEMENTATION`` sets the initial value.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import threading
@@ -157,7 +158,8 @@ def fast_standardize(
     out_dtype=out_dtype,
   )
   fused = lambda x, scale, bias: _fused.standardize(x, scale, bias, **kwargs)
-  pallas = lambda x, scale, bias: _pallas.standardize(x, scale, bias, **kwargs)
+  kernels = functools.partial(_pallas.PallasPasses, reduction_axes=reduction_axes, feature_axes=feature_axes)
+  pallas = lambda x, scale, bias: _fused.standardize(x, scale, bias, passes=kernels, **kwargs)
   covered = _pallas.covers(x.shape, reduction_axes, feature_axes)
   if name == "pallas" and covered:
     return pallas(x, scale, bias)

@@ -50,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 from typing import Protocol
 from typing import runtime_checkable
@@ -57,6 +58,8 @@ from typing import runtime_checkable
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jaxnorm._core import centring as _centring
 
 Array = jax.Array
 
@@ -89,11 +92,11 @@ def fence(a: Array) -> Array:
   return lax.reduce_precision(a, exponent_bits=info.nexp, mantissa_bits=info.nmant)
 
 
-# Single-pass statistics are used where every statistic has μ² ≤ 16 σ²: the
-# cancellation in E[x²] − μ² then costs at most a factor 17 of the dtype's
-# precision (about 1e-6 relative in float32); elsewhere the centred second
-# pass runs.
-WELL_CENTRED = 16.0
+# Single-pass statistics are used where every statistic is well centred,
+# μ² ≤ 16 σ² (centring.WELL_CENTRED): the cancellation in E[x²] − μ² then
+# costs at most a factor 17 of the dtype's precision (about 1e-6 relative in
+# float32); elsewhere the centred second pass runs, and corrects the mean
+# (centring.corrected_two_pass).
 
 
 @runtime_checkable
@@ -124,6 +127,10 @@ class Passes(Protocol):
 
   def centred_square_sum(self, x: Array, mean: Array) -> Array:
     """``Σ (x − mean)²``."""
+    ...
+
+  def centred_sums(self, x: Array, mean: Array) -> tuple[Array, Array]:
+    """``Σ (x − mean)`` and ``Σ (x − mean)²`` (needed with ``single_pass``)."""
     ...
 
   def affine(self, x: Array, mean: Array, a: Array, d: Array, out_dtype: Any) -> Array:
@@ -192,6 +199,12 @@ class XlaPasses:
     """``Σ (x − mean)²`` over the inner axes."""
     return self._sum(lax.square(self._view(x) - self._expand(mean)))
 
+  def centred_sums(self, x: Array, mean: Array) -> tuple[Array, Array]:
+    """``Σ (x − mean)`` and ``Σ (x − mean)²`` over the inner axes, in one
+    pass (what a single-pass implementation's fallback needs)."""
+    centred = self._view(x) - self._expand(mean)
+    return self._sum(centred), self._sum(lax.square(centred))
+
   def affine(self, x: Array, mean: Array, a: Array, d: Array, out_dtype: Any) -> Array:
     """``(x − mean)·a + d``, full size, in ``out_dtype``."""
     y = (self._view(x) - self._expand(mean)) * self._expand(a) + self._expand(d)
@@ -226,7 +239,7 @@ def standardize(
   use_mean: bool,
   acc_dtype: Any,
   out_dtype: Any,
-  passes: Any = None,
+  passes: Callable[[XlaPasses], Passes] | None = None,
 ) -> tuple[Array, Array, Array]:
   """Normalized ``x`` and its statistics, with a custom derivative rule.
 
@@ -240,11 +253,11 @@ def standardize(
     use_mean: centre on the mean (False: RMS normalization, ``μ = 0``).
     acc_dtype: dtype of the arithmetic and of the statistics.
     out_dtype: dtype of ``y``.
-    passes: the :class:`Passes` that run the forward full-size passes:
-      :class:`XlaPasses` (default) or the Pallas kernels of
-      :mod:`jaxnorm._core.pallas`, built for ``x``'s shape and the inner
-      axes ``R \\ F``. The tangent map always runs as XLA operations, which
-      JAX can transpose.
+    passes: what runs the forward full-size passes: None for
+      :class:`XlaPasses`, or a function from this call's :class:`XlaPasses`
+      (``x``'s shape, the inner axes ``R \\ F``) to other :class:`Passes`,
+      such as the Pallas kernels of :mod:`jaxnorm._core.pallas`. The tangent
+      map always runs as XLA operations, which JAX can transpose.
 
   Returns:
     ``(y, mean, var)``; ``mean`` and ``var`` have size 1 along ``R``
@@ -296,7 +309,7 @@ class _Plan:
     inner = tuple(a for a in reduction_axes if a not in feature_axes)
     outer = tuple(a for a in reduction_axes if a in feature_axes)
     xla = XlaPasses(shape, inner, acc_dtype)
-    passes = xla if passes is None else passes
+    passes = xla if passes is None else passes(xla)
     return cls(shape, reduction_axes, inner, outer, epsilon, use_mean, acc_dtype, out_dtype, passes, xla)
 
   @property
@@ -335,9 +348,14 @@ class _Plan:
     s1, s2 = self.passes.sum_and_square_sum(x)
     mean, mean_square = self.mean_over_groups(s1), self.mean_over_groups(s2)
     var = (mean_square - lax.square(mean)).astype(self.real)
-    accurate = jnp.all(lax.square(mean) <= WELL_CENTRED * var)
-    var = lax.cond(accurate, lambda: var, lambda: self.two_pass_variance(x, mean))
-    return mean, var
+    accurate = jnp.all(lax.square(mean) <= _centring.WELL_CENTRED * var)
+    return lax.cond(accurate, lambda: (mean, var), lambda: self.corrected_two_pass(x, mean))
+
+  def corrected_two_pass(self, x: Array, mean: Array) -> tuple[Array, Array]:
+    """Mean and variance from one centred pass (:func:`jaxnorm._core.centring.corrected_two_pass`)."""
+    centred_sum, centred_square_sum = self.passes.centred_sums(x, mean)
+    centred_var = self.mean_over_groups(centred_square_sum).astype(self.real)
+    return _centring.corrected_two_pass(mean, centred_var, self.mean_over_groups(centred_sum))
 
   def forward(self, x: Array, scale: Array | None, bias: Array | None):
     """``((y, mean, var), rstd)``."""

@@ -36,15 +36,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pallas_triton
-
-from jaxnorm._core import fused as _fused
 
 Array = jax.Array
 
@@ -95,7 +92,7 @@ def covers(shape: tuple[int, ...], reduction_axes, feature_axes) -> bool:
   """Whether the kernels' tiling covers an input of ``shape``: it must fit
   the ``(B, L, C)`` tiling (channels last, a power-of-two channel count up
   to :data:`MAX_CHANNELS`, and a row count with a power-of-two tile).
-  :func:`jaxnorm._dispatch.fast_standardize` asks."""
+  :func:`jaxnorm._core.dispatch.fast_standardize` asks."""
   view = _view_3d(shape, reduction_axes, feature_axes)
   if view is None:
     return False
@@ -127,18 +124,18 @@ class PallasPasses:
 
   single_pass = False
 
-  def __init__(self, shape, reduction_axes, feature_axes, acc_dtype: Any):
+  def __init__(self, xla, *, reduction_axes, feature_axes):
+    """``xla``: the :class:`jaxnorm._core.fused.XlaPasses` of the same call
+    (its shape, accumulation dtype and derivative rule)."""
+    shape, acc_dtype = xla.shape, xla.acc_dtype
     view = _view_3d(shape, reduction_axes, feature_axes)
     if view is None:
       raise ValueError(f"the Pallas kernels do not cover an input of shape {shape}")
     self.batch, self.length, self.channels, _ = view
     self.rows = _tile_rows(self.length, self.channels)
     self.tiles = self.length // self.rows
-    inner = tuple(a for a in reduction_axes if a not in feature_axes)
-    self.shape = shape
-    self.partial_shape = tuple(1 if a in inner else n for a, n in enumerate(shape))
-    self.acc_dtype = acc_dtype
-    self.xla = _fused.XlaPasses(shape, inner, acc_dtype)
+    self.shape, self.partial_shape, self.acc_dtype = shape, xla.partial_shape, acc_dtype
+    self.xla = xla
 
   # Block specs: a (T, C) tile of example b, or example b's channel row.
   def _tile(self):
@@ -193,6 +190,9 @@ class PallasPasses:
   def _pallas_centred_square_sum(self, x, mean):
     return self._sums(x, mean, power=2)
 
+  def _pallas_centred_sums(self, x, mean):
+    return self._sums(x, mean, power=1), self._sums(x, mean, power=2)
+
   def _pallas_sum_and_square_sum(self, x):
     zero = jnp.zeros((), self.acc_dtype)
     return self._sums(x, zero, power=1), self._sums(x, zero, power=2)
@@ -224,20 +224,8 @@ class PallasPasses:
   def centred_square_sum(self, x, mean):
     return self._differentiable("centred_square_sum", x, mean)
 
+  def centred_sums(self, x, mean):
+    return self._differentiable("centred_sums", x, mean)
+
   def affine(self, x, mean, a, d, out_dtype):
     return self._differentiable("affine", x, mean, a, d, out_dtype=out_dtype)
-
-
-def standardize(x, scale, bias, *, reduction_axes, feature_axes, acc_dtype, **kwargs):
-  """:func:`jaxnorm._core.fused.standardize` with the passes run by Pallas kernels."""
-  passes = PallasPasses(x.shape, reduction_axes, feature_axes, acc_dtype)
-  return _fused.standardize(
-    x,
-    scale,
-    bias,
-    reduction_axes=reduction_axes,
-    feature_axes=feature_axes,
-    acc_dtype=acc_dtype,
-    passes=passes,
-    **kwargs,
-  )

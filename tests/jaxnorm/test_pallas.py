@@ -67,11 +67,17 @@ def test_kernels_equal_reference_in_float64(name, tile_elements, monkeypatch):
     _assert_close(_run("pallas", fn, x, scale, bias, cot), _run("reference", fn, x, scale, bias, cot), 1e-11)
 
 
+def _kernels(shape, reduction_axes, feature_axes, acc_dtype=jnp.float32):
+  inner = tuple(a for a in reduction_axes if a not in feature_axes)
+  xla = _fused.XlaPasses(shape, inner, acc_dtype)
+  return _pallas.PallasPasses(xla, reduction_axes=reduction_axes, feature_axes=feature_axes)
+
+
 def test_many_tiles_are_used_when_the_budget_is_small(monkeypatch):
   monkeypatch.setattr(_pallas, "TILE_ELEMENTS", 64)
-  passes = _pallas.PallasPasses((1, 8, 4, 4, 8), (1, 2, 3), (4,), jnp.float32)
+  passes = _kernels((1, 8, 4, 4, 8), (1, 2, 3), (4,))
   assert (passes.batch, passes.length, passes.channels, passes.rows, passes.tiles) == (1, 128, 8, 8, 16)
-  grouped = _pallas.PallasPasses((4, 8, 8, 2, 4), (1, 2, 4), (3, 4), jnp.float32)
+  grouped = _kernels((4, 8, 8, 2, 4), (1, 2, 4), (3, 4))
   assert (grouped.batch, grouped.length, grouped.channels, grouped.rows, grouped.tiles) == (4, 64, 8, 8, 8)
 
 
@@ -162,9 +168,9 @@ def test_both_implementations_of_the_passes_implement_the_whole_interface():
   import inspect
 
   members = [n for n in dir(_fused.Passes) if not n.startswith("_") and n not in ("single_pass",)]
-  assert set(members) == {"sum", "sum_and_square_sum", "centred_square_sum", "affine"}
+  assert set(members) == {"sum", "sum_and_square_sum", "centred_square_sum", "centred_sums", "affine"}
   xla = _fused.XlaPasses((2, 8, 4), (1,), jnp.float32)
-  pallas = _pallas.PallasPasses((2, 8, 4), (1,), (2,), jnp.float32)
+  pallas = _kernels((2, 8, 4), (1,), (2,))
   for passes in (xla, pallas):
     assert isinstance(passes, _fused.Passes)
     assert isinstance(type(passes).single_pass, bool)
@@ -183,11 +189,12 @@ def test_pallas_passes_equal_the_xla_passes_with_their_derivatives():
   mean = jnp.mean(x, axis=1, keepdims=True)
   a, d = jnp.full((2, 1, 8), 0.5), jnp.full((2, 1, 8), -1.0)
   xla = _fused.XlaPasses(shape, (1,), jnp.float32)
-  pallas = _pallas.PallasPasses(shape, (1,), (2,), jnp.float32)
+  pallas = _kernels(shape, (1,), (2,))
   calls = {
     "sum": lambda p, x: p.sum(x),
     "sum_and_square_sum": lambda p, x: p.sum_and_square_sum(x),
     "centred_square_sum": lambda p, x: p.centred_square_sum(x, mean),
+    "centred_sums": lambda p, x: p.centred_sums(x, mean),
     "affine": lambda p, x: p.affine(x, mean, a, d, jnp.float32),
   }
   for call in calls.values():
