@@ -22,9 +22,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from experiments import preemption
 from experiments.cli import RunFailure
 
 MAX_TO_KEEP = 2  # a run killed between the saves of its group is at most one epoch ahead
+WITHIN_EPOCH = "checkpoints_within_epoch"
+
+
+def _host_key(tree):
+  """A restored root key as a host value (the replicated global array's local copy)."""
+  return jax.random.wrap_key_data(np.asarray(tree["rng"].addressable_data(0)))
 
 
 def checkpoint_tree(state, root_key, mesh) -> dict:
@@ -37,7 +44,7 @@ def checkpoint_tree(state, root_key, mesh) -> dict:
   return {"state": state, "rng": rng}
 
 
-def restore_latest_readable(manager, directory: Path, target: dict):
+def restore_latest_readable(manager, directory: Path, args):
   """(step, tree) of the newest checkpoint that restores, or None if there
   is none. An unreadable one is moved to ``<directory>_unreadable/<step>``
   with a warning naming it (its step is then trained again); if every one
@@ -48,7 +55,7 @@ def restore_latest_readable(manager, directory: Path, target: dict):
   for step in steps:
     reason = None
     try:
-      tree = manager.restore(step, args=ocp.args.StandardRestore(target))
+      tree = manager.restore(step, args=args)
     except Exception as e:  # orbax and TensorStore raise many types for a damaged file
       reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
     if several:  # the processes decide together, or they would resume from different epochs
@@ -83,13 +90,29 @@ class Checkpoints:
   The step of a checkpoint is the number of epochs it has trained. Call
   :meth:`restore` once before training, :meth:`save` after every epoch
   and :meth:`close` at the end.
+
+  Within an epoch (on a signal, or every ``checkpoint_every_minutes``),
+  :meth:`save_within_epoch` writes ``<workdir>/checkpoints_within_epoch/<global
+  step>`` (the newest ``keep_within_epoch`` kept), which also holds the
+  epoch's progress: its per-step metrics so far, as JSON.
+  :meth:`restore_within_epoch` finds one newer than the epoch checkpoint
+  resumed from; the next epoch checkpoint deletes them.
+
+  A write that fails on the disk (ENOSPC or any OSError) leaves the
+  checkpoints before it intact (orbax writes into a temporary directory
+  and renames it when complete) and ends the run with
+  :class:`experiments.cli.RunFailure` naming the path and the cause.
   """
 
-  def __init__(self, workdirs: Sequence[Path], mesh, *, enabled: bool = True):
+  def __init__(self, workdirs: Sequence[Path], mesh, *, enabled: bool = True, keep_within_epoch: int = 2):
     self.workdirs, self.mesh, self.enabled = [Path(w) for w in workdirs], mesh, enabled
     options = ocp.CheckpointManagerOptions(max_to_keep=MAX_TO_KEEP)
     self.managers = (
       [ocp.CheckpointManager(w / "checkpoints", options=options) for w in self.workdirs] if enabled else []
+    )
+    within = ocp.CheckpointManagerOptions(max_to_keep=max(keep_within_epoch, 1))
+    self.within_epoch = (
+      [ocp.CheckpointManager(w / WITHIN_EPOCH, options=within) for w in self.workdirs] if enabled else []
     )
 
   def restore(self, states: list, root_keys: list) -> tuple[int, list, list]:
@@ -101,7 +124,7 @@ class Checkpoints:
     if not self.managers:
       return 0, states, root_keys
     restored = [
-      restore_latest_readable(m, w / "checkpoints", checkpoint_tree(s, k, self.mesh))
+      restore_latest_readable(m, w / "checkpoints", ocp.args.StandardRestore(checkpoint_tree(s, k, self.mesh)))
       for m, w, s, k in zip(self.managers, self.workdirs, states, root_keys)
     ]
     if all(r is None for r in restored):
@@ -116,9 +139,7 @@ class Checkpoints:
         trees.append(r[1])
       else:
         return self._restart(states, root_keys)
-    # Each key back as a host value (the replicated global array's local copy).
-    keys = [jax.random.wrap_key_data(np.asarray(t["rng"].addressable_data(0))) for t in trees]
-    return common, [t["state"] for t in trees], keys
+    return common, [t["state"] for t in trees], [_host_key(t) for t in trees]
 
   def _restart(self, states, root_keys):
     """(0, fresh states, keys): a group whose runs share no saved epoch (a
@@ -137,6 +158,60 @@ class Checkpoints:
           manager.delete(step)
     return 0, states, root_keys
 
+  def restore_within_epoch(self, start_epoch: int, steps_per_epoch: int, states: list, root_keys: list):
+    """(steps done in epoch ``start_epoch``, states, root keys, per run the
+    progress JSON) of the newest within-epoch checkpoint of that epoch, or
+    None. Every run of the group must have it (they save together; a group
+    killed between two runs' saves resumes from the epoch checkpoint)."""
+    if not self.within_epoch:
+      return None
+    first = start_epoch * steps_per_epoch
+    restored = []
+    for manager, workdir, state, key in zip(self.within_epoch, self.workdirs, states, root_keys):
+      steps = [s for s in manager.all_steps() if first < s <= first + steps_per_epoch]
+      if not steps:
+        return None
+      target = ocp.args.Composite(
+        state=ocp.args.StandardRestore(checkpoint_tree(state, key, self.mesh)), progress=ocp.args.JsonRestore()
+      )
+      found = restore_latest_readable(manager, workdir / WITHIN_EPOCH, target)
+      if found is None or found[0] <= first:
+        return None
+      restored.append(found)
+    if len({step for step, _ in restored}) != 1:
+      return None
+    steps_done = restored[0][0] - first
+    trees = [tree for _, tree in restored]
+    return (
+      steps_done,
+      [t.state["state"] for t in trees],
+      [_host_key(t.state) for t in trees],
+      [t.progress for t in trees],
+    )
+
+  def _write(self, manager, directory: Path, step: int, args) -> None:
+    try:
+      manager.save(step, args=args, force=True)
+      manager.wait_until_finished()
+    except Exception as e:
+      cause = preemption.is_disk_error(e)
+      if cause is None:
+        raise
+      raise RunFailure(
+        f"could not write the checkpoint {directory / str(step)}: {cause}. The checkpoints before it are "
+        "intact; make room and rerun the same command to resume from the last of them."
+      ) from None
+
+  def save_within_epoch(self, global_step: int, states: list, root_keys: list, progress: list[dict]) -> None:
+    """Saves every run's state, root key and progress at ``global_step``, within an epoch."""
+    for manager, workdir, state, key, run_progress in zip(
+      self.within_epoch, self.workdirs, states, root_keys, progress
+    ):
+      args = ocp.args.Composite(
+        state=ocp.args.StandardSave(checkpoint_tree(state, key, self.mesh)), progress=ocp.args.JsonSave(run_progress)
+      )
+      self._write(manager, workdir / WITHIN_EPOCH, global_step, args)
+
   def save(self, epochs: int, states: list, root_keys: list) -> None:
     """Saves every run's state and root key as checkpoint ``epochs``, one
     run after another, each written before the next starts: with several
@@ -144,10 +219,14 @@ class Checkpoints:
     the step alone, so two runs' saves of the same step in flight at once
     collide (``Barrier _async_write_complete.<step> is already ongoing``)
     and the processes abort."""
-    for manager, state, key in zip(self.managers, states, root_keys):
-      manager.save(epochs, args=ocp.args.StandardSave(checkpoint_tree(state, key, self.mesh)))
-      manager.wait_until_finished()
+    for manager, workdir, state, key in zip(self.managers, self.workdirs, states, root_keys):
+      self._write(
+        manager, workdir / "checkpoints", epochs, ocp.args.StandardSave(checkpoint_tree(state, key, self.mesh))
+      )
+    for manager in self.within_epoch:  # older than the epoch checkpoint now
+      for step in manager.all_steps():
+        manager.delete(step)
 
   def close(self) -> None:
-    for manager in self.managers:
+    for manager in self.managers + self.within_epoch:
       manager.close()

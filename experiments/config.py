@@ -81,6 +81,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_every = 1
   c.seed = 0
   c.checkpoint = True  # orbax checkpoint every epoch; rerun resumes
+  # Within an epoch too (per-step modes; 'scan' saves at epoch ends): every
+  # this many minutes (0: only on SIGTERM/SIGINT), the newest
+  # checkpoint_keep_within_epoch kept. A SIGKILL loses at most this much.
+  c.checkpoint_every_minutes = 2.0
+  c.checkpoint_keep_within_epoch = 2
   c.progress = True  # tqdm bar per epoch
   c.dataset_note = ""  # extra words about the data copy for result files
   # At init and after every epoch, probe a fixed training batch: mean, std
@@ -139,8 +144,13 @@ def validate_execution(config, num_physical_devices: int) -> None:
 def validate(config, num_physical_devices: int) -> None:
   """Raises ValueError for a bad configuration, before any compute."""
   validate_execution(config, num_physical_devices)
-  for name in ("epochs", "eval_batch_size", "width", "eval_every", "report_last_evals"):
+  for name in ("epochs", "eval_batch_size", "width", "eval_every", "report_last_evals", "checkpoint_keep_within_epoch"):
     _check_positive(config, name)
+  minutes = config.checkpoint_every_minutes
+  if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes >= 0:
+    raise ValueError(
+      f"config: checkpoint_every_minutes={minutes!r}; expected a number of minutes >= 0 (0: only on a signal)."
+    )
   for name in ("diagnostics", "residual"):
     if not isinstance(config[name], bool):
       raise ValueError(f"config: {name}={config[name]!r}; expected True or False.")

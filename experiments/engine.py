@@ -174,11 +174,12 @@ class Engine:
     key_of = lambda k: jax.random.fold_in(jax.random.fold_in(k, 1), index)
     return jax.vmap(key_of)(root_key) if self.runs else key_of(root_key)
 
-  def train_steps(self, state, root_key, epoch: int) -> Iterator[tuple]:
+  def train_steps(self, state, root_key, epoch: int, start: int = 0) -> Iterator[tuple]:
     """Yields ``(state, metrics)`` (device values) after each step of
-    ``epoch``, in the per-step modes ('vmap', 'microbatch'). The next step
-    donates the state it is given: use a yielded state before asking for
-    the next one."""
+    ``epoch`` from step ``start`` (0-based; the steps before it are
+    skipped, as a run resumed within the epoch needs), in the per-step
+    modes ('vmap', 'microbatch'). The next step donates the state it is
+    given: use a yielded state before asking for the next one."""
     if self.mode == "scan":
       raise ValueError("engine: execution='scan' runs whole epochs (train_epoch), not single steps.")
     orders = [
@@ -186,28 +187,51 @@ class Engine:
       for seed in self.seeds
     ]
     for i, host_batches in enumerate(zip(*orders)):
+      if i < start:
+        continue
       host_batch = stack_host_batches(host_batches) if self.runs else host_batches[0]
       device_batch = parallel.put_global_batch(host_batch, self.mesh, runs=bool(self.runs))
       key = self._step_key(root_key, epoch * self.steps + i)
       state, metrics = self.step(state, device_batch["images"], device_batch["labels"], key)
       yield state, metrics
 
-  def train_epoch(self, state, root_key, epoch: int, on_steps: Callable[[int], object] = lambda n: None):
-    """(state, per run: [per-step metrics as host scalars]) after one epoch."""
+  def host_metrics(self, step_metrics) -> list[list[dict]]:
+    """Per-step device metrics -> per run, the steps' metrics as host scalars."""
+    per_step = [self.per_run(m) for m in jax.device_get(step_metrics)]
+    return [[step[r] for step in per_step] for r in range(len(self.seeds))]
+
+  def train_epoch(self, state, root_key, epoch: int, start: int = 0, after_step: Callable | None = None):
+    """(state, per run: [per-step metrics as host scalars]) of the steps of
+    ``epoch`` from ``start`` on.
+
+    ``after_step(state, steps_done, host_metrics)`` (optional) is called
+    after every step in the per-step modes, and once after the epoch's one
+    call in 'scan' (which resumes only at an epoch's start or end);
+    ``host_metrics()`` gives what this returns, for the steps so far. It
+    may raise to stop the epoch there (the state it is given is the one to
+    save)."""
+    after_step = after_step or (lambda state, steps_done, host_metrics: None)
     if self.mode == "scan":
+      if start >= self.steps:
+        return state, [[] for _ in self.seeds]
+      if start:
+        raise ValueError(
+          f"engine: this run was checkpointed at step {start} of epoch {epoch + 1}, within the epoch, and "
+          "execution='scan' runs whole epochs; finish the epoch with execution='vmap' (or the mode it was "
+          "trained in), then go on in 'scan'."
+        )
       t = self.device_train
       state, stacked = self.run_epoch(state, t["images"], t["labels"], root_key, epoch)
-      on_steps(self.steps)
-      return state, [
-        [{k: v[i] for k, v in run.items()} for i in range(self.steps)] for run in self.per_run(jax.device_get(stacked))
-      ]
+      host = self.per_run(jax.device_get(stacked))
+      step_metrics = [[{k: v[i] for k, v in run.items()} for i in range(self.steps)] for run in host]
+      after_step(state, self.steps, lambda: step_metrics)
+      return state, step_metrics
     step_metrics = []
-    for stepped, metrics in self.train_steps(state, root_key, epoch):
+    for i, (stepped, metrics) in enumerate(self.train_steps(state, root_key, epoch, start), start=start + 1):
       state = stepped
       step_metrics.append(metrics)
-      on_steps(1)
-    per_step = [self.per_run(m) for m in jax.device_get(step_metrics)]
-    return state, [[step[r] for step in per_step] for r in range(len(self.seeds))]
+      after_step(state, i, lambda: self.host_metrics(step_metrics))
+    return state, self.host_metrics(step_metrics)
 
   def evaluate(self, variables, batch_statistics: bool = False) -> list[dict]:
     """Per run: test loss and error, with the running statistics (or, with

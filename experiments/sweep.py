@@ -49,6 +49,7 @@ from tqdm import tqdm
 from experiments import cli
 from experiments import config as config_lib
 from experiments import data as data_lib
+from experiments import preemption
 from experiments import provenance
 from experiments import report as report_lib
 from experiments import train
@@ -204,9 +205,14 @@ def run_sweep(sweep, workdir: str | os.PathLike) -> list[dict]:
     disable=not (training and training[0][1].progress),
     position=0,
   )
-  with bar:
+  # A signal during a point stops its training at a checkpoint (the
+  # trainer raises cli.Preempted); one between points stops before the next.
+  with bar, preemption.watch():
     for i, (label, point_dir, config, src) in enumerate(jobs):
       name = f"[{i + 1}/{len(jobs)}] {point_dir.parent.name}/{label}"
+      signum, _ = preemption.stop_requested()
+      if signum:
+        raise cli.Preempted(signum, f"the sweep, before point {name}. Rerun the same command to continue.")
       if is_complete(point_dir, config):
         bar.write(f"{name}: done, skipped")
       elif src != label:

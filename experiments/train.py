@@ -53,6 +53,7 @@ from experiments import diagnostics as diagnostics_lib
 from experiments import engine as engine_lib
 from experiments import metrics as metrics_lib
 from experiments import parallel
+from experiments import preemption
 from experiments import provenance
 from experiments import xla_cpu
 from experiments.models import CifarResNet
@@ -180,6 +181,9 @@ class _GroupTraining:
     self.steps_per_epoch = data_lib.steps_per_epoch(len(self.train_images), self.batch)
     self.schedule = make_schedule(config, self.steps_per_epoch)
     self.tx = make_optimizer(config, self.schedule)
+    self.checkpoints = checkpoints_lib.Checkpoints(
+      workdirs, self.mesh, enabled=config.checkpoint, keep_within_epoch=config.checkpoint_keep_within_epoch
+    )
 
   def resume(self, on_epochs) -> int:
     """The first epoch to train: the runs' fresh states, or those of the
@@ -190,8 +194,12 @@ class _GroupTraining:
     states = [
       jax.device_put(parallel.init_state(self.model, self.tx, jax.random.fold_in(k, 0)), replicated) for k in root_keys
     ]
-    self.checkpoints = checkpoints_lib.Checkpoints(self.workdirs, self.mesh, enabled=self.config.checkpoint)
     start_epoch, states, self.root_keys = self.checkpoints.restore(states, root_keys)
+    self.start_epoch, self.start_step, self.progress = start_epoch, 0, None
+    within = self.checkpoints.restore_within_epoch(start_epoch, self.steps_per_epoch, states, self.root_keys)
+    if within is not None:
+      self.start_step, states, self.root_keys, self.progress = within
+    self.last_save = time.time()
     if on_epochs is not None and start_epoch:
       on_epochs(start_epoch)
     self.histories = [metrics_lib.read_metrics(p, start_epoch) for p in self.metrics_paths]
@@ -218,10 +226,20 @@ class _GroupTraining:
   def train_epoch(self, epoch: int) -> None:
     """Trains epoch ``epoch`` (0-based), evaluates if it is due, and appends
     each run's record to its history and its ``metrics.jsonl``."""
-    epoch_start = time.time()
+    start, earlier, earlier_seconds = 0, [[] for _ in self.configs], 0.0
+    if epoch == self.start_epoch and self.progress is not None:  # resumed within this epoch
+      start, earlier, earlier_seconds = self.start_step, *progress_metrics(self.progress)
+    epoch_start = time.time() - earlier_seconds
     show = self.config.progress and self.is_main
-    bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.epochs}", disable=not show)
-    self.state, step_metrics = self.engine.train_epoch(self.state, self.root_key, epoch, on_steps=bar.update)
+    desc = f"epoch {epoch + 1}/{self.config.epochs}"
+    bar = tqdm(total=self.steps_per_epoch, initial=start, desc=desc, disable=not show)
+
+    def after_step(state, steps_done, host_metrics):
+      bar.update(steps_done - bar.n)
+      self._maybe_stop_within_epoch(epoch, steps_done, state, earlier, host_metrics, epoch_start)
+
+    self.state, step_metrics = self.engine.train_epoch(self.state, self.root_key, epoch, start, after_step)
+    step_metrics = [a + b for a, b in zip(earlier, step_metrics)]
     bar.close()
     train_seconds = time.time() - epoch_start
     for run_metrics, workdir in zip(step_metrics, self.workdirs):
@@ -255,6 +273,34 @@ class _GroupTraining:
       if self.is_main:
         metrics_lib.append(self.metrics_paths[r], record)
         bar.write(self._epoch_line(record, r))
+
+  def _maybe_stop_within_epoch(self, epoch, steps_done, state, earlier, host_metrics, epoch_start) -> None:
+    """After a step: on a signal, saves a checkpoint at this step and raises
+    :class:`experiments.cli.Preempted`; when a timed checkpoint is due,
+    saves one and goes on (every process agrees on both)."""
+    minutes = self.config.checkpoint_every_minutes
+    timer = minutes > 0 and time.time() - self.last_save >= 60 * minutes
+    due = self.checkpoints.enabled and timer and steps_done < self.steps_per_epoch  # else the epoch's follows
+    signum, due = preemption.stop_requested(due)
+    if not (signum or due) or not self.checkpoints.enabled:
+      if signum:  # nothing can be saved: stop at once, losing the epoch
+        raise cli.Preempted(
+          signum, f"at step {steps_done} of epoch {epoch + 1}, without a checkpoint (config.checkpoint is off)."
+        )
+      return
+    global_step = epoch * self.steps_per_epoch + steps_done
+    progress = [
+      progress_record(epoch, steps_done, a + b, time.time() - epoch_start) for a, b in zip(earlier, host_metrics())
+    ]
+    self.checkpoints.save_within_epoch(global_step, self.engine.per_run(state), self.root_keys, progress)
+    self.last_save = time.time()
+    if signum:
+      where = ", ".join(str(w / checkpoints_lib.WITHIN_EPOCH / str(global_step)) for w in self.workdirs)
+      raise cli.Preempted(
+        signum,
+        f"at step {steps_done} of {self.steps_per_epoch} of epoch {epoch + 1} (global step {global_step}); "
+        f"checkpoint {where}. Rerun the same command to resume from there.",
+      )
 
   def _epoch_line(self, record: dict, run: int) -> str:
     seed = f" (seed {self.configs[run].seed})" if self.engine.runs else ""
@@ -295,6 +341,30 @@ class _GroupTraining:
     return results
 
 
+def progress_record(epoch: int, steps_done: int, step_metrics: list[dict], train_seconds: float) -> dict:
+  """A run's progress through an epoch, as a within-epoch checkpoint keeps
+  it (JSON): its per-step metrics so far, with their dtypes, so that the
+  resumed epoch's means are bit for bit an uninterrupted epoch's."""
+  keys = sorted(step_metrics[0]) if step_metrics else []
+  return {
+    "epoch": epoch,
+    "steps_done": steps_done,
+    "train_seconds": train_seconds,
+    "dtypes": {k: str(np.asarray(step_metrics[0][k]).dtype) for k in keys},
+    "step_metrics": {k: [float(m[k]) for m in step_metrics] for k in keys},
+  }
+
+
+def progress_metrics(progress: list[dict]) -> tuple[list[list[dict]], float]:
+  """Per run, the per-step metrics a within-epoch checkpoint kept (in their
+  dtypes), and the epoch's training seconds before it."""
+  runs = []
+  for p in progress:
+    columns = {k: np.asarray(v, p["dtypes"][k]) for k, v in p["step_metrics"].items()}
+    runs.append([{k: c[i] for k, c in columns.items()} for i in range(p["steps_done"])])
+  return runs, progress[0]["train_seconds"]
+
+
 def train_group(
   configs: list[ml_collections.ConfigDict],
   workdirs: list[str | os.PathLike],
@@ -316,15 +386,20 @@ def train_group(
   check_group(configs)
   if len(workdirs) != len(configs) or len({Path(w).absolute() for w in workdirs}) != len(workdirs):
     raise ValueError(f"train_group: give one distinct workdir per run ({len(configs)} runs, workdirs {workdirs}).")
-  group = _GroupTraining(configs, [Path(w).absolute() for w in workdirs])
-  for epoch in range(group.resume(on_epochs), group.config.epochs):
-    group.train_epoch(epoch)
-    if on_epochs is not None:
-      on_epochs(1)
-    group.save(epoch + 1)
-  results = group.results(start_time)
-  group.checkpoints.close()
-  return results
+  workdirs = [Path(w).absolute() for w in workdirs]
+  for w in workdirs:
+    w.mkdir(parents=True, exist_ok=True)
+  with preemption.watch(), preemption.hold(workdirs):
+    group = _GroupTraining(configs, workdirs)
+    try:
+      for epoch in range(group.resume(on_epochs), group.config.epochs):
+        group.train_epoch(epoch)
+        if on_epochs is not None:
+          on_epochs(1)
+        group.save(epoch + 1)
+      return group.results(start_time)
+    finally:
+      group.checkpoints.close()
 
 
 def main(argv) -> None:
