@@ -7,6 +7,11 @@ is saved, so a rerun must resume. Process 0 prints the result as JSON.
 
     python tests/experiments/multiprocess_train_checks.py DATA WORKDIR PROCESS_ID NUM_PROCESSES PORT [--die-after-epoch N] [--group]
 
+``--signal-at N`` sends SIGTERM to process ``i`` from inside its
+``N + i``-th training step: the processes must agree to stop at step ``N``
+(process 0's), save there and exit 143 through the command line's error
+handling.
+
 ``--group`` trains seeds 0 and 1 as one group (``train.train_group``) into
 ``WORKDIR/s0`` and ``WORKDIR/s1``; the JSON then has one entry per seed.
 """
@@ -26,6 +31,7 @@ def main():
   data, workdir, process_id, num_processes, port = sys.argv[1:6]
   die_after = int(sys.argv[7]) if len(sys.argv) > 7 and sys.argv[6] == "--die-after-epoch" else 0
   group = "--group" in sys.argv
+  signal_at = int(sys.argv[sys.argv.index("--signal-at") + 1]) + int(process_id) if "--signal-at" in sys.argv else 0
   devices_per_process = 4 // int(num_processes)
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_per_process}"
   os.environ["JAX_PLATFORMS"] = "cpu"
@@ -38,8 +44,10 @@ def main():
 
   import jax
 
+  from experiments import cli
   from experiments import config as config_lib
   from experiments import data as data_lib
+  from experiments import engine
   from experiments import train
 
   data_lib.load_cifar10 = functools.partial(data_lib.load_cifar10, records_per_file=RECORDS)
@@ -59,14 +67,33 @@ def main():
       if done["epochs"] > die_after:  # epoch die_after + 1 finished, before its checkpoint
         os._exit(17)
 
+  if signal_at:
+    import signal
+
+    real_make_step, calls = engine.make_step, {"n": 0}
+
+    def signalling_make_step(*args, **kwargs):
+      step = real_make_step(*args, **kwargs)
+
+      def call(*a):
+        calls["n"] += 1
+        out = step(*a)
+        if calls["n"] == signal_at:
+          os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+      return call
+
+    engine.make_step = signalling_make_step
+
   if group:
     configs = [c.copy_and_resolve_references() for _ in (0, 1)]
     for seed, config in enumerate(configs):
       config.seed = seed
     dirs = [Path(workdir) / f"s{seed}" for seed in (0, 1)]
-    results = train.train_group(configs, dirs, on_epochs=on_epochs)
+    results = cli.exit_on_user_error(train.train_group, configs, dirs, on_epochs)
   else:
-    dirs, results = [Path(workdir)], [train.train_and_evaluate(c, workdir, on_epochs=on_epochs)]
+    dirs, results = [Path(workdir)], [cli.exit_on_user_error(train.train_and_evaluate, c, workdir, on_epochs)]
   if jax.process_index() == 0:
     runs = []
     for d, result in zip(dirs, results):

@@ -3,14 +3,18 @@
 import copy
 import csv
 import json
+import os
 import re
+import signal
 from pathlib import Path
 
 import ml_collections
 import numpy as np
 import pytest
 
+from experiments import cli
 from experiments import config as config_lib
+from experiments import engine
 from experiments import metrics as metrics_lib
 from experiments import report
 from experiments import sweep
@@ -433,3 +437,43 @@ def test_pack_seeds_setting_is_checked(tmp_path):
     sweep.packs_seeds(s)
   s.pack_seeds = "auto"
   assert sweep.packs_seeds(s) is False  # on the CPU
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_sweep_at_a_checkpoint_and_a_rerun_continues(tmp_path, monkeypatch):
+  """SIGTERM in the first step of the first point: the sweep stops
+  (cli.Preempted) with that point checkpointed within its epoch and nothing
+  of the other points trained; the rerun finishes every point, the first
+  bitwise as if it had trained alone without a stop."""
+  write_tiny_cifar(tmp_path / "data", RECORDS)
+  s = tiny_sweep(tmp_path / "data")
+  out = tmp_path / "sweep"
+  real_make_step = engine.make_step
+
+  def signalling(*args, **kwargs):
+    step = real_make_step(*args, **kwargs)
+
+    def call(*a):
+      result = step(*a)
+      os.kill(os.getpid(), signal.SIGTERM)
+      return result
+
+    return call
+
+  monkeypatch.setattr(engine, "make_step", signalling)
+  with pytest.raises(cli.Preempted, match=r"step 1 of 2 of epoch 1"):
+    sweep.run_sweep(s, out)
+  assert (out / "points" / "bn__b4" / "checkpoints_within_epoch" / "1").is_dir()
+  assert not (out / "points" / "bn__b2").exists()
+  monkeypatch.setattr(engine, "make_step", real_make_step)
+  results = sweep.run_sweep(s, out)
+  assert len(results) == 4 and all(r["epochs_completed"] == 1 for r in results)
+  alone = train.train_and_evaluate(sweep.expand(s)[0][2], tmp_path / "alone")
+
+  def metrics(d):
+    return [
+      {k: v for k, v in json.loads(l).items() if "sec" not in k} for l in (d / "metrics.jsonl").read_text().splitlines()
+    ]
+
+  assert metrics(out / "points" / "bn__b4") == metrics(tmp_path / "alone")
+  assert results[0]["final_test_error"] == alone["final_test_error"]

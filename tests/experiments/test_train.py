@@ -525,6 +525,33 @@ def test_two_processes_train_checkpoint_and_resume_like_one(data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_two_processes_preempted_at_different_steps_stop_together_and_resume_like_one(data_dir, tmp_path):
+  """SIGTERM reaches process 0 in step 3 (of 4, 2 per epoch) and process 1
+  in step 4: both stop after step 3 (they agree), save there and exit 143; the rerun on 2
+  processes × 2 devices ends as 1 process × 4 devices does."""
+  import socket
+
+  def free_port():
+    with socket.socket() as s:
+      s.bind(("localhost", 0))
+      return s.getsockname()[1]
+
+  codes, outs = _run_processes(data_dir, tmp_path / "one", 1, free_port())
+  assert codes == [0], outs[0][1][-3000:]
+  one = _result(outs)
+  codes, outs = _run_processes(data_dir, tmp_path / "two", 2, free_port(), "--signal-at", "3")
+  assert codes == [143, 143], [o[1][-3000:] for o in outs]
+  assert all("global step 3" in o[1] for o in outs), [o[1][-2000:] for o in outs]
+  assert (tmp_path / "two" / "checkpoints_within_epoch" / "3").is_dir()
+  codes, outs = _run_processes(data_dir, tmp_path / "two", 2, free_port())
+  assert codes == [0, 0], [o[1][-3000:] for o in outs]
+  two = _result(outs)
+  assert two["epochs_completed"] == 2
+  np.testing.assert_allclose(two["train_loss"], one["train_loss"], rtol=1e-5)
+  np.testing.assert_allclose(two["test_error"], one["test_error"], atol=1 / 64 + 1e-9)
+
+
+@pytest.mark.slow
 def test_two_processes_train_a_seed_group_and_resume_like_one(data_dir, tmp_path):
   """A group of two seeds on 2 processes × 2 devices equals the group on 1
   process × 4 devices, including a group killed after its first
