@@ -13,6 +13,12 @@ Writes to ``DIR``:
   batch_stats, optimizer state, step, RNG key; the data order is a function
   of the seed and the epoch). Running the same command again resumes from
   the last one and, on CPU, ends bitwise equal to an uninterrupted run;
+* ``checkpoints_within_epoch/``: checkpoints within an epoch, on SIGTERM or
+  SIGINT (the run then exits 143 or 130) and every
+  ``checkpoint_every_minutes``; a rerun resumes from the step they hold
+  (docs/experiments.md, "Preemption and resuming");
+* ``.lock``: held while the run trains, so that a second job on the same
+  workdir stops at once;
 * ``result.json``: the config, git commit, hardware, dataset fingerprint,
   wall time and the final test error (median of the last evaluations).
 
@@ -24,6 +30,7 @@ This module builds the model and the optimizer and runs the epochs
 (:func:`train_group`). The rest has modules of its own:
 :mod:`experiments.engine` (the execution on the devices),
 :mod:`experiments.checkpoints` (saving and resuming),
+:mod:`experiments.preemption` (signals and the workdir lock),
 :mod:`experiments.metrics` (``metrics.jsonl`` and the final test error) and
 :mod:`experiments.cli` (how the command ends on an error).
 """
