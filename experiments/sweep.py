@@ -249,7 +249,8 @@ def main(argv) -> None:
 
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   config_lib.apply_norm_kwargs(_CONFIG.value.base, _NORM_KWARGS)
-  cli.exit_on_user_error(run_sweep, _CONFIG.value, _WORKDIR.value)
+  with preemption.watch():  # from the start (see experiments/preemption.py)
+    cli.exit_on_user_error(run_sweep, _CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

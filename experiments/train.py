@@ -309,6 +309,17 @@ class _GroupTraining:
         f"checkpoint {where}. Rerun the same command to resume from there.",
       )
 
+  def stop_if_signalled(self, epochs: int) -> None:
+    """Between epochs, after epoch ``epochs``' checkpoint: a signal that
+    came during its evaluation or its save stops the run here (its
+    checkpoint is the one to resume from)."""
+    signum, _ = preemption.stop_requested()
+    if signum and epochs < self.config.epochs:
+      where = "checkpoint " + ", ".join(str(w / "checkpoints" / str(epochs)) for w in self.workdirs)
+      if not self.checkpoints.enabled:
+        where = "without a checkpoint (config.checkpoint is off)"
+      raise cli.Preempted(signum, f"after epoch {epochs}; {where}. Rerun the same command to resume from there.")
+
   def _epoch_line(self, record: dict, run: int) -> str:
     seed = f" (seed {self.configs[run].seed})" if self.engine.runs else ""
     tested = f"test error {100 * record['test_error']:.2f}%, " if "test_error" in record else ""
@@ -404,6 +415,7 @@ def train_group(
         if on_epochs is not None:
           on_epochs(1)
         group.save(epoch + 1)
+        group.stop_if_signalled(epoch + 1)
       return group.results(start_time)
     finally:
       group.checkpoints.close()
@@ -416,7 +428,8 @@ def main(argv) -> None:
 
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   config_lib.apply_norm_kwargs(_CONFIG.value, _NORM_KWARGS)
-  cli.exit_on_user_error(train_and_evaluate, _CONFIG.value, _WORKDIR.value)
+  with preemption.watch():  # from the start: a signal while loading stops the run after its first step
+    cli.exit_on_user_error(train_and_evaluate, _CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -255,3 +255,32 @@ def test_the_progress_record_round_trips_the_dtypes_bitwise():
   assert seconds == 3.5
   assert np.mean([m["loss"] for m in runs[0]]) == np.mean([m["loss"] for m in steps])
   assert all(m["loss"].dtype == np.float32 for m in runs[0])
+
+
+def test_a_signal_during_the_evaluation_stops_after_the_epoch_checkpoint(data_dir, tmp_path, monkeypatch):
+  """SIGTERM while epoch 1 is evaluated: the epoch is recorded and
+  checkpointed, then the run stops (not after one more step); the rerun
+  trains epoch 2 only and ends bitwise equal to an uninterrupted run."""
+  config = tiny_config(data_dir, checkpoint_every_minutes=0.0)
+  full = train.train_and_evaluate(config, tmp_path / "full")
+  real_evaluate = engine.Engine.evaluate
+
+  def signalling(self, *args, **kwargs):
+    out = real_evaluate(self, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return out
+
+  monkeypatch.setattr(engine.Engine, "evaluate", signalling)
+  with pytest.raises(cli.Preempted, match=r"after epoch 1; checkpoint .*checkpoints/1\b") as stopped:
+    train.train_and_evaluate(config, tmp_path / "stopped")
+  assert stopped.value.exit_status == 143
+  assert not (tmp_path / "stopped" / checkpoints_lib.WITHIN_EPOCH).exists() or not list(
+    (tmp_path / "stopped" / checkpoints_lib.WITHIN_EPOCH).iterdir()
+  )
+  monkeypatch.setattr(engine.Engine, "evaluate", real_evaluate)
+  resumed = train.train_and_evaluate(config, tmp_path / "stopped")
+  read = lambda d: [
+    {k: v for k, v in json.loads(l).items() if "sec" not in k} for l in (d / "metrics.jsonl").read_text().splitlines()
+  ]
+  assert read(tmp_path / "full") == read(tmp_path / "stopped")
+  assert resumed["final_test_error"] == full["final_test_error"]
