@@ -174,7 +174,10 @@ class Checkpoints:
       target = ocp.args.Composite(
         state=ocp.args.StandardRestore(checkpoint_tree(state, key, self.mesh)), progress=ocp.args.JsonRestore()
       )
-      found = restore_latest_readable(manager, workdir / WITHIN_EPOCH, target)
+      try:
+        found = restore_latest_readable(manager, workdir / WITHIN_EPOCH, target)
+      except RunFailure:  # every one unreadable (now quarantined): the epoch checkpoint is the fallback
+        return None
       if found is None or found[0] <= first:
         return None
       restored.append(found)

@@ -332,6 +332,7 @@ class _GroupTraining:
     """Checkpoints every run after ``epochs`` epochs (with config.checkpoint)."""
     if self.checkpoints.enabled:
       self.checkpoints.save(epochs, self.engine.per_run(self.state), self.root_keys)
+      self.last_save = time.time()  # the timed checkpoints count from here
 
   def results(self, start_time: float) -> list[dict]:
     """Each run's result, written to its ``result.json``."""
