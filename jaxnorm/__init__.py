@@ -69,7 +69,18 @@ from jaxnorm.linen import LayerNorm as LayerNorm
 from jaxnorm.linen import RMSNorm as RMSNorm
 from jaxnorm.linen import StandardizedConv as StandardizedConv
 
-__version__ = "0.1.0"
+
+def _distribution_version() -> str:
+  """The installed distribution's version: pyproject.toml is its one source."""
+  from importlib import metadata
+
+  try:
+    return metadata.version("jaxnorm")
+  except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    return "0+unknown"
+
+
+__version__ = _distribution_version()
 
 __all__ = (
   "BATCH_MOMENTS",

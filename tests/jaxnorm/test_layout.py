@@ -81,3 +81,15 @@ def test_every_module_has_both_front_ends_and_a_factory_entry():
   assert jaxnorm.create_norm("gn+ws").conv is jaxnorm.StandardizedConv
   assert jaxnorm.create_norm("gn+ws").nnx_conv is jaxnorm.nnx.StandardizedConv
   assert sorted(jaxnorm.linen.__all__) == sorted(jaxnorm.nnx.__all__)
+
+
+def test_the_version_is_the_distribution_metadata_of_pyproject():
+  """One source of truth: pyproject.toml's version, read back from the
+  installed metadata (the built wheel's: tests/jaxnorm/test_packaging.py)."""
+  import tomllib
+
+  import jaxnorm
+
+  pyproject = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+  assert jaxnorm.__version__ == pyproject["project"]["version"]
+  assert '__version__ = "' not in (PACKAGE / "__init__.py").read_text()  # no second, hand-kept copy

@@ -110,10 +110,12 @@ def test_the_wheel_installs_and_imports_without_the_repository(distributions, tm
     "print(importlib.util.find_spec('experiments') is None, importlib.util.find_spec('benchmarks') is None)\n"
     "y = jaxnorm.layer_norm(jnp.arange(8.0).reshape(2, 4))\n"
     "print(float(abs(y.mean(-1)).max()) < 1e-6)\n"
+    "print(jaxnorm.__version__)\n"
   )
   proc = subprocess.run([str(python), "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  location, no_experiments, works = proc.stdout.split("\n")[:3]
+  location, no_experiments, works, version = proc.stdout.split("\n")[:4]
   assert pathlib.Path(location).is_relative_to(env_dir.resolve()), location
   assert no_experiments == "True True"
   assert works == "True"
+  assert version == VERSION  # from the wheel's metadata, which pyproject.toml wrote
