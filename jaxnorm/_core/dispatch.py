@@ -192,6 +192,11 @@ def standardize(
   :func:`jaxnorm.normalize` are composed (the reference). ``scale``,
   ``bias`` and ``mask`` have ``x``'s rank (validated by the caller); the
   moments keep the reduced axes with size 1.
+
+  Where a statistic has no masked-in element (its moments are 0 and 0),
+  ``x̂`` is 0 and ``y`` is ``β``: dividing by ``√ε`` instead would scale
+  ``x`` by 1000 at the default ε, which overflows float16 from ``|x| > 65``
+  (flax gives NaN there).
   """
   acc = accumulation_dtype(jnp.result_type(x), dtype, force_float32_reductions)
   fast = fast_standardize(
@@ -224,7 +229,10 @@ def standardize(
     force_float32_reductions=force_float32_reductions,
     keepdims=True,
   )
-  y = normalize(x, stats.mean, stats.var, scale, bias, epsilon=epsilon, dtype=dtype)
+  var = stats.var
+  if mask is not None:  # a group without a masked-in element: x̂ = 0, y = β (not x/√ε)
+    var = jnp.where(stats.count > 0, var, jnp.asarray(jnp.inf, var.dtype))
+  y = normalize(x, stats.mean, var, scale, bias, epsilon=epsilon, dtype=dtype)
   return y, stats
 
 

@@ -308,3 +308,29 @@ def test_jit_with_static_configuration():
   x = randn(2, 4, 4, 8)
   f = jax.jit(jn.group_norm, static_argnames=("num_groups", "channel_axis"))
   np.testing.assert_allclose(f(x, num_groups=2), jn.group_norm(x, num_groups=2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "group_norm", "instance_norm", "batch_norm"])
+def test_a_group_without_masked_in_elements_outputs_the_bias(name):
+  """Its statistics are 0 and 0 (moments); the output is β there, not
+  x/√ε (which is 1000·x at ε = 1e-6 and overflows float16 from |x| > 65).
+  The other groups are normalized over their masked-in elements."""
+  rng = np.random.default_rng(3)
+  x = (rng.normal(size=(4, 3, 3, 8)) * 100).astype(np.float16)
+  bias = rng.normal(size=8).astype(np.float32)
+  mask = np.ones(x.shape, bool)
+  if name == "batch_norm":
+    mask[..., 2] = False  # channel 2 of every example
+    y = jn.batch_norm(x, None, bias, mask=mask)[0]
+    empty = (slice(None), slice(None), slice(None), 2)
+  else:
+    mask[1] = False  # every element of example 1
+    kwargs = {"num_groups": 2} if name == "group_norm" else {}
+    y = getattr(jn, name)(x, None, bias, mask=mask, **kwargs)
+    empty = (1,)
+  y = np.asarray(y, np.float32)
+  assert np.all(np.isfinite(y))
+  np.testing.assert_array_equal(y[empty], np.broadcast_to(bias, y.shape)[empty])  # float32 out: x's and β's dtypes
+  if name != "batch_norm":
+    reference = getattr(jn, name)(x[:1], None, bias, **({"num_groups": 2} if name == "group_norm" else {}))
+    np.testing.assert_allclose(y[:1], np.asarray(reference, np.float32), rtol=2e-3, atol=2e-3)

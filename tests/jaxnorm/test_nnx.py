@@ -419,3 +419,25 @@ def test_a_flax_nnx_model_trains_the_same_with_jaxnorm_norms():
   for a, b in zip(jax.tree.leaves(ours_stats), jax.tree.leaves(theirs_stats), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert len(jax.tree.leaves(ours_stats)) == 2  # BatchNorm's mean and var
+
+
+@pytest.mark.parametrize("param_dtype", [jnp.float32, jnp.float16])
+@pytest.mark.parametrize("use_fast_variance", [True, False])
+def test_instance_norm_nnx_equals_linen_bitwise_with_a_mask_in_float16(param_dtype, use_fast_variance):
+  """flax's test_nnx_linen_instancenorm_equivalence cases 9, 11, 13 and 15:
+  (10, 6) inputs (no spatial axis: every element is its own statistic),
+  dtype float16 and a mask. The masked-out elements have no statistics;
+  their output is β, whether x was first cast to float16 (nnx promotes, as
+  flax.nnx does) or not (linen)."""
+  import flax.linen as linen
+
+  x = jax.random.normal(jax.random.key(0), (10, 6))
+  mask = np.array([True, False, True, False, True, False])
+  kwargs = dict(dtype=jnp.float16, param_dtype=param_dtype, use_fast_variance=use_fast_variance)
+  lin = jaxnorm.InstanceNorm(**kwargs)
+  y_linen = lin.apply(lin.init(jax.random.key(1), x), x, mask=mask)
+  y_nnx = jnnx.InstanceNorm(6, **kwargs, rngs=nnx.Rngs(0))(x, mask=mask)
+  assert y_linen.dtype == y_nnx.dtype == jnp.float16
+  np.testing.assert_array_equal(y_linen, y_nnx)
+  np.testing.assert_array_equal(y_nnx, np.zeros((10, 6)))  # β = 0; x̂ = 0 masked in (var 0) and out
+  assert isinstance(linen.InstanceNorm, type)  # the flax class the test swaps out
