@@ -22,7 +22,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from experiments import preemption
 from experiments.cli import RunFailure
 
 MAX_TO_KEEP = 2  # a run killed between the saves of its group is at most one epoch ahead
@@ -32,6 +31,17 @@ WITHIN_EPOCH = "checkpoints_within_epoch"
 def _host_key(tree):
   """A restored root key as a host value (the replicated global array's local copy)."""
   return jax.random.wrap_key_data(np.asarray(tree["rng"].addressable_data(0)))
+
+
+def _disk_error(error: BaseException) -> OSError | None:
+  """The OSError (ENOSPC, EIO, ...) in ``error``'s chain of causes, if any."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError):
+      return error
+    error = error.__cause__ or error.__context__
+  return None
 
 
 def checkpoint_tree(state, root_key, mesh) -> dict:
@@ -110,7 +120,7 @@ class Checkpoints:
     self.managers = (
       [ocp.CheckpointManager(w / "checkpoints", options=options) for w in self.workdirs] if enabled else []
     )
-    within = ocp.CheckpointManagerOptions(max_to_keep=max(keep_within_epoch, 1))
+    within = ocp.CheckpointManagerOptions(max_to_keep=keep_within_epoch)
     self.within_epoch = (
       [ocp.CheckpointManager(w / WITHIN_EPOCH, options=within) for w in self.workdirs] if enabled else []
     )
@@ -197,7 +207,7 @@ class Checkpoints:
       manager.save(step, args=args, force=True)
       manager.wait_until_finished()
     except Exception as e:
-      cause = preemption.is_disk_error(e)
+      cause = _disk_error(e)
       if cause is None:
         raise
       raise RunFailure(

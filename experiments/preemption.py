@@ -173,14 +173,3 @@ def hold(workdirs: Sequence[Path]) -> Iterator[None]:
     for path in held:
       with contextlib.suppress(FileNotFoundError):
         os.remove(path)
-
-
-def is_disk_error(error: BaseException) -> OSError | None:
-  """The OSError (ENOSPC, EIO, ...) somewhere in ``error``'s chain, if any."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError):
-      return error
-    error = error.__cause__ or error.__context__
-  return None

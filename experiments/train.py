@@ -180,8 +180,6 @@ class _GroupTraining:
       self.train_images = self.train_images[: config.train_examples]
       self.train_labels = self.train_labels[: config.train_examples]
     self.is_main = jax.process_index() == 0
-    for w in workdirs:
-      w.mkdir(parents=True, exist_ok=True)
     self.metrics_paths = [w / "metrics.jsonl" for w in workdirs]
     self.mesh = parallel.make_mesh(devices)
     self.batch = config_lib.global_batch(config)
@@ -289,11 +287,11 @@ class _GroupTraining:
     timer = minutes > 0 and time.time() - self.last_save >= 60 * minutes
     due = self.checkpoints.enabled and timer and steps_done < self.steps_per_epoch  # else the epoch's follows
     signum, due = preemption.stop_requested(due)
-    if not (signum or due) or not self.checkpoints.enabled:
-      if signum:  # nothing can be saved: stop at once, losing the epoch
-        raise cli.Preempted(
-          signum, f"at step {steps_done} of epoch {epoch + 1}, without a checkpoint (config.checkpoint is off)."
-        )
+    if signum and not self.checkpoints.enabled:  # nothing can be saved: stop at once, losing the epoch
+      raise cli.Preempted(
+        signum, f"at step {steps_done} of epoch {epoch + 1}, without a checkpoint (config.checkpoint is off)."
+      )
+    if not (signum or due):
       return
     global_step = epoch * self.steps_per_epoch + steps_done
     progress = [

@@ -70,21 +70,9 @@ def main():
   if signal_at:
     import signal
 
-    real_make_step, calls = engine.make_step, {"n": 0}
+    from preemption_checks import signalling
 
-    def signalling_make_step(*args, **kwargs):
-      step = real_make_step(*args, **kwargs)
-
-      def call(*a):
-        calls["n"] += 1
-        out = step(*a)
-        if calls["n"] == signal_at:
-          os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-      return call
-
-    engine.make_step = signalling_make_step
+    engine.make_step = signalling(engine.make_step, signal_at, signal.SIGTERM)
 
   if group:
     configs = [c.copy_and_resolve_references() for _ in (0, 1)]

@@ -26,6 +26,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 RECORDS = 64
 
 
+def signalling(make, signal_at: int, signum: int):
+  """``make`` (a builder of compiled training calls) whose calls send this
+  process ``signum`` from inside the ``signal_at``-th call, counted over
+  every call of every call it builds (0: never)."""
+  calls = {"n": 0}
+
+  def made(*args, **kwargs):
+    fn = make(*args, **kwargs)
+
+    def call(*a):
+      calls["n"] += 1
+      out = fn(*a)
+      if calls["n"] == signal_at:
+        os.kill(os.getpid(), signum)
+      return out
+
+    return call
+
+  return made
+
+
 def main():
   data, workdir, execution, signal_at = sys.argv[1:5]
   signal_at, group = int(signal_at), "--group" in sys.argv
@@ -52,25 +73,8 @@ def main():
   c.execution = execution
   c.eval_with_batch_stats = True
 
-  calls = {"n": 0}
-
-  def signalling(make):
-    def made(*args, **kwargs):
-      fn = make(*args, **kwargs)
-
-      def call(*a):
-        calls["n"] += 1
-        out = fn(*a)
-        if calls["n"] == signal_at:
-          os.kill(os.getpid(), signum)
-        return out
-
-      return call
-
-    return made
-
-  engine.make_step = signalling(engine.make_step)
-  parallel.make_scan_epoch = signalling(parallel.make_scan_epoch)
+  engine.make_step = signalling(engine.make_step, signal_at, signum)
+  parallel.make_scan_epoch = signalling(parallel.make_scan_epoch, signal_at, signum)
 
   if group:
     configs = [c.copy_and_resolve_references() for _ in (0, 1)]

@@ -5,15 +5,10 @@ import json
 import pytest
 
 from experiments import depth
-from tiny_cifar import load_tiny_records
+from tiny_cifar import RECORDS
 from tiny_cifar import write_tiny_cifar
 
-RECORDS = 64
-
-
-@pytest.fixture(autouse=True)
-def tiny_records(monkeypatch):
-  load_tiny_records(monkeypatch, RECORDS)
+pytestmark = pytest.mark.usefixtures("tiny_records")
 
 
 def tiny_config(root):

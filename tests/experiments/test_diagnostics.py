@@ -18,22 +18,8 @@ from experiments import report as report_lib
 from experiments import train
 from experiments.models import CifarResNet
 from experiments.models import cifar_plain_net
-from tiny_cifar import load_tiny_records
-from tiny_cifar import write_tiny_cifar
 
-RECORDS = 64
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("cifar")
-  write_tiny_cifar(root, RECORDS)
-  return root
-
-
-@pytest.fixture(autouse=True)
-def tiny_records(monkeypatch):
-  load_tiny_records(monkeypatch, RECORDS)
+pytestmark = pytest.mark.usefixtures("tiny_records")
 
 
 def tiny_config(root, **overrides):

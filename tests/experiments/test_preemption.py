@@ -25,23 +25,10 @@ from experiments import config as config_lib
 from experiments import engine
 from experiments import preemption
 from experiments import train
-from tiny_cifar import load_tiny_records
-from tiny_cifar import write_tiny_cifar
 
-RECORDS = 64
+pytestmark = pytest.mark.usefixtures("tiny_records")
+
 SCRIPT = Path(__file__).with_name("preemption_checks.py")
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("cifar")
-  write_tiny_cifar(root, RECORDS)
-  return root
-
-
-@pytest.fixture(autouse=True)
-def tiny_records(monkeypatch):
-  load_tiny_records(monkeypatch, RECORDS)
 
 
 def _train_process(data_dir, workdir, execution, signal_at, *extra):

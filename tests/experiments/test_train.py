@@ -23,23 +23,8 @@ from experiments import engine
 from experiments import metrics as metrics_lib
 from experiments import provenance
 from experiments import train
-from tiny_cifar import load_tiny_records
-from tiny_cifar import write_tiny_cifar
 
-RECORDS = 64  # per file: 320 training and 64 test images
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("cifar")
-  write_tiny_cifar(root, RECORDS)
-  return root
-
-
-@pytest.fixture(autouse=True)
-def tiny_records(monkeypatch):
-  """The loader enforces the real file size; the tiny files have 64 records."""
-  load_tiny_records(monkeypatch, RECORDS)
+pytestmark = pytest.mark.usefixtures("tiny_records")
 
 
 def tiny_config(root, **overrides):
@@ -489,6 +474,14 @@ def _run_processes(data_dir, workdir, num_processes, port, *extra):
   return [p.returncode for p in procs], outs
 
 
+def _free_port() -> int:
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
 def _result(outs):
   line = [l for l in outs[0][0].splitlines() if l.startswith("RESULT ")]
   assert line, outs[0][1][-3000:]
@@ -499,22 +492,15 @@ def _result(outs):
 def test_two_processes_train_checkpoint_and_resume_like_one(data_dir, tmp_path):
   """2 processes × 2 devices (jax.distributed) against 1 process × 4 devices:
   the same training, and a run killed after its first checkpoint resumes."""
-  import socket
-
-  def free_port():
-    with socket.socket() as s:
-      s.bind(("localhost", 0))
-      return s.getsockname()[1]
-
-  codes, outs = _run_processes(data_dir, tmp_path / "one", 1, free_port())
+  codes, outs = _run_processes(data_dir, tmp_path / "one", 1, _free_port())
   assert codes == [0], outs[0][1][-3000:]
   one = _result(outs)
   assert (one["process_count"], one["device_count"]) == (1, 4)
 
-  codes, outs = _run_processes(data_dir, tmp_path / "two", 2, free_port(), "--die-after-epoch", "1")
+  codes, outs = _run_processes(data_dir, tmp_path / "two", 2, _free_port(), "--die-after-epoch", "1")
   assert codes == [17, 17], [o[1][-3000:] for o in outs]
   assert (tmp_path / "two" / "checkpoints" / "1").is_dir() and not (tmp_path / "two" / "result.json").exists()
-  codes, outs = _run_processes(data_dir, tmp_path / "two", 2, free_port())
+  codes, outs = _run_processes(data_dir, tmp_path / "two", 2, _free_port())
   assert codes == [0, 0], [o[1][-3000:] for o in outs]
   two = _result(outs)
   assert (two["process_count"], two["device_count"]) == (2, 4)
@@ -529,21 +515,14 @@ def test_two_processes_preempted_at_different_steps_stop_together_and_resume_lik
   """SIGTERM reaches process 0 in step 3 (of 4, 2 per epoch) and process 1
   in step 4: both stop after step 3 (they agree), save there and exit 143; the rerun on 2
   processes × 2 devices ends as 1 process × 4 devices does."""
-  import socket
-
-  def free_port():
-    with socket.socket() as s:
-      s.bind(("localhost", 0))
-      return s.getsockname()[1]
-
-  codes, outs = _run_processes(data_dir, tmp_path / "one", 1, free_port())
+  codes, outs = _run_processes(data_dir, tmp_path / "one", 1, _free_port())
   assert codes == [0], outs[0][1][-3000:]
   one = _result(outs)
-  codes, outs = _run_processes(data_dir, tmp_path / "two", 2, free_port(), "--signal-at", "3")
+  codes, outs = _run_processes(data_dir, tmp_path / "two", 2, _free_port(), "--signal-at", "3")
   assert codes == [143, 143], [o[1][-3000:] for o in outs]
   assert all("global step 3" in o[1] for o in outs), [o[1][-2000:] for o in outs]
   assert (tmp_path / "two" / "checkpoints_within_epoch" / "3").is_dir()
-  codes, outs = _run_processes(data_dir, tmp_path / "two", 2, free_port())
+  codes, outs = _run_processes(data_dir, tmp_path / "two", 2, _free_port())
   assert codes == [0, 0], [o[1][-3000:] for o in outs]
   two = _result(outs)
   assert two["epochs_completed"] == 2
@@ -556,19 +535,12 @@ def test_two_processes_train_a_seed_group_and_resume_like_one(data_dir, tmp_path
   """A group of two seeds on 2 processes × 2 devices equals the group on 1
   process × 4 devices, including a group killed after its first
   checkpoints and resumed."""
-  import socket
-
-  def free_port():
-    with socket.socket() as s:
-      s.bind(("localhost", 0))
-      return s.getsockname()[1]
-
-  codes, outs = _run_processes(data_dir, tmp_path / "one", 1, free_port(), "--group")
+  codes, outs = _run_processes(data_dir, tmp_path / "one", 1, _free_port(), "--group")
   assert codes == [0], outs[0][1][-3000:]
   one = _result(outs)
-  codes, outs = _run_processes(data_dir, tmp_path / "two", 2, free_port(), "--die-after-epoch", "1", "--group")
+  codes, outs = _run_processes(data_dir, tmp_path / "two", 2, _free_port(), "--die-after-epoch", "1", "--group")
   assert codes == [17, 17], [o[1][-3000:] for o in outs]
-  codes, outs = _run_processes(data_dir, tmp_path / "two", 2, free_port(), "--group")
+  codes, outs = _run_processes(data_dir, tmp_path / "two", 2, _free_port(), "--group")
   assert codes == [0, 0], [o[1][-3000:] for o in outs]
   two = _result(outs)
   assert [r["epochs_completed"] for r in two] == [2, 2]

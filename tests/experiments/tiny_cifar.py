@@ -7,6 +7,8 @@ import numpy as np
 
 from experiments import data as data_lib
 
+RECORDS = 64  # per file, unless a test asks for another size: 320 training and 64 test images
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
