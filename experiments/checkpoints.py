@@ -203,7 +203,12 @@ class Checkpoints:
     )
 
   def _write(self, manager, directory: Path, step: int, args) -> None:
+    """Writes checkpoint ``step``, replacing one of that step left by an
+    earlier attempt (a run of a group that got one epoch ahead of the
+    others before it was killed retrains that epoch with them)."""
     try:
+      if step in manager.all_steps():
+        manager.delete(step)
       manager.save(step, args=args, force=True)
       manager.wait_until_finished()
     except Exception as e:
