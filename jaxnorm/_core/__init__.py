@@ -3,8 +3,6 @@
 * :mod:`~jaxnorm._core.axes`: argument validation, one call per normalizer;
 * :mod:`~jaxnorm._core.reduction_axes`: which axes each normalizer reduces;
 * :mod:`~jaxnorm._core.moments`: the statistics (count, mean, variance);
-* :mod:`~jaxnorm._core.centring`: when they are well centred, and the
-  correction of the mean where they are not;
 * :mod:`~jaxnorm._core.normalize`: applying them;
 * :mod:`~jaxnorm._core.dispatch`: the one place that chooses between the
   reference (moments then normalize), the fused XLA path

@@ -59,8 +59,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnorm._core import centring as _centring
-
 Array = jax.Array
 
 
@@ -92,11 +90,11 @@ def fence(a: Array) -> Array:
   return lax.reduce_precision(a, exponent_bits=info.nexp, mantissa_bits=info.nmant)
 
 
-# Single-pass statistics are used where every statistic is well centred,
-# μ² ≤ 16 σ² (centring.WELL_CENTRED): the cancellation in E[x²] − μ² then
-# costs at most a factor 17 of the dtype's precision (about 1e-6 relative in
-# float32); elsewhere the centred second pass runs, and corrects the mean
-# (centring.corrected_two_pass).
+# Single-pass statistics are used where every statistic has μ² ≤ 16 σ²: the
+# cancellation in E[x²] − μ² then costs at most a factor 17 of the dtype's
+# precision (about 1e-6 relative in float32); elsewhere the centred second
+# pass runs.
+WELL_CENTRED = 16.0
 
 
 @runtime_checkable
@@ -127,10 +125,6 @@ class Passes(Protocol):
 
   def centred_square_sum(self, x: Array, mean: Array) -> Array:
     """``Σ (x − mean)²``."""
-    ...
-
-  def centred_sums(self, x: Array, mean: Array) -> tuple[Array, Array]:
-    """``Σ (x − mean)`` and ``Σ (x − mean)²`` (needed with ``single_pass``)."""
     ...
 
   def affine(self, x: Array, mean: Array, a: Array, d: Array, out_dtype: Any) -> Array:
@@ -198,12 +192,6 @@ class XlaPasses:
   def centred_square_sum(self, x: Array, mean: Array) -> Array:
     """``Σ (x − mean)²`` over the inner axes."""
     return self._sum(lax.square(self._view(x) - self._expand(mean)))
-
-  def centred_sums(self, x: Array, mean: Array) -> tuple[Array, Array]:
-    """``Σ (x − mean)`` and ``Σ (x − mean)²`` over the inner axes, in one
-    pass (what a single-pass implementation's fallback needs)."""
-    centred = self._view(x) - self._expand(mean)
-    return self._sum(centred), self._sum(lax.square(centred))
 
   def affine(self, x: Array, mean: Array, a: Array, d: Array, out_dtype: Any) -> Array:
     """``(x − mean)·a + d``, full size, in ``out_dtype``."""
@@ -348,14 +336,9 @@ class _Plan:
     s1, s2 = self.passes.sum_and_square_sum(x)
     mean, mean_square = self.mean_over_groups(s1), self.mean_over_groups(s2)
     var = (mean_square - lax.square(mean)).astype(self.real)
-    accurate = jnp.all(lax.square(mean) <= _centring.WELL_CENTRED * var)
-    return lax.cond(accurate, lambda: (mean, var), lambda: self.corrected_two_pass(x, mean))
-
-  def corrected_two_pass(self, x: Array, mean: Array) -> tuple[Array, Array]:
-    """Mean and variance from one centred pass (:func:`jaxnorm._core.centring.corrected_two_pass`)."""
-    centred_sum, centred_square_sum = self.passes.centred_sums(x, mean)
-    centred_var = self.mean_over_groups(centred_square_sum).astype(self.real)
-    return _centring.corrected_two_pass(mean, centred_var, self.mean_over_groups(centred_sum))
+    accurate = jnp.all(lax.square(mean) <= WELL_CENTRED * var)
+    var = lax.cond(accurate, lambda: var, lambda: self.two_pass_variance(x, mean))
+    return mean, var
 
   def forward(self, x: Array, scale: Array | None, bias: Array | None):
     """``((y, mean, var), rstd)``."""

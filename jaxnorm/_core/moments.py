@@ -21,7 +21,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnorm._core import arguments as _axes
-from jaxnorm._core import centring as _centring
 
 Array = jax.Array
 
@@ -55,6 +54,12 @@ def accumulation_dtype(x_dtype: Any, dtype: Any = None, force_float32_reductions
   return dtype
 
 
+def _abs_sq(x: Array) -> Array:
+  if jnp.iscomplexobj(x):
+    return lax.square(x.real) + lax.square(x.imag)
+  return lax.square(x)
+
+
 def moments(
   x: Array,
   axes: _axes.Axes,
@@ -80,8 +85,7 @@ def moments(
 
   Algorithm. The default is two-pass: count and sum are reduced (one
   ``psum`` across devices), giving the exact global mean; then the sum of
-  squares centred on that global mean is reduced (a second ``psum``, together with the centred sum that corrects the
-  mean's rounding where ``|mean| ≫ std``, see :func:`jaxnorm._core.centring.corrected_two_pass`). This
+  squares centred on that global mean is reduced (a second ``psum``). This
   equals the parallel-variance merge of Chan et al. (1979) and, unlike
   averaging per-device means and variances, it is exact when devices hold
   different numbers of elements (masks, uneven shards). It stays accurate
@@ -151,19 +155,18 @@ def moments(
     return jnp.where(n > 0, total / jnp.maximum(n, 1), jnp.zeros((), total.dtype))
 
   if not use_mean:
-    count, sq = reduce_devices(count, local_sum(_centring.abs_sq(x)))
+    count, sq = reduce_devices(count, local_sum(_abs_sq(x)))
     var = safe_divide(sq, count)
     mean = jnp.zeros(var.shape, acc)
   elif use_fast_variance:
-    count, s, sq = reduce_devices(count, local_sum(x), local_sum(_centring.abs_sq(x)))
+    count, s, sq = reduce_devices(count, local_sum(x), local_sum(_abs_sq(x)))
     mean = safe_divide(s, count)
-    var = jnp.maximum(safe_divide(sq, count) - _centring.abs_sq(mean), 0.0)
+    var = jnp.maximum(safe_divide(sq, count) - _abs_sq(mean), 0.0)
   else:
     count, s = reduce_devices(count, local_sum(x))
     mean = safe_divide(s, count)
-    centred = x - mean
-    centred_sq, centred_sum = reduce_devices(local_sum(_centring.abs_sq(centred)), local_sum(centred))
-    mean, var = _centring.corrected_two_pass(mean, safe_divide(centred_sq, count), safe_divide(centred_sum, count))
+    (centred_sq,) = reduce_devices(local_sum(_abs_sq(x - mean)))
+    var = safe_divide(centred_sq, count)
 
   count = jnp.broadcast_to(jnp.asarray(count, real), mean.shape)
   if not keepdims:

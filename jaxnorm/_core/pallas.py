@@ -190,9 +190,6 @@ class PallasPasses:
   def _pallas_centred_square_sum(self, x, mean):
     return self._sums(x, mean, power=2)
 
-  def _pallas_centred_sums(self, x, mean):
-    return self._sums(x, mean, power=1), self._sums(x, mean, power=2)
-
   def _pallas_sum_and_square_sum(self, x):
     zero = jnp.zeros((), self.acc_dtype)
     return self._sums(x, zero, power=1), self._sums(x, zero, power=2)
@@ -223,9 +220,6 @@ class PallasPasses:
 
   def centred_square_sum(self, x, mean):
     return self._differentiable("centred_square_sum", x, mean)
-
-  def centred_sums(self, x, mean):
-    return self._differentiable("centred_sums", x, mean)
 
   def affine(self, x, mean, a, d, out_dtype):
     return self._differentiable("affine", x, mean, a, d, out_dtype=out_dtype)

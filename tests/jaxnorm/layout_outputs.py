@@ -21,7 +21,7 @@ from flax import nnx
 import jaxnorm as jn
 
 
-def inputs():
+def _inputs():
   keys = jax.random.split(jax.random.key(20261204), 8)
   nhwc = jax.random.normal(keys[0], (4, 5, 5, 8)) * 2.0 + 0.5
   nchw = jnp.transpose(nhwc, (0, 3, 1, 2))
@@ -194,7 +194,7 @@ def _factory(i) -> dict:
 
 def outputs() -> dict[str, np.ndarray]:
   """Every output, by name, as NumPy arrays."""
-  i = inputs()
+  i = _inputs()
   out = {**_functions(i), **_linen(i), **_nnx(i), **_factory(i)}
   return {k: np.asarray(v) for k, v in out.items()}
 

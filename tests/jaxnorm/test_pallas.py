@@ -168,7 +168,7 @@ def test_both_implementations_of_the_passes_implement_the_whole_interface():
   import inspect
 
   members = [n for n in dir(_fused.Passes) if not n.startswith("_") and n not in ("single_pass",)]
-  assert set(members) == {"sum", "sum_and_square_sum", "centred_square_sum", "centred_sums", "affine"}
+  assert set(members) == {"sum", "sum_and_square_sum", "centred_square_sum", "affine"}
   xla = _fused.XlaPasses((2, 8, 4), (1,), jnp.float32)
   pallas = _kernels((2, 8, 4), (1,), (2,))
   for passes in (xla, pallas):
@@ -194,7 +194,6 @@ def test_pallas_passes_equal_the_xla_passes_with_their_derivatives():
     "sum": lambda p, x: p.sum(x),
     "sum_and_square_sum": lambda p, x: p.sum_and_square_sum(x),
     "centred_square_sum": lambda p, x: p.centred_square_sum(x, mean),
-    "centred_sums": lambda p, x: p.centred_sums(x, mean),
     "affine": lambda p, x: p.affine(x, mean, a, d, jnp.float32),
   }
   for call in calls.values():
