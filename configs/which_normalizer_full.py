@@ -78,7 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
 
 def get_config():
   sweep = ml_collections.ConfigDict()
-  sweep.name = "CIFAR-10 ResNet-8, which normalizer with statistics over 2 examples, all 50,000 images × 8 epochs, seed 0"
+  sweep.name = (
+    "CIFAR-10 ResNet-8, which normalizer with statistics over 2 examples, all 50,000 images × 8 epochs, seed 0"
+  )
   sweep.base = base_config()
   sweep.axes = [
     [

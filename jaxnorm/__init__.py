@@ -57,7 +57,9 @@ from jaxnorm.functional import moments as moments
 from jaxnorm.functional import normalize as normalize
 from jaxnorm.functional import precise_batch_stats as precise_batch_stats
 from jaxnorm.functional import rms_norm as rms_norm
+from jaxnorm.functional import spectral_normalize as spectral_normalize
 from jaxnorm.functional import standardize_weight as standardize_weight
+from jaxnorm.functional import weight_normalize as weight_normalize
 from jaxnorm.linen import BatchNorm as BatchNorm
 from jaxnorm.linen import BatchRenorm as BatchRenorm
 from jaxnorm.linen import EvoNormB0 as EvoNormB0
@@ -67,7 +69,9 @@ from jaxnorm.linen import GroupNorm as GroupNorm
 from jaxnorm.linen import InstanceNorm as InstanceNorm
 from jaxnorm.linen import LayerNorm as LayerNorm
 from jaxnorm.linen import RMSNorm as RMSNorm
+from jaxnorm.linen import SpectralNorm as SpectralNorm
 from jaxnorm.linen import StandardizedConv as StandardizedConv
+from jaxnorm.linen import WeightNorm as WeightNorm
 
 
 def _distribution_version() -> str:
@@ -98,7 +102,9 @@ __all__ = (
   "Moments",
   "NormSpec",
   "RMSNorm",
+  "SpectralNorm",
   "StandardizedConv",
+  "WeightNorm",
   "batch_norm",
   "batch_renorm",
   "batch_renorm_limits",
@@ -120,5 +126,7 @@ __all__ = (
   "precise_batch_stats",
   "rms_norm",
   "set_implementation",
+  "spectral_normalize",
   "standardize_weight",
+  "weight_normalize",
 )

@@ -189,11 +189,11 @@ def nnx_apply(spec: StatefulNorm, module, x, use_running_average: bool | None, m
   if not use_running_average:
     for stat in stats:
       variable = getattr(module, stat.name)
-      _replace_value(variable, jax.lax.stop_gradient(stored_value(new[stat.name], variable[...].dtype)))
+      replace_value(variable, jax.lax.stop_gradient(stored_value(new[stat.name], variable[...].dtype)))
   return y
 
 
-def _replace_value(variable, value) -> None:
+def replace_value(variable, value) -> None:
   """Replaces an ``nnx.Variable``'s value, whose dtype may change (a complex
   input makes the running mean complex, as in flax.nnx's BatchNorm):
   ``set_value`` where flax has it, the ``value`` setter before (flax 0.12.0;

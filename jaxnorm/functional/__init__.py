@@ -25,6 +25,8 @@ from jaxnorm.functional.per_example import layer_norm as layer_norm
 from jaxnorm.functional.per_example import rms_norm as rms_norm
 from jaxnorm.functional.precise_bn import BATCH_MOMENTS as BATCH_MOMENTS
 from jaxnorm.functional.precise_bn import precise_batch_stats as precise_batch_stats
+from jaxnorm.functional.spectral_norm import spectral_normalize as spectral_normalize
+from jaxnorm.functional.weight_norm import weight_normalize as weight_normalize
 from jaxnorm.functional.weight_standardization import standardize_weight as standardize_weight
 
 __all__ = (
@@ -45,5 +47,7 @@ __all__ = (
   "normalize",
   "precise_batch_stats",
   "rms_norm",
+  "spectral_normalize",
   "standardize_weight",
+  "weight_normalize",
 )

@@ -30,6 +30,8 @@ from jaxnorm.linen.per_example import GroupNorm as GroupNorm
 from jaxnorm.linen.per_example import InstanceNorm as InstanceNorm
 from jaxnorm.linen.per_example import LayerNorm as LayerNorm
 from jaxnorm.linen.per_example import RMSNorm as RMSNorm
+from jaxnorm.linen.spectral_norm import SpectralNorm as SpectralNorm
+from jaxnorm.linen.weight_norm import WeightNorm as WeightNorm
 from jaxnorm.linen.weight_standardization import StandardizedConv as StandardizedConv
 
 __all__ = (
@@ -42,5 +44,7 @@ __all__ = (
   "InstanceNorm",
   "LayerNorm",
   "RMSNorm",
+  "SpectralNorm",
   "StandardizedConv",
+  "WeightNorm",
 )

@@ -1,4 +1,5 @@
-"""How the linen modules create their per-feature parameters."""
+"""How the linen modules create their per-feature parameters, and name the
+parameters of a layer they wrap."""
 
 from __future__ import annotations
 
@@ -22,3 +23,10 @@ def feature_params(
   if use_bias:
     bias = mdl.param("bias", mdl.bias_init, features, mdl.param_dtype)
   return scale, bias
+
+
+def wrapped_name(layer: nn.Module, path) -> str:
+  """``"<layer name>/<path in the layer>"``, the name flax gives a wrapped
+  layer's parameter in the wrapper's variables (``path[0]`` is the
+  collection)."""
+  return f"{layer.name}/{jax.tree_util.keystr(tuple(path[1:]), simple=True, separator='/')}"

@@ -41,6 +41,8 @@ from jaxnorm.nnx.per_example import GroupNorm as GroupNorm
 from jaxnorm.nnx.per_example import InstanceNorm as InstanceNorm
 from jaxnorm.nnx.per_example import LayerNorm as LayerNorm
 from jaxnorm.nnx.per_example import RMSNorm as RMSNorm
+from jaxnorm.nnx.spectral_norm import SpectralNorm as SpectralNorm
+from jaxnorm.nnx.weight_norm import WeightNorm as WeightNorm
 from jaxnorm.nnx.weight_standardization import StandardizedConv as StandardizedConv
 
 __all__ = (
@@ -53,5 +55,7 @@ __all__ = (
   "InstanceNorm",
   "LayerNorm",
   "RMSNorm",
+  "SpectralNorm",
   "StandardizedConv",
+  "WeightNorm",
 )

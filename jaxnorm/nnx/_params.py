@@ -1,14 +1,17 @@
 """How the nnx modules create their parameters and running statistics, as
-flax.nnx creates its own."""
+flax.nnx creates its own, and lend a wrapped layer normalized weights."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
 import jax.numpy as jnp
 from flax import nnx
+
+from jaxnorm import _stateful
 
 NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 
@@ -65,3 +68,26 @@ class ModeMixin:
 
 def extra_param(init, shape, param_dtype, rngs: nnx.Rngs) -> nnx.Param:
   return nnx.Param(init(rngs.params(), shape, param_dtype))
+
+
+def wrapped_params(layer: nnx.Module):
+  """``(path, nnx.Param)`` of every parameter of ``layer``, each once,
+  the Variables themselves (paths as ``nnx.state`` gives them)."""
+  return [(tuple(path), node) for path, node in nnx.iter_graph(layer) if isinstance(node, nnx.Param)]
+
+
+@contextlib.contextmanager
+def substituted(replacements):
+  """For the length of the block, each ``(nnx.Param, value)`` holds
+  ``value``; then its own value again, even when the block raises. The
+  wrapped layer sees the normalized weights while its parameters keep
+  the raw ones: gradients reach the raw weights through the
+  normalization, and no call normalizes an already normalized weight."""
+  originals = [(param, param[...]) for param, _ in replacements]
+  try:
+    for param, value in replacements:
+      _stateful.replace_value(param, value)
+    yield
+  finally:
+    for param, value in originals:
+      _stateful.replace_value(param, value)

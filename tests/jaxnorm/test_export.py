@@ -208,6 +208,14 @@ def _fold_case():
   )
 
 
+class _SpectralConv(nn.Module):
+  """A convolution under SpectralNorm, trained (its ``u`` and ``sigma`` updated)."""
+
+  @nn.compact
+  def __call__(self, x):
+    return jaxnorm.SpectralNorm(nn.Conv(C, (3, 3)), n_steps=2)(x, update_stats=True)
+
+
 CASES: dict[str, Case] = {
   # The statistics engine and the affine step.
   "moments": fn_case(lambda x: jaxnorm.moments(x, (0, 1, 2)), [NHWC], covers=("moments", "Moments")),
@@ -325,6 +333,12 @@ CASES: dict[str, Case] = {
     [(3, 3, 4, C), (C,)],
     covers=("standardize_weight",),
   ),
+  "spectral_normalize": fn_case(
+    lambda w, u: jaxnorm.spectral_normalize(w, u, n_steps=2), [(3, 3, 4, C), (1, C)], covers=("spectral_normalize",)
+  ),
+  "weight_normalize": fn_case(
+    lambda w, g: jaxnorm.weight_normalize(w, g), [(3, 3, 4, C), (C,)], covers=("weight_normalize",)
+  ),
   "filter_response_norm": fn_case(
     lambda x, s, b, t: jaxnorm.filter_response_norm(x, s, b, t),
     [NHWC, (C,), (C,), (C,)],
@@ -366,6 +380,10 @@ CASES: dict[str, Case] = {
   "nnx.EvoNormS0": nnx_case(jaxnorm.nnx.EvoNormS0(C, num_groups=4, rngs=nnx.Rngs(0))),
   "nnx.FilterResponseNorm": nnx_case(jaxnorm.nnx.FilterResponseNorm(C, learn_epsilon=True, rngs=nnx.Rngs(0))),
   "nnx.StandardizedConv": nnx_case(jaxnorm.nnx.StandardizedConv(C, C, (3, 3), scaled=True, rngs=nnx.Rngs(0))),
+  "nnx.SpectralNorm": nnx_case(
+    jaxnorm.nnx.SpectralNorm(nnx.Conv(C, C, (3, 3), rngs=nnx.Rngs(0)), n_steps=2, rngs=nnx.Rngs(1))
+  ),
+  "nnx.WeightNorm": nnx_case(jaxnorm.nnx.WeightNorm(nnx.Conv(C, C, (3, 3), rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))),
   "nnx.RMSNorm": nnx_case(jaxnorm.nnx.RMSNorm(C, reduction_axes=(1, 2, 3), rngs=nnx.Rngs(0)), pallas=True),
   # flax modules.
   "BatchNorm": module_case(jaxnorm.BatchNorm(use_running_average=False), covers=("BatchNorm",), pallas=True),
@@ -394,6 +412,8 @@ CASES: dict[str, Case] = {
   "EvoNormB0_eval": module_case(jaxnorm.EvoNormB0(use_running_average=True), train=False, covers=("EvoNormB0",)),
   "EvoNormS0": module_case(jaxnorm.EvoNormS0(num_groups=4), covers=("EvoNormS0",)),
   "StandardizedConv": module_case(jaxnorm.StandardizedConv(C, (3, 3), scaled=True), covers=("StandardizedConv",)),
+  "SpectralNorm": module_case(_SpectralConv(), covers=("SpectralNorm",)),
+  "WeightNorm": module_case(jaxnorm.WeightNorm(nn.Conv(C, (3, 3))), covers=("WeightNorm",)),
 }
 # Every create_norm name: its conv (StandardizedConv for "+ws") and its
 # layer, in training and (where the mode matters) evaluation mode.

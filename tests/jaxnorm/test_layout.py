@@ -76,7 +76,9 @@ def test_every_module_has_both_front_ends_and_a_factory_entry():
     linen_class, nnx_class = getattr(jaxnorm.linen, name), getattr(jaxnorm.nnx, name)
     assert linen_class.__module__.split(".")[-1] == nnx_class.__module__.split(".")[-1], name
     assert linen_class is getattr(jaxnorm, name)
-    if name != "StandardizedConv":  # the convolution of the "+ws" names
+    # StandardizedConv is the convolution of the "+ws" names; SpectralNorm
+    # and WeightNorm wrap a layer and normalize its weights, not activations.
+    if name not in ("StandardizedConv", "SpectralNorm", "WeightNorm"):
       assert linen_class in registered and nnx_class in registered_nnx, name
   assert jaxnorm.create_norm("gn+ws").conv is jaxnorm.StandardizedConv
   assert jaxnorm.create_norm("gn+ws").nnx_conv is jaxnorm.nnx.StandardizedConv
