@@ -400,6 +400,45 @@ def test_committed_sweep_configs_are_valid_at_every_point(name):
     assert config.epochs == 2 * {p[0]: p[2] for p in points}[label].epochs
 
 
+def _committed_sweep(name: str):
+  import importlib.util
+
+  path = Path(__file__).resolve().parents[2] / "configs" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  s = module.get_config()
+  s.lock()
+  return sweep.expand(s)
+
+
+def test_which_normalizer_points_train_as_the_full_data_sweep_with_statistics_over_two():
+  """Every norm of the small-batch comparison (configs/which_normalizer_full.py)
+  trains with the model, data, global batch, learning rate, schedule and
+  steps of the full-data BN/GN sweep, and where it has batch statistics
+  they span 2 examples; each point passes the pre-compute checks."""
+  full = _committed_sweep("sweep_statistics_full")
+  which = _committed_sweep("which_normalizer_full")
+  same = (
+    "depth", "width", "train_examples", "augment", "epochs", "schedule", "warmup_epochs", "base_lr",
+    "lr_reference_batch", "momentum", "weight_decay", "report_last_evals", "eval_every", "zero_init_last",
+  )  # fmt: skip
+  reference = full[0][2]
+  assert {label for label, _, _ in which} == {"brn", "gn+ws", "frn", "evonorm_s0", "ln", "in"}
+  for label, _, config in which + full:
+    config_lib.validate(config, 1)
+    assert config_lib.global_batch(config) == 128
+    assert config_lib.peak_learning_rate(config) == config_lib.peak_learning_rate(reference)
+    assert {k: config[k] for k in same} == {k: reference[k] for k in same}, label
+  for label, _, config in which:
+    train.check_model(train.build_model(config))
+    assert config.seed == 0
+    if config_lib.uses_batch_statistics(config):
+      assert config_lib.statistics_examples(config) == 2, label
+    else:  # the column of the table; training does not depend on it
+      assert config.statistics_batch == 2 and config_lib.training_config(config).statistics_batch == 0
+
+
 @pytest.mark.slow
 def test_pack_seeds_trains_the_seeds_of_a_point_in_one_group(tmp_path, monkeypatch):
   """With pack_seeds the two seeds of each point train in one program; each
