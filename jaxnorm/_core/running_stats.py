@@ -11,10 +11,13 @@ they normalized with into the collection :data:`BATCH_MOMENTS`, which
 
 from __future__ import annotations
 
+from typing import Any
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from jaxnorm._core import arguments as _arguments
 
 Array = jax.Array
 
@@ -83,3 +86,26 @@ def stored_value(new: Array, stored_dtype) -> Array:
   if jnp.iscomplexobj(new) and not jnp.issubdtype(stored_dtype, jnp.complexfloating):
     return new.astype(jnp.promote_types(stored_dtype, new.dtype))
   return new.astype(stored_dtype)
+
+
+KEEP = "keep"
+"""``axis_name`` of a model conversion that leaves each layer's own."""
+
+
+def conversion_overrides(axis_name: Any, running_stats: str | None, owner: str) -> dict[str, Any]:
+  """The BatchNorm fields a model conversion (``jaxnorm.nnx.convert``,
+  ``jaxnorm.linen.convert``) sets on every batch norm, checked: a mapped
+  ``axis_name`` (or None; :data:`KEEP` leaves it) and a ``running_stats``
+  policy (None leaves it)."""
+  overrides = {}
+  if running_stats is not None:
+    _arguments.check_choice(running_stats, RUNNING_STATS, name="running_stats", owner=owner)
+    overrides["running_stats"] = running_stats
+  if axis_name != KEEP:
+    if axis_name is not None and not isinstance(axis_name, (str, tuple)):
+      raise TypeError(
+        f"{owner}: axis_name={axis_name!r}; pass the name of a mapped axis (a str, or a tuple of them), "
+        "or None for per-device statistics."
+      )
+    overrides["axis_name"] = axis_name
+  return overrides

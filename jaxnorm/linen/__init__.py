@@ -19,8 +19,13 @@ call arguments, variable names, collections and defaults follow
 One file per family, mirroring :mod:`jaxnorm.nnx` file for file and
 :mod:`jaxnorm.functional` for the functions underneath. The same classes
 are exported as ``jaxnorm.BatchNorm``, ``jaxnorm.GroupNorm``, ….
+:func:`convert` (and the context :func:`converted`) runs an existing
+model's flax normalization layers as these, on the same variables.
 """
 
+import flax.linen as _flax_linen
+
+from jaxnorm.linen._convert import make_converters as _make_converters
 from jaxnorm.linen.batch_norm import BatchNorm as BatchNorm
 from jaxnorm.linen.batch_renorm import BatchRenorm as BatchRenorm
 from jaxnorm.linen.evonorm import EvoNormB0 as EvoNormB0
@@ -33,6 +38,19 @@ from jaxnorm.linen.per_example import RMSNorm as RMSNorm
 from jaxnorm.linen.spectral_norm import SpectralNorm as SpectralNorm
 from jaxnorm.linen.weight_norm import WeightNorm as WeightNorm
 from jaxnorm.linen.weight_standardization import StandardizedConv as StandardizedConv
+
+# The flax.linen layers that convert runs as jaxnorm's, and their classes.
+convert, converted = _make_converters(
+  {
+    _flax_linen.BatchNorm: BatchNorm,
+    _flax_linen.LayerNorm: LayerNorm,
+    _flax_linen.GroupNorm: GroupNorm,
+    _flax_linen.InstanceNorm: InstanceNorm,
+    _flax_linen.RMSNorm: RMSNorm,
+    _flax_linen.SpectralNorm: SpectralNorm,
+    _flax_linen.WeightNorm: WeightNorm,
+  }
+)
 
 __all__ = (
   "BatchNorm",
@@ -47,4 +65,6 @@ __all__ = (
   "SpectralNorm",
   "StandardizedConv",
   "WeightNorm",
+  "convert",
+  "converted",
 )

@@ -54,8 +54,8 @@ class SpectralNorm(nn.Module):
     collection_name: the collection of ``u`` and ``sigma``.
 
   Example:
-    >>> import jax, jax.numpy as jnp, flax.linen as nn
-    >>> model = SpectralNorm(nn.Dense(3))
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, jaxnorm
+    >>> model = jaxnorm.SpectralNorm(nn.Dense(3))
     >>> v = model.init(jax.random.key(0), jnp.ones((2, 4)), update_stats=False)
     >>> jax.tree.map(jnp.shape, v["batch_stats"])
     {'layer_instance/kernel/sigma': (), 'layer_instance/kernel/u': (1, 3)}

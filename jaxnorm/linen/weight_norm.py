@@ -57,8 +57,8 @@ class WeightNorm(nn.Module):
       (default ``{"kernel"}``).
 
   Example:
-    >>> import jax, jax.numpy as jnp, flax.linen as nn
-    >>> model = WeightNorm(nn.Dense(3))
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, jaxnorm
+    >>> model = jaxnorm.WeightNorm(nn.Dense(3))
     >>> v = model.init(jax.random.key(0), jnp.ones((2, 4)))
     >>> jax.tree.map(jnp.shape, v["params"])
     {'layer_instance': {'bias': (3,), 'kernel': (4, 3)}, 'layer_instance/kernel/scale': (3,)}

@@ -29,9 +29,13 @@ jaxnorm's own normalizers exist here too — :class:`BatchRenorm`,
 :class:`EvoNormB0`, :class:`EvoNormS0`, :class:`FilterResponseNorm` —
 with the linen modules' fields after ``num_features`` and the same
 functions underneath, and :class:`StandardizedConv` is a drop-in for
-``nnx.Conv``.
+``nnx.Conv``. :func:`convert` replaces every flax.nnx normalization layer
+of an existing model by these, keeping its parameters and statistics.
 """
 
+from flax import nnx as _flax_nnx
+
+from jaxnorm.nnx._convert import make_convert as _make_convert
 from jaxnorm.nnx.batch_norm import BatchNorm as BatchNorm
 from jaxnorm.nnx.batch_renorm import BatchRenorm as BatchRenorm
 from jaxnorm.nnx.evonorm import EvoNormB0 as EvoNormB0
@@ -44,6 +48,19 @@ from jaxnorm.nnx.per_example import RMSNorm as RMSNorm
 from jaxnorm.nnx.spectral_norm import SpectralNorm as SpectralNorm
 from jaxnorm.nnx.weight_norm import WeightNorm as WeightNorm
 from jaxnorm.nnx.weight_standardization import StandardizedConv as StandardizedConv
+
+# The flax.nnx layers that convert replaces, and their jaxnorm classes.
+convert = _make_convert(
+  {
+    _flax_nnx.BatchNorm: BatchNorm,
+    _flax_nnx.LayerNorm: LayerNorm,
+    _flax_nnx.GroupNorm: GroupNorm,
+    _flax_nnx.InstanceNorm: InstanceNorm,
+    _flax_nnx.RMSNorm: RMSNorm,
+    _flax_nnx.SpectralNorm: SpectralNorm,
+    _flax_nnx.WeightNorm: WeightNorm,
+  }
+)
 
 __all__ = (
   "BatchNorm",
@@ -58,4 +75,5 @@ __all__ = (
   "SpectralNorm",
   "StandardizedConv",
   "WeightNorm",
+  "convert",
 )

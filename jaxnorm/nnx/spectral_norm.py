@@ -54,9 +54,9 @@ class SpectralNorm(ModeMixin, nnx.Module):
     rngs: draws each ``u``.
 
   Example:
-    >>> import jax.numpy as jnp
+    >>> import jax.numpy as jnp, jaxnorm
     >>> from flax import nnx
-    >>> model = SpectralNorm(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
+    >>> model = jaxnorm.nnx.SpectralNorm(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
     >>> sorted(model.batch_stats)
     [('kernel', 'sigma'), ('kernel', 'u')]
     >>> model(jnp.ones((2, 4))).shape

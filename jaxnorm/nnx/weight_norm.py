@@ -76,9 +76,9 @@ class WeightNorm(nnx.Module):
     rngs: for a random ``scale_init``.
 
   Example:
-    >>> import jax.numpy as jnp
+    >>> import jax.numpy as jnp, jaxnorm
     >>> from flax import nnx
-    >>> model = WeightNorm(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
+    >>> model = jaxnorm.nnx.WeightNorm(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
     >>> {path: g.shape for path, g in model.scales.items()}
     {('kernel',): (3,)}
     >>> model(jnp.ones((2, 4))).shape
