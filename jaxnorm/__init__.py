@@ -10,17 +10,22 @@ Three layers, each built only on the one below:
   :func:`filter_response_norm`, :func:`evonorm_b0`, :func:`evonorm_s0`);
 * flax.linen modules that are drop-in replacements for flax's own
   (:class:`BatchNorm`, :class:`LayerNorm`, :class:`GroupNorm`,
-  :class:`InstanceNorm`, :class:`RMSNorm`), plus :class:`BatchRenorm`,
+  :class:`InstanceNorm`, :class:`RMSNorm`, :class:`SpectralNorm`,
+  :class:`WeightNorm`), plus :class:`BatchRenorm`,
   :class:`StandardizedConv`, :class:`FilterResponseNorm`,
   :class:`EvoNormB0` and :class:`EvoNormS0`;
 * :mod:`jaxnorm.nnx`: flax.nnx drop-ins (``BatchNorm``, ``LayerNorm``,
-  ``GroupNorm``, ``InstanceNorm``, ``RMSNorm``) and ``BatchRenorm``,
+  ``GroupNorm``, ``InstanceNorm``, ``RMSNorm``, ``SpectralNorm``,
+  ``WeightNorm``) and ``BatchRenorm``,
   ``EvoNormB0``, ``EvoNormS0``, ``FilterResponseNorm`` and
   ``StandardizedConv`` (a drop-in for ``nnx.Conv``), on the same functions.
 
 Around them: :func:`precise_batch_stats` (population statistics after
 training), :func:`fold_batch_norm` (inference folding) and
-:func:`create_norm` (choose a normalizer by name). :func:`implementation`
+:func:`create_norm` (choose a normalizer by name); ``jaxnorm.nnx.convert``
+and ``jaxnorm.linen.convert`` (an existing model's flax norm layers run as
+jaxnorm's) and :func:`from_torch` (a PyTorch/timm layer's tensors as jaxnorm
+variables). :func:`implementation`
 selects how the standardizing normalizers are computed (fused XLA path,
 Pallas GPU kernels or the composed reference; see :mod:`jaxnorm._core.dispatch`).
 
@@ -72,6 +77,7 @@ from jaxnorm.linen import RMSNorm as RMSNorm
 from jaxnorm.linen import SpectralNorm as SpectralNorm
 from jaxnorm.linen import StandardizedConv as StandardizedConv
 from jaxnorm.linen import WeightNorm as WeightNorm
+from jaxnorm.torch_checkpoint import from_torch as from_torch
 
 
 def _distribution_version() -> str:
@@ -113,6 +119,7 @@ __all__ = (
   "evonorm_s0",
   "filter_response_norm",
   "fold_batch_norm",
+  "from_torch",
   "functional",
   "get_implementation",
   "group_norm",

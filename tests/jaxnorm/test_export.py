@@ -434,7 +434,10 @@ for _name in jaxnorm.NORM_NAMES:
 # (Moments, BatchStats, NormSpec) and constants are covered as outputs and
 # inputs of the cases that name them.
 # The namespaces `functional` and `linen` hold names the table covers by their top-level aliases.
+# Not array functions: the implementation switch, namespaces, and the
+# checkpoint reader (NumPy in, NumPy out).
 NOT_TRACED = {"IMPLEMENTATIONS", "implementation", "get_implementation", "set_implementation", "functional", "linen"}
+NOT_TRACED |= {"from_torch"}
 
 
 def _is_float(leaf) -> bool:

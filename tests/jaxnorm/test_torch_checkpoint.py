@@ -1,0 +1,170 @@
+"""Loading PyTorch layers' tensors into jaxnorm: each kind against the torch
+layer it comes from (torch's own modules, and for timm's FRN, EvoNorm-S0
+and ScaledStdConv the torch formulas of their papers written here), in
+evaluation mode, within float32 tolerance."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxnorm as jn
+
+torch = pytest.importorskip("torch")
+
+
+def rand(*shape, seed=0):
+  return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def nchw_to_nhwc(t) -> np.ndarray:
+  return np.transpose(t.detach().numpy() if hasattr(t, "detach") else t, (0, 2, 3, 1))
+
+
+def randomize(module, seed=0):
+  """Random values for every tensor of a torch module (running statistics too)."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, tensor in module.state_dict().items():
+      if tensor.is_floating_point():
+        value = torch.rand(tensor.shape, generator=g) + 0.5 if "var" in name else torch.randn(tensor.shape, generator=g)
+        tensor.copy_(value)
+  return module
+
+
+X = rand(2, 8, 5, 5)  # NCHW, 8 channels
+
+
+def _compare(torch_module, flax_module, kind, *, x=X, train_kwargs=None, prefix="layer"):
+  torch_module.eval()
+  state = {f"{prefix}.{k}": v for k, v in torch_module.state_dict().items()}
+  like = flax_module.init(__import__("jax").random.key(0), jnp.asarray(nchw_to_nhwc(x)))
+  variables = jn.from_torch(state, prefix, kind, like=like)
+  y = flax_module.apply(variables, jnp.asarray(nchw_to_nhwc(x)), **(train_kwargs or {}))
+  with torch.no_grad():
+    want = nchw_to_nhwc(torch_module(torch.from_numpy(x)))
+  np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5, atol=2e-5)
+  return state
+
+
+def test_batch_norm_running_statistics_in_eval():
+  state = _compare(
+    randomize(torch.nn.BatchNorm2d(8)), jn.BatchNorm(use_running_average=True, epsilon=1e-5), "batch_norm"
+  )
+  assert "layer.num_batches_tracked" in state  # read and dropped
+
+
+def test_group_layer_and_instance_norm():
+  _compare(randomize(torch.nn.GroupNorm(4, 8)), jn.GroupNorm(num_groups=4, epsilon=1e-5), "group_norm")
+  _compare(
+    randomize(torch.nn.InstanceNorm2d(8, affine=True)), jn.InstanceNorm(epsilon=1e-5), "instance_norm"
+  )  # affine=True: weight and bias
+  ln = randomize(torch.nn.LayerNorm(8))
+  x = rand(2, 5, 5, 8)
+  variables = jn.from_torch(ln.state_dict(), "", "layer_norm")
+  with torch.no_grad():
+    want = ln(torch.from_numpy(x)).numpy()
+  np.testing.assert_allclose(np.asarray(jn.LayerNorm(epsilon=1e-5).apply(variables, x)), want, rtol=1e-5, atol=2e-5)
+
+
+def test_conv_and_linear_kernels_are_transposed():
+  conv = randomize(torch.nn.Conv2d(8, 6, 3, padding=1))
+  _compare(conv, nn.Conv(6, (3, 3), padding=1), "conv")
+  linear = randomize(torch.nn.Linear(8, 3))
+  variables = jn.from_torch(linear.state_dict(), "", "linear")
+  x = rand(4, 8)
+  with torch.no_grad():
+    want = linear(torch.from_numpy(x)).numpy()
+  np.testing.assert_allclose(np.asarray(nn.Dense(3).apply(variables, x)), want, rtol=1e-5, atol=1e-5)
+
+
+class TorchFRN(torch.nn.Module):
+  """FRN + TLU (Singh & Krishnan 2020) with timm's parameter names and
+  shapes ((1, C, 1, 1))."""
+
+  def __init__(self, c, eps=1e-6):
+    super().__init__()
+    self.weight = torch.nn.Parameter(torch.ones(1, c, 1, 1))
+    self.bias = torch.nn.Parameter(torch.zeros(1, c, 1, 1))
+    self.tau = torch.nn.Parameter(torch.zeros(1, c, 1, 1))
+    self.eps = eps
+
+  def forward(self, x):
+    nu2 = x.pow(2).mean(dim=(2, 3), keepdim=True)
+    return torch.maximum(x * torch.rsqrt(nu2 + self.eps) * self.weight + self.bias, self.tau)
+
+
+class TorchEvoNormS0(torch.nn.Module):
+  """EvoNorm-S0 (Liu et al. 2020): x·σ(v·x)/group_std(x)·γ + β, timm's names."""
+
+  def __init__(self, c, groups, eps=1e-5):
+    super().__init__()
+    self.weight, self.bias, self.v = (torch.nn.Parameter(torch.ones(c)) for _ in range(3))
+    self.groups, self.eps = groups, eps
+
+  def forward(self, x):
+    b, c, h, w = x.shape
+    xg = x.reshape(b, self.groups, -1)
+    std = (xg.var(dim=-1, unbiased=False, keepdim=True) + self.eps).sqrt().expand_as(xg).reshape(b, c, h, w)
+    shape = (1, c, 1, 1)
+    return x * torch.sigmoid(self.v.view(shape) * x) / std * self.weight.view(shape) + self.bias.view(shape)
+
+
+class TorchScaledStdConv(torch.nn.Conv2d):
+  """Scaled weight standardization (Brock et al. 2021) with timm's gain
+  ``(O, 1, 1, 1)``, placing ε as jaxnorm does: W·g/sqrt(N·σ² + ε)."""
+
+  def __init__(self, *args, eps=1e-4, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.gain = torch.nn.Parameter(torch.ones(self.out_channels, 1, 1, 1))
+    self.eps = eps
+
+  def forward(self, x):
+    w = self.weight
+    fan_in = w[0].numel()
+    mean = w.mean(dim=(1, 2, 3), keepdim=True)
+    var = w.var(dim=(1, 2, 3), unbiased=False, keepdim=True)
+    w = (w - mean) / torch.sqrt(fan_in * var + self.eps) * self.gain
+    return torch.nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_frn_evonorm_and_scaled_standardized_conv_with_timms_names():
+  _compare(randomize(TorchFRN(8)), jn.FilterResponseNorm(epsilon=1e-6), "filter_response_norm")
+  _compare(randomize(TorchEvoNormS0(8, 4)), jn.EvoNormS0(num_groups=4, epsilon=1e-5), "evonorm_s0")
+  conv = randomize(TorchScaledStdConv(8, 6, 3, padding=1))
+  _compare(conv, jn.StandardizedConv(6, (3, 3), padding=1, scaled=True, epsilon=1e-4), "standardized_conv")
+
+
+def test_a_layer_without_bias_or_affine_loads():
+  state = randomize(torch.nn.Conv2d(8, 6, 3, bias=False)).state_dict()
+  assert set(jn.from_torch(state, "", "conv")["params"]) == {"kernel"}
+  bn = torch.nn.BatchNorm2d(8, affine=False)
+  assert set(jn.from_torch(bn.state_dict(), "", "batch_norm")) == {"batch_stats"}
+
+
+def test_a_model_loads_layer_by_layer_under_its_prefixes():
+  model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+  state = randomize(model).state_dict()
+  assert set(jn.from_torch(state, "1", "batch_norm")["batch_stats"]) == {"mean", "var"}
+  kernel = jn.from_torch(state, "0", "conv")["params"]["kernel"]
+  np.testing.assert_array_equal(kernel, np.transpose(state["0.weight"].numpy(), (2, 3, 1, 0)))
+
+
+@pytest.mark.parametrize(
+  "call, match",
+  [
+    (lambda s: jn.from_torch(s, "1", "batchnorm"), "kind='batchnorm'; choose one of"),
+    (lambda s: jn.from_torch(s, "1", "conv"), r"'1\.weight'.*has shape|no '1\.weight'|not used by a conv"),
+    (lambda s: jn.from_torch(s, "0", "batch_norm"), r"no '0\.running_mean'"),
+    (lambda s: jn.from_torch(s, "2", "batch_norm"), r"no '2\.running_mean'.*none"),
+    (
+      lambda s: jn.from_torch(s, "1", "batch_norm", like={"params": {"scale": np.zeros(16)}}),
+      r"'1\.weight' gives params/scale of shape \(8,\); the layer has \(16,\)",
+    ),
+    (lambda s: jn.from_torch(s, "1", "group_norm"), r"'1\.running_mean'.*not used by a group_norm"),
+  ],
+)
+def test_mismatches_name_the_key_and_the_shapes(call, match):
+  model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+  with pytest.raises(ValueError, match=match):
+    call(model.state_dict())
