@@ -40,13 +40,15 @@ _REQUIRED = {"kernel", "mean", "var", "v", "tau", "gain"}
 
 
 def _array(value) -> np.ndarray:
-  """A torch tensor (on any device, with or without grad) or an array, as NumPy."""
+  """A torch tensor (on any device, with or without grad) or an array, as a
+  NumPy copy: a state dict's tensors are the module's live buffers, which
+  go on changing when the module trains."""
   if hasattr(value, "detach"):
     value = value.detach().cpu()
     if str(value.dtype) == "torch.bfloat16":  # NumPy has no bfloat16
       value = value.float()
     value = value.numpy()
-  return np.asarray(value)
+  return np.array(value, copy=True)
 
 
 def _to_jaxnorm(name: str, value: np.ndarray, key: str) -> np.ndarray:
@@ -66,7 +68,12 @@ def _to_jaxnorm(name: str, value: np.ndarray, key: str) -> np.ndarray:
 
 
 def from_torch(
-  state_dict: Mapping[str, Any], prefix: str, kind: str, *, like: Mapping[str, Any] | None = None
+  state_dict: Mapping[str, Any],
+  prefix: str,
+  kind: str,
+  *,
+  like: Mapping[str, Any] | None = None,
+  cumulative: bool = False,
 ) -> dict[str, dict[str, np.ndarray]]:
   """The variables of one jaxnorm layer from a PyTorch ``state_dict``.
 
@@ -98,9 +105,13 @@ def from_torch(
   Every tensor under the prefix must be used (a key left over, say a
   ``weight`` of a layer read as the wrong kind, is an error), and a bias or
   scale may be absent (``bias=False``, ``affine=False``). The running
-  statistics load as they are; note that PyTorch's ``momentum`` is
-  ``1 − momentum`` in jaxnorm and flax (the migration guide has the
-  table).
+  statistics load as they are. To go on training as PyTorch does, build
+  the BatchNorm with ``momentum=1 − torch_momentum`` (PyTorch's momentum is
+  the weight of the new batch, flax's that of the old average) and
+  ``unbiased_running_var=True``; for PyTorch's ``momentum=None`` (an
+  average over all batches) use ``running_stats="cumulative"`` and load
+  with ``cumulative=True``, which reads ``num_batches_tracked`` as
+  ``batch_stats/count``.
 
   Args:
     state_dict: ``module.state_dict()``: torch tensors or arrays.
@@ -110,6 +121,8 @@ def from_torch(
     like: optional: the layer's variables as jaxnorm creates them (``{"params":
       …, "batch_stats": …}``); each loaded array must have its shape, and
       every variable there must be loaded.
+    cumulative: ``batch_norm`` only: also load ``num_batches_tracked`` as
+      ``batch_stats/count`` (for ``running_stats="cumulative"``).
 
   Returns:
     ``{"params": {...}, "batch_stats": {...}}`` (the collections the kind
@@ -149,6 +162,13 @@ def from_torch(
       key = present[torch_name]
       out.setdefault(collection, {})[name] = _to_jaxnorm(name, _array(state_dict[key]), key)
       used.add(torch_name)
+  if cumulative:
+    if kind != "batch_norm" or "num_batches_tracked" not in present:
+      raise ValueError(
+        f"from_torch: cumulative=True reads {dot + 'num_batches_tracked'!r} of a batch_norm layer; "
+        f"{'the state dict has none' if kind == 'batch_norm' else f'kind={kind!r}'}."
+      )
+    out["batch_stats"]["count"] = _array(state_dict[present["num_batches_tracked"]]).astype(np.int32)
   left = sorted(set(present) - used - set(IGNORED))
   if left:
     raise ValueError(

@@ -68,6 +68,7 @@ def _batch_norm(
   virtual_batch_size: int | None,
   running_stats: str,
   owner: str,
+  unbiased_running_var: bool = False,
 ) -> tuple[Array, BatchStats | None, Moments | None]:
   """:func:`batch_norm`, also returning the moments of each (virtual) batch.
 
@@ -113,6 +114,10 @@ def _batch_norm(
   mean, var = _average_virtual_batches(per_batch, masked=checked.mask is not None)
   if running is None:
     return y, BatchStats(mean, var), per_batch
+  if unbiased_running_var:  # PyTorch's: the running variance follows n/(n − 1) times the batch variance
+    n = per_batch.count.astype(per_batch.var.dtype)
+    bessel = jnp.where(n > 1, n / jnp.maximum(n - 1, 1), 1)
+    _, var = _average_virtual_batches(per_batch._replace(var=per_batch.var * bessel), masked=checked.mask is not None)
   new = update_running(running, mean, var, running_stats=running_stats, momentum=momentum)
   return y, new, per_batch
 
@@ -162,6 +167,7 @@ def batch_norm(
   virtual_batch_size: int | None = None,
   running_stats: str = "ema",
   running_count: Array | None = None,
+  unbiased_running_var: bool = False,
 ) -> tuple[Array, BatchStats]:
   r"""Batch normalization (Ioffe & Szegedy, 2015), optionally with ghost batches.
 
@@ -205,6 +211,10 @@ def batch_norm(
       :func:`update_running`. ``"frozen"`` normalizes with the running
       statistics even in training and returns them unchanged.
     running_count: batches averaged so far (``"cumulative"`` only; default 0).
+    unbiased_running_var: PyTorch's running variance: the batch variance
+      times ``n/(n − 1)`` (``n`` examples per statistic) enters the running
+      average, while the batch is normalized with the biased one, as in
+      PyTorch. Default False: flax's, the biased variance throughout.
 
   Returns:
     ``(y, BatchStats(mean, var, count))``: in training mode the updated
@@ -248,6 +258,7 @@ def batch_norm(
     virtual_batch_size=virtual_batch_size,
     running_stats=running_stats,
     owner="batch_norm",
+    unbiased_running_var=unbiased_running_var,
   )
   return y, new
 
@@ -285,6 +296,7 @@ def _batch_norm_compute(module, x, params, state, *, use_running_average, mask, 
     virtual_batch_size=module.virtual_batch_size,
     running_stats=module.running_stats,
     owner="BatchNorm",
+    unbiased_running_var=module.unbiased_running_var,
   )
   return y, {"mean": new.mean, "var": new.var, "count": new.count}, per_batch
 

@@ -50,6 +50,10 @@ class BatchNorm(nn.Module):
       adds ``batch_stats/count``) or ``"frozen"`` (normalize with the running
       statistics in training too and never update them, whatever
       ``use_running_average`` says).
+    unbiased_running_var: PyTorch's running-variance update: the batch
+      variance times ``n/(n − 1)`` (``n`` examples per statistic) enters the
+      running average; the normalization is unchanged (default False:
+      flax's biased variance).
 
   References:
     Ioffe & Szegedy, `Batch Normalization <https://arxiv.org/abs/1502.03167>`_,
@@ -73,6 +77,7 @@ class BatchNorm(nn.Module):
   force_float32_reductions: bool = True
   virtual_batch_size: int | None = None
   running_stats: str = "ema"
+  unbiased_running_var: bool = False
 
   @nn.compact
   def __call__(

@@ -46,6 +46,8 @@ class BatchNorm(ModeMixin, nnx.Module):
       average of all batch statistics so far, PyTorch's ``momentum=None``;
       adds a ``count`` BatchStat) or ``"frozen"`` (normalize with the running
       statistics in training too and never update them).
+    unbiased_running_var: PyTorch's running-variance update (the batch
+      variance times ``n/(n − 1)``); the normalization is unchanged.
   """
 
   def __init__(
@@ -72,6 +74,7 @@ class BatchNorm(ModeMixin, nnx.Module):
     force_float32_reductions: bool = True,
     virtual_batch_size: int | None = None,
     running_stats: str = "ema",
+    unbiased_running_var: bool = False,
   ):
     owner = "BatchNorm"
     _axes.check_choice(running_stats, RUNNING_STATS, name="running_stats", owner=owner)
@@ -107,6 +110,7 @@ class BatchNorm(ModeMixin, nnx.Module):
     self.force_float32_reductions = force_float32_reductions
     self.virtual_batch_size = virtual_batch_size
     self.running_stats = running_stats
+    self.unbiased_running_var = unbiased_running_var
 
   def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
     """Normalizes ``x``; in training, updates ``mean``, ``var`` (and ``count``).

@@ -71,7 +71,7 @@ def test_fields_in_flax_order_and_same_defaults(name):
   extra = [f.name for f in f_ours[len(f_flax) :]]
   expected_extra = {
     "GroupNorm": ["channel_axis"],
-    "BatchNorm": ["virtual_batch_size", "running_stats"],
+    "BatchNorm": ["virtual_batch_size", "running_stats", "unbiased_running_var"],
   }
   assert extra == expected_extra.get(name, [])
   for a, b in zip(f_ours, f_flax):

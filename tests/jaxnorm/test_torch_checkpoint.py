@@ -168,3 +168,48 @@ def test_mismatches_name_the_key_and_the_shapes(call, match):
   model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
   with pytest.raises(ValueError, match=match):
     call(model.state_dict())
+
+
+@pytest.mark.parametrize("torch_momentum", [0.1, None], ids=["ema", "cumulative"])
+def test_training_goes_on_as_in_pytorch(torch_momentum):
+  """A BatchNorm2d trained two steps, loaded, then both train three more:
+  the same outputs and running statistics (PyTorch's momentum m is 1 − m
+  here; its running variance follows the unbiased batch variance; its
+  momentum=None is the cumulative average, its num_batches_tracked our count)."""
+  bn = randomize(torch.nn.BatchNorm2d(8, momentum=torch_momentum))
+  batches = [rand(4, 8, 3, 3, seed=s) * (1 + s) for s in range(5)]
+  bn.train()
+  with torch.no_grad():
+    for x in batches[:2]:
+      bn(torch.from_numpy(x))
+  cumulative = torch_momentum is None
+  variables = jn.from_torch(bn.state_dict(), "", "batch_norm", cumulative=cumulative)
+  ours = jn.BatchNorm(
+    use_running_average=False,
+    epsilon=1e-5,
+    momentum=0.9 if not cumulative else 0.99,
+    running_stats="cumulative" if cumulative else "ema",
+    unbiased_running_var=True,
+  )
+  for x in batches[2:]:
+    with torch.no_grad():
+      want = nchw_to_nhwc(bn(torch.from_numpy(x)))
+    y, updates = ours.apply(variables, nchw_to_nhwc(x), mutable=["batch_stats"])
+    variables = {**variables, **updates}
+    np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(variables["batch_stats"]["mean"], bn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(variables["batch_stats"]["var"], bn.running_var.numpy(), rtol=1e-5, atol=1e-6)
+  if cumulative:
+    assert int(variables["batch_stats"]["count"]) == int(bn.num_batches_tracked) == 5
+
+
+def test_the_unbiased_update_is_bessels_correction_of_the_running_variance_only():
+  x = rand(6, 4)
+  y, stats = jn.batch_norm(
+    x, running_mean=np.zeros(4), running_var=np.zeros(4), momentum=0.0, unbiased_running_var=True
+  )
+  np.testing.assert_allclose(stats.var, np.var(x.astype(np.float64), axis=0, ddof=1), rtol=1e-5)
+  y_biased, _ = jn.batch_norm(x, running_mean=np.zeros(4), running_var=np.zeros(4), momentum=0.0)
+  np.testing.assert_array_equal(y, y_biased)  # the normalization itself is unchanged
+  with pytest.raises(ValueError, match="cumulative=True reads 'num_batches_tracked' of a batch_norm"):
+    jn.from_torch(torch.nn.GroupNorm(2, 4).state_dict(), "", "group_norm", cumulative=True)
