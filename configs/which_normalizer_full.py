@@ -45,9 +45,10 @@ steady state after compilation), images/s and one epoch of 50,000 images:
     python -m experiments.sweep --config configs/which_normalizer_full.py --workdir runs/which_normalizer_full
 """
 
-import ml_collections
+import importlib.util
+from pathlib import Path
 
-from experiments import config as config_lib
+import ml_collections
 
 GROUPED = {"num_groups": 8}  # 16/32/64 channels: the GN paper's CIFAR setting
 TOTAL_STEPS = 3120  # 8 epochs × 390 steps of 128
@@ -56,21 +57,14 @@ BATCH_RENORM_SCHEDULE = {"warmup_delay": 390, "r_max_warmup_steps": 2730, "d_max
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """The training config of ``configs/sweep_statistics_full.py``'s points."""
-  base = config_lib.default_config()
-  base.depth = 8
-  base.width = 16
-  base.num_devices = 4
-  base.per_device_batch = 32
-  base.train_examples = 0  # all 50,000
-  base.augment = True
-  base.epochs = 8
-  base.schedule = "cosine"
-  base.warmup_epochs = 0.5
-  base.report_last_evals = 3
-  base.eval_every = 2
-  base.checkpoint = True
-  base.progress = True
+  """The training config of ``configs/sweep_statistics_full.py``'s points
+  (read from that file, so the two cannot drift apart), seed 0, with the
+  table's column: statistics over 2 examples."""
+  path = Path(__file__).with_name("sweep_statistics_full.py")
+  spec = importlib.util.spec_from_file_location("sweep_statistics_full", path)
+  full = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(full)
+  base = full.get_config().base
   base.seed = 0
   base.statistics_batch = 2
   return base

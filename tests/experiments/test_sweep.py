@@ -361,6 +361,19 @@ def test_command_without_data_prints_the_fix_without_a_traceback(tmp_path):
   assert not (tmp_path / "sweep" / "points").exists()  # nothing trained
 
 
+def _committed_sweep_config(name: str):
+  """``configs/<name>.py``'s sweep config, locked as the command line locks it."""
+  import importlib.util
+
+  path = Path(__file__).resolve().parents[2] / "configs" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  s = module.get_config()
+  s.lock()
+  return s
+
+
 @pytest.mark.parametrize(
   "name",
   [
@@ -376,14 +389,7 @@ def test_command_without_data_prints_the_fix_without_a_traceback(tmp_path):
 def test_committed_sweep_configs_are_valid_at_every_point(name):
   """Every point of the README's main job (and the per-device sweep) passes
   the checks a run does before compute, on one device, without training."""
-  import importlib.util
-
-  path = Path(__file__).resolve().parents[2] / "configs" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  s = module.get_config()
-  s.lock()
+  s = _committed_sweep_config(name)
   points = sweep.expand(s)
   assert len(points) == (
     20
@@ -400,25 +406,13 @@ def test_committed_sweep_configs_are_valid_at_every_point(name):
     assert config.epochs == 2 * {p[0]: p[2] for p in points}[label].epochs
 
 
-def _committed_sweep(name: str):
-  import importlib.util
-
-  path = Path(__file__).resolve().parents[2] / "configs" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  s = module.get_config()
-  s.lock()
-  return sweep.expand(s)
-
-
 def test_which_normalizer_points_train_as_the_full_data_sweep_with_statistics_over_two():
   """Every norm of the small-batch comparison (configs/which_normalizer_full.py)
   trains with the model, data, global batch, learning rate, schedule and
   steps of the full-data BN/GN sweep, and where it has batch statistics
   they span 2 examples; each point passes the pre-compute checks."""
-  full = _committed_sweep("sweep_statistics_full")
-  which = _committed_sweep("which_normalizer_full")
+  full = sweep.expand(_committed_sweep_config("sweep_statistics_full"))
+  which = sweep.expand(_committed_sweep_config("which_normalizer_full"))
   same = (
     "depth", "width", "train_examples", "augment", "epochs", "schedule", "warmup_epochs", "base_lr",
     "lr_reference_batch", "momentum", "weight_decay", "report_last_evals", "eval_every", "zero_init_last",
