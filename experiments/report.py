@@ -11,6 +11,7 @@ Reads ``DIR/points/*/result.json`` and ``metrics.jsonl`` and writes
   with the convergence check's table below it when the sweep has one;
 * ``error_vs_batch.png``: the paper's Figure 1 layout (log2 x-axis);
 * ``curves.png``: training loss and test error per epoch for every point;
+* ``error_by_norm.png``: with more than two normalizers, one bar each;
 * ``diagnostics/<point>.png``: for points trained with ``diagnostics=True``,
   the plots of :func:`experiments.diagnostics.plot_run`.
 """
@@ -256,6 +257,34 @@ def plot_error_vs_batch(points, path: Path, title: str) -> None:
   plt.close(fig)
 
 
+def plot_error_by_norm(points, path: Path, title: str) -> None:
+  """One bar per normalizer and column (a comparison of many normalizers
+  at one statistics batch), best first, with the spread over seeds."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  bars = sorted(
+    ((np.mean(errors), np.std(errors, ddof=1) if len(errors) > 1 else 0.0, f"{row}, {size} {_column_unit(points)}")
+     for row, by_size in _cells(points).items() for size, errors in by_size.items()),
+    reverse=True,
+  )  # fmt: skip
+  fig, ax = plt.subplots(figsize=(7, 0.45 * len(bars) + 1.4))
+  y = np.arange(len(bars))
+  ax.barh(y, [b[0] for b in bars], xerr=[b[1] for b in bars], color="tab:blue", alpha=0.8, capsize=3)
+  for i, (mean, _, _) in enumerate(bars):
+    ax.text(mean + 0.3, i, f"{mean:.1f}", va="center", fontsize=8)
+  ax.set_yticks(y, [b[2] for b in bars], fontsize=8)
+  ax.set_xlabel("test error (%)")
+  ax.set_xlim(0, max(b[0] for b in bars) * 1.12)
+  ax.set_title("\n".join(textwrap.wrap(title, 80)), fontsize=9)
+  ax.grid(axis="x", alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def plot_curves(points, path: Path, title: str, longer=()) -> None:
   """Training loss and test error per epoch of every trained point; the
   convergence check's longer runs (``longer``) dashed, in red."""
@@ -317,6 +346,8 @@ def write_report(workdir: str | os.PathLike) -> str:
   (workdir / "table.md").write_text(table)
   plot_error_vs_batch(points, workdir / "error_vs_batch.png", f"{name}: test error vs {_column_name(points)}")
   plot_curves(points, workdir / "curves.png", name, longer)
+  if len(_cells(points)) > 2:  # a comparison of normalizers, not BN against GN
+    plot_error_by_norm(points, workdir / "error_by_norm.png", f"{name}: test error by normalizer")
   with_diagnostics = [p for p in points if any("diagnostics" in m for m in p["history"])]
   if with_diagnostics:
     from experiments import diagnostics  # local: jax is only needed here

@@ -152,6 +152,18 @@ def test_report_table_uses_median_of_last_evals_and_seed_statistics(tmp_path):
   assert len(csv_lines) == 5 and csv_lines[0].startswith("label,norm")
 
 
+def test_a_comparison_of_normalizers_gets_one_bar_each(tmp_path):
+  """More than two normalizers: a bar chart beside the table (a BN/GN sweep has none)."""
+  fake_point(tmp_path, "bn_b2_s0", "bn", 2, 0, [0.9, 0.50, 0.60])
+  fake_point(tmp_path, "gn_b2_s0", "gn", 2, 0, [0.9, 0.40, 0.42], {"num_groups": 8})
+  report.write_report(tmp_path)
+  assert not (tmp_path / "error_by_norm.png").exists()
+  fake_point(tmp_path, "frn_b2_s0", "frn", 2, 0, [0.9, 0.45, 0.47])
+  table = report.write_report(tmp_path)
+  assert "| FRN | 46.00 |" in table
+  assert (tmp_path / "error_by_norm.png").stat().st_size > 0
+
+
 def test_epochs_without_evaluation_are_skipped_by_the_result_and_the_curves(tmp_path):
   """With eval_every > 1 some epochs record no test error: the result is the
   median of the last evaluations that exist, and the curves draw those."""
