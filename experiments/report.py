@@ -177,7 +177,9 @@ def markdown_table(points, title: str = "") -> str:
     machines[hardware_label(p)] += 1
   lines += [
     "",
-    f"ResNet-{c['depth']} (width {c['width']}), {c['num_devices']} simulated devices, "
+    f"ResNet-{_distinct(p['config']['depth'] for p in points)} (width {_distinct(p['config']['width'] for p in points)}), "
+    f"{_distinct(p['config']['num_devices'] for p in points)} simulated devices "
+    f"× {_distinct(p['config']['per_device_batch'] for p in points)} images, "
     f"{_distinct(p['epochs_completed'] for p in points)} epochs, "
     f"{_distinct(p['train_examples'] for p in points)} training images"
     f"{'' if c.get('augment', True) else ' without augmentation'}, {c['schedule']} LR "
@@ -270,15 +272,15 @@ def plot_error_by_norm(points, path: Path, title: str) -> None:
      for row, by_size in _cells(points).items() for size, errors in by_size.items()),
     reverse=True,
   )  # fmt: skip
-  fig, ax = plt.subplots(figsize=(7, 0.45 * len(bars) + 1.4))
+  fig, ax = plt.subplots(figsize=(9, 0.55 * len(bars) + 1.4))
   y = np.arange(len(bars))
   ax.barh(y, [b[0] for b in bars], xerr=[b[1] for b in bars], color="tab:blue", alpha=0.8, capsize=3)
-  for i, (mean, _, _) in enumerate(bars):
-    ax.text(mean + 0.3, i, f"{mean:.1f}", va="center", fontsize=8)
-  ax.set_yticks(y, [b[2] for b in bars], fontsize=8)
+  for i, (mean, std, _) in enumerate(bars):
+    ax.text(mean + std + 0.5, i, f"{mean:.1f}", va="center", fontsize=8)
+  ax.set_yticks(y, ["\n".join(textwrap.wrap(b[2], 40)) for b in bars], fontsize=8)
   ax.set_xlabel("test error (%)")
   ax.set_xlim(0, max(b[0] for b in bars) * 1.12)
-  ax.set_title("\n".join(textwrap.wrap(title, 80)), fontsize=9)
+  ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=9)
   ax.grid(axis="x", alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -297,10 +299,11 @@ def plot_curves(points, path: Path, title: str, longer=()) -> None:
   fig, axes = plt.subplots(len(rows), 2, figsize=(10, 3.2 * len(rows)), squeeze=False)
   cmap = plt.get_cmap("viridis")
   sizes = sorted({_column(p["config"]) for p in points}, reverse=True)
+  labels = {p["label"] for p in points}
   for r, row in enumerate(rows):
     for p in sorted(points, key=lambda p: -_column(p["config"])):
-      if norm_label(p["config"]) != row or p.get("trained_as"):
-        continue  # a copy of another point's run is drawn once, as that point
+      if norm_label(p["config"]) != row or p.get("trained_as") in labels:
+        continue  # a copy of another point's run here is drawn once, as that point
       b = _column(p["config"])
       color = cmap(sizes.index(b) / max(len(sizes) - 1, 1))
       label = f"{b} {_column_unit(points)}, seed {p['config']['seed']}"
@@ -312,14 +315,14 @@ def plot_curves(points, path: Path, title: str, longer=()) -> None:
         continue
       label = f"{p['label']}, {p['epochs_completed']} epochs (convergence check)"
       _plot_history(axes[r], p["history"], color="tab:red", linestyle="--", label=label)
-    axes[r, 0].set_title(f"{row}: training loss", fontsize=9)
-    axes[r, 1].set_title(f"{row}: test error (%)", fontsize=9)
+    axes[r, 0].set_title("\n".join(textwrap.wrap(f"{row}: training loss", 60)), fontsize=9)
+    axes[r, 1].set_title("\n".join(textwrap.wrap(f"{row}: test error (%)", 60)), fontsize=9)
     for ax in axes[r]:
       ax.set_xlabel("epoch")
       ax.grid(alpha=0.3)
     axes[r, 1].legend(fontsize=7)
   fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / len(rows)))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
