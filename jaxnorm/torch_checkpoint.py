@@ -97,7 +97,8 @@ def from_torch(
   ``evonorm_b0``                … and running_var → batch_stats var
   ``conv``                      weight ``(O, I, *K)`` → kernel ``(*K, I, O)``; bias
   ``standardized_conv``         … and gain → gain (timm's ``ScaledStdConv2d``:
-                                mind its ``eps``, see the migration guide)
+                                use ``epsilon = N·eps`` and multiply the gain by
+                                its ``gamma``, kept outside the state dict)
   ``linear``                    weight ``(O, I)`` → kernel ``(I, O)``; bias
   ============================  ====================================================
 

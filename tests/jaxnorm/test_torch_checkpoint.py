@@ -213,3 +213,110 @@ def test_the_unbiased_update_is_bessels_correction_of_the_running_variance_only(
   np.testing.assert_array_equal(y, y_biased)  # the normalization itself is unchanged
   with pytest.raises(ValueError, match="cumulative=True reads 'num_batches_tracked' of a batch_norm"):
     jn.from_torch(torch.nn.GroupNorm(2, 4).state_dict(), "", "group_norm", cumulative=True)
+
+
+# Real timm models, built here with random weights: every normalization and
+# convolution layer loads from the model's state_dict and gives the torch
+# layer's output (eval mode). timm is not a test dependency: it imports
+# torchvision, whose build must match torch's (the CPU torch of the test
+# extra has no matching torchvision on the package index), so these tests
+# skip without it. Run them in an environment with timm, e.g. torch 2.14.1,
+# torchvision 0.29.1 and timm 1.0.31: 5 passed (resnet18: 20 convolutions,
+# 20 batch norms; nf_resnet26: 29 ScaledStdConv2d; resnetv2_50d_evos: 51
+# EvoNorm2dS0; resnetv2_50d_gn: 51 GroupNormAct).
+
+
+def _timm_model(name):
+  timm = pytest.importorskip("timm")
+  model = randomize(timm.create_model(name, pretrained=False), seed=1).eval()
+  return model, model.state_dict()
+
+
+def _nhwc_input(channels, seed=0, size=6):
+  return rand(2, channels, size, size, seed=seed)
+
+
+def _check_layer(state, name, kind, flax_module, torch_forward, channels):
+  x = _nhwc_input(channels)
+  xj = jnp.asarray(nchw_to_nhwc(x))
+  like = flax_module.init(__import__("jax").random.key(0), xj)
+  variables = jn.from_torch(state, name, kind, like=like)
+  with torch.no_grad():
+    want = nchw_to_nhwc(torch_forward(torch.from_numpy(x)))
+  np.testing.assert_allclose(np.asarray(flax_module.apply(variables, xj)), want, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def _conv_module(m, flax_cls=nn.Conv, **extra):
+  return flax_cls(
+    m.out_channels,
+    m.kernel_size,
+    strides=m.stride,
+    padding=[(p, p) for p in m.padding],
+    kernel_dilation=m.dilation,
+    feature_group_count=m.groups,
+    use_bias=m.bias is not None,
+    **extra,
+  )
+
+
+def test_a_timm_bn_resnet_loads_layer_by_layer():
+  model, state = _timm_model("resnet18")
+  checked = 0
+  for name, m in model.named_modules():
+    if isinstance(m, torch.nn.BatchNorm2d):
+      bn = jn.BatchNorm(use_running_average=True, epsilon=m.eps)
+      forward = lambda x, m=m: torch.nn.functional.batch_norm(
+        x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps
+      )
+      _check_layer(state, name, "batch_norm", bn, forward, m.num_features)
+    elif type(m) is torch.nn.Conv2d:
+      _check_layer(state, name, "conv", _conv_module(m), m, m.in_channels)
+    else:
+      continue
+    checked += 1
+  assert checked == 40  # 20 convolutions and 20 batch norms
+
+
+def test_a_timm_nf_resnet_loads_its_scaled_standardized_convolutions():
+  """timm's ScaledStdConv2d computes γ·gain·(W − μ)/(sqrt(σ² + eps)·sqrt(N)):
+  jaxnorm's scaled WS with ε = N·eps and g = γ·gain (γ is not in the
+  state dict: timm keeps it in ``scale``)."""
+  timm = pytest.importorskip("timm")
+  model, state = _timm_model("nf_resnet26")
+  checked = 0
+  for name, m in model.named_modules():
+    if type(m).__name__ != "ScaledStdConv2d":
+      continue
+    fan_in = m.weight[0].numel()
+    gamma = float(m.scale) * fan_in**0.5
+    conv = _conv_module(m, jn.StandardizedConv, scaled=True, epsilon=m.eps * fan_in)
+    x = _nhwc_input(m.in_channels)
+    xj = jnp.asarray(nchw_to_nhwc(x))
+    like = conv.init(__import__("jax").random.key(0), xj)
+    variables = jn.from_torch(state, name, "standardized_conv", like=like)
+    variables["params"]["gain"] = variables["params"]["gain"] * gamma
+    with torch.no_grad():
+      want = nchw_to_nhwc(m(torch.from_numpy(x)))
+    np.testing.assert_allclose(np.asarray(conv.apply(variables, xj)), want, rtol=1e-4, atol=1e-4, err_msg=name)
+    checked += 1
+  assert checked > 20 and timm is not None
+
+
+@pytest.mark.parametrize("model_name", ["resnetv2_50d_evos", "resnetv2_50d_gn"])
+def test_timm_evonorm_and_group_norm_models_load_layer_by_layer(model_name):
+  model, state = _timm_model(model_name)
+  checked = 0
+  for name, m in model.named_modules():
+    kind = type(m).__name__
+    if kind == "EvoNorm2dS0":
+      flax_module = jn.EvoNormS0(num_groups=m.groups, epsilon=m.eps)
+      _check_layer(state, name, "evonorm_s0", flax_module, m, m.weight.numel())
+    elif isinstance(m, torch.nn.GroupNorm):  # timm's GroupNormAct adds an activation: the norm alone
+      forward = lambda x, m=m: torch.nn.functional.group_norm(x, m.num_groups, m.weight, m.bias, m.eps)
+      _check_layer(
+        state, name, "group_norm", jn.GroupNorm(num_groups=m.num_groups, epsilon=m.eps), forward, m.num_channels
+      )
+    else:
+      continue
+    checked += 1
+  assert checked > 10
