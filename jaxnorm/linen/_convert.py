@@ -41,7 +41,9 @@ def _converted(replacements: dict[type, type], *, axis_name: Any = KEEP, running
   """Within the block, every call of a flax.linen normalization layer runs
   as jaxnorm's class of the same name on the layer's own variables.
 
-  For ``init``, ``apply`` or any method of a model you call yourself;
+  For ``init``, ``apply`` or any method of a model you call yourself, and
+  for code that calls ``apply`` inside (a Hugging Face Flax model's
+  ``__call__``: ``with jaxnorm.linen.converted(): outputs = model(**inputs)``);
   :func:`jaxnorm.linen.convert` wraps a model's ``__call__`` in it.
   ``axis_name`` and ``running_stats`` as there.
   """

@@ -254,3 +254,27 @@ def test_linen_converted_context_runs_any_method():
     pass
   with pytest.raises(TypeError, match=r"jaxnorm\.nnx\.convert"):
     jn.linen.convert(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
+
+
+def test_linen_converted_reaches_code_that_calls_apply_itself():
+  """A wrapper that owns its parameters and calls ``module.apply`` inside
+  (as a Hugging Face Flax model's ``__call__`` does) runs jaxnorm's layers
+  under ``converted()``."""
+
+  class Pretrained:
+    def __init__(self):
+      self.module = nn.Sequential([nn.Dense(6), nn.LayerNorm(), nn.Dense(2)])
+      self.params = self.module.init(jax.random.key(0), jnp.ones((1, 4)))["params"]
+
+    def __call__(self, x):
+      return self.module.apply({"params": self.params}, x)
+
+  model, x = Pretrained(), jax.random.normal(jax.random.key(1), (3, 4))
+  calls = []
+  original = jn.LayerNorm.__call__
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(jn.LayerNorm, "__call__", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    with jn.linen.converted():
+      y = model(x)
+  assert calls == [1]
+  np.testing.assert_array_equal(y, model(x))
