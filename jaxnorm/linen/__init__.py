@@ -23,8 +23,6 @@ are exported as ``jaxnorm.BatchNorm``, ``jaxnorm.GroupNorm``, ….
 model's flax normalization layers as these, on the same variables.
 """
 
-import flax.linen as _flax_linen
-
 from jaxnorm.linen._convert import make_converters as _make_converters
 from jaxnorm.linen.batch_norm import BatchNorm as BatchNorm
 from jaxnorm.linen.batch_renorm import BatchRenorm as BatchRenorm
@@ -39,16 +37,16 @@ from jaxnorm.linen.spectral_norm import SpectralNorm as SpectralNorm
 from jaxnorm.linen.weight_norm import WeightNorm as WeightNorm
 from jaxnorm.linen.weight_standardization import StandardizedConv as StandardizedConv
 
-# The flax.linen layers that convert runs as jaxnorm's, and their classes.
+# The flax.linen layers that convert runs as the jaxnorm classes of the same names.
 convert, converted = _make_converters(
   {
-    _flax_linen.BatchNorm: BatchNorm,
-    _flax_linen.LayerNorm: LayerNorm,
-    _flax_linen.GroupNorm: GroupNorm,
-    _flax_linen.InstanceNorm: InstanceNorm,
-    _flax_linen.RMSNorm: RMSNorm,
-    _flax_linen.SpectralNorm: SpectralNorm,
-    _flax_linen.WeightNorm: WeightNorm,
+    "BatchNorm": BatchNorm,
+    "LayerNorm": LayerNorm,
+    "GroupNorm": GroupNorm,
+    "InstanceNorm": InstanceNorm,
+    "RMSNorm": RMSNorm,
+    "SpectralNorm": SpectralNorm,
+    "WeightNorm": WeightNorm,
   }
 )
 

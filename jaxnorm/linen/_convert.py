@@ -27,7 +27,7 @@ from jaxnorm._core.running_stats import conversion_overrides
 # The flax.linen layers a conversion runs as the jaxnorm class of the same
 # name (the same fields, variables and call), which jaxnorm.linen passes to
 # make_converters.
-FLAX_LAYERS = (nn.BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm, nn.RMSNorm, nn.SpectralNorm, nn.WeightNorm)
+LAYER_NAMES = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm", "SpectralNorm", "WeightNorm")
 
 
 def _fields(module: nn.Module) -> dict[str, Any]:
@@ -55,7 +55,7 @@ def _converted(replacements: dict[type, type], *, axis_name: Any = KEEP, running
     if cls is None or context.method_name != "__call__" or layer.scope is None:
       return next_fun(*args, **kwargs)
     fields = _fields(layer)
-    if type(layer) is nn.BatchNorm:
+    if cls.__name__ == "BatchNorm":
       fields |= overrides
     return cls(**fields, parent=layer.scope)(*args, **kwargs)  # bound to the layer's scope: its variables
 
@@ -122,12 +122,10 @@ def _convert(
   return Converted(module, converting)
 
 
-def make_converters(replacements: dict[type, type]):
-  """:func:`convert` and :func:`converted` for ``replacements`` (flax.linen
-  class → jaxnorm class)."""
-  missing = [cls.__name__ for cls in FLAX_LAYERS if cls not in replacements]
-  if missing:
-    raise ValueError(f"make_converters: no replacement for {missing}")
+def make_converters(classes: dict[str, type]):
+  """:func:`convert` and :func:`converted` that run each flax.linen layer of
+  :data:`LAYER_NAMES` as ``classes[name]`` (the jaxnorm class of that name)."""
+  replacements = {getattr(nn, name): classes[name] for name in LAYER_NAMES if hasattr(nn, name)}
 
   def convert(module: nn.Module, *, axis_name: Any = KEEP, running_stats: str | None = None) -> nn.Module:
     return _convert(replacements, module, axis_name=axis_name, running_stats=running_stats)

@@ -33,8 +33,6 @@ functions underneath, and :class:`StandardizedConv` is a drop-in for
 of an existing model by these, keeping its parameters and statistics.
 """
 
-from flax import nnx as _flax_nnx
-
 from jaxnorm.nnx._convert import make_convert as _make_convert
 from jaxnorm.nnx.batch_norm import BatchNorm as BatchNorm
 from jaxnorm.nnx.batch_renorm import BatchRenorm as BatchRenorm
@@ -49,16 +47,16 @@ from jaxnorm.nnx.spectral_norm import SpectralNorm as SpectralNorm
 from jaxnorm.nnx.weight_norm import WeightNorm as WeightNorm
 from jaxnorm.nnx.weight_standardization import StandardizedConv as StandardizedConv
 
-# The flax.nnx layers that convert replaces, and their jaxnorm classes.
+# The flax.nnx layers that convert replaces by the jaxnorm classes of the same names.
 convert = _make_convert(
   {
-    _flax_nnx.BatchNorm: BatchNorm,
-    _flax_nnx.LayerNorm: LayerNorm,
-    _flax_nnx.GroupNorm: GroupNorm,
-    _flax_nnx.InstanceNorm: InstanceNorm,
-    _flax_nnx.RMSNorm: RMSNorm,
-    _flax_nnx.SpectralNorm: SpectralNorm,
-    _flax_nnx.WeightNorm: WeightNorm,
+    "BatchNorm": BatchNorm,
+    "LayerNorm": LayerNorm,
+    "GroupNorm": GroupNorm,
+    "InstanceNorm": InstanceNorm,
+    "RMSNorm": RMSNorm,
+    "SpectralNorm": SpectralNorm,
+    "WeightNorm": WeightNorm,
   }
 )
 

@@ -14,9 +14,15 @@ from jaxnorm._core.running_stats import conversion_overrides
 
 # The flax.nnx layers a conversion replaces, each by the jaxnorm.nnx class of
 # the same name (same constructor, same state names), which jaxnorm.nnx
-# passes to make_convert.
-FLAX_LAYERS = (nnx.BatchNorm, nnx.LayerNorm, nnx.GroupNorm, nnx.InstanceNorm, nnx.RMSNorm, nnx.SpectralNorm)
-FLAX_LAYERS += (nnx.WeightNorm,)
+# passes to make_convert. SpectralNorm and WeightNorm came in flax 0.12.1.
+LAYER_NAMES = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm", "SpectralNorm", "WeightNorm")
+
+
+def flax_layers() -> dict[str, type]:
+  """The flax.nnx normalization classes this flax has, by name."""
+  return {name: getattr(nnx, name) for name in LAYER_NAMES if hasattr(nnx, name)}
+
+
 # The containers a model holds its layers in (nnx.List/Dict/Pytree where
 # this flax has them).
 _LIST = getattr(nnx, "List", list)
@@ -24,11 +30,10 @@ _DICT = getattr(nnx, "Dict", dict)
 _PYTREE = getattr(nnx, "Pytree", nnx.Module)  # convert's default: leave the layer's own setting
 
 
-def make_convert(replacements: dict[type, type]):
-  """:func:`convert` for ``replacements`` (flax.nnx class → jaxnorm.nnx class)."""
-  missing = [cls.__name__ for cls in FLAX_LAYERS if cls not in replacements]
-  if missing:
-    raise ValueError(f"make_convert: no replacement for {missing}")
+def make_convert(classes: dict[str, type]):
+  """:func:`convert` that replaces each flax.nnx layer of :data:`LAYER_NAMES`
+  by ``classes[name]`` (the jaxnorm.nnx class of that name)."""
+  replacements = {flax_cls: classes[name] for name, flax_cls in flax_layers().items()}
 
   def convert(model: nnx.Module, *, axis_name: Any = KEEP, running_stats: str | None = None) -> nnx.Module:
     return _convert(replacements, model, axis_name=axis_name, running_stats=running_stats)
@@ -137,21 +142,22 @@ class _Converter:
     cls = self.replacements[type(layer)]
     signature = inspect.signature(type(layer).__init__).parameters
     kwargs = {name: getattr(layer, name) for name in signature if name not in ("self", "rngs") and hasattr(layer, name)}
-    if type(layer) is nnx.BatchNorm:
+    kind = cls.__name__
+    if kind == "BatchNorm":
       kwargs |= self.batch_norm_overrides
-    if type(layer) is nnx.GroupNorm:  # flax keeps both resolved; its constructor takes one
+    if kind == "GroupNorm":  # flax keeps both resolved; its constructor takes one
       kwargs |= {"num_features": layer.num_groups * layer.group_size, "group_size": None}
-    if type(layer) is nnx.WeightNorm and kwargs.get("feature_axes") == ():
+    if kind == "WeightNorm" and kwargs.get("feature_axes") == ():
       kwargs["feature_axes"] = None
     # rngs only shape the fresh variables, which are replaced below by the layer's own.
     new = cls(**kwargs, rngs=nnx.Rngs(0))
-    for name, value in vars(layer).items():
-      if isinstance(value, nnx.Variable) and hasattr(new, name):
-        setattr(new, name, value)
-    if type(layer) is nnx.SpectralNorm:
+    for attr, value in vars(layer).items():
+      if isinstance(value, nnx.Variable) and hasattr(new, attr):
+        setattr(new, attr, value)
+    if kind == "SpectralNorm":
       for key, stat in layer.batch_stats.items():
         new.batch_stats[key] = stat
-    if type(layer) is nnx.WeightNorm:
+    if kind == "WeightNorm":
       for key, scale in layer.scales.items():  # flax keeps plain arrays; jaxnorm's g is an nnx.Param
         new.scales[key] = scale if isinstance(scale, nnx.Param) else nnx.Param(scale)
     return new

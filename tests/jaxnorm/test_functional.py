@@ -222,10 +222,10 @@ def test_large_offset_is_normalized_accurately(name, implementation):
   """x = 1e4 + N(0, 1) in float32: the stable variance is as accurate as
   the float32 two-pass formula flax's ``use_fast_variance=False`` computes
   (``(x − mean(x))·rsqrt(var(x) + ε)``, whose outputs flax's own tests
-  compare to 1e-6), and within 1e-2 of float64: the error is the float32
-  rounding of the mean of values near 1e4, 1.2e-3 here on jax 0.10 and
-  7.6e-3 on jax 0.7, whose XLA:CPU sums sequentially. flax's default
-  ``E[x²] − E[x]²`` is off by more than 1."""
+  compare to 1e-6). The error of both is the float32 rounding of the mean
+  of values near 1e4: 1.2e-3 here on jax 0.10, 1.2e-2 on jax 0.7.1, whose
+  XLA:CPU sums sequentially. flax's default ``E[x²] − E[x]²`` is off by
+  more than 1."""
   fn, red = NORMALIZERS[name]
   x = (1e4 + np.random.default_rng(9).normal(size=(16, 8, 8, 16))).astype(np.float32)
   z, _, _ = ref.standardize(x, red, 1e-5)
@@ -234,7 +234,7 @@ def test_large_offset_is_normalized_accurately(name, implementation):
   two_pass_err = np.max(np.abs(np.asarray(two_pass, np.float64) - z))
   with jn.implementation(implementation):
     err = np.max(np.abs(np.asarray(fn(x, epsilon=1e-5), np.float64) - z))
-  assert err <= min(1.5 * two_pass_err + 1e-4, 1e-2), (err, two_pass_err)
+  assert err <= 1.5 * two_pass_err + 1e-4 and err < 0.05, (err, two_pass_err)
   fast = np.asarray(fn(x, epsilon=1e-5, use_fast_variance=True), np.float64)
   assert np.max(np.abs(fast - z)) > 1.0  # what flax's default gives
 

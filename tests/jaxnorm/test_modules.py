@@ -316,6 +316,10 @@ def test_drop_in_inside_a_model_gives_identical_training_gradients():
   tree_allclose(u_o, u_f, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.skipif(
+  tuple(int(v) for v in jax.__version__.split(".")[:2]) < (0, 10),
+  reason="jax < 0.10's XLA:CPU sums in another order than jnp.mean here (1.2e-3 apart, both ~1e-2 from float64)",
+)
 @pytest.mark.parametrize("implementation", ["auto", "reference"])
 @pytest.mark.parametrize("name", ["InstanceNorm", "LayerNorm", "GroupNorm"])
 def test_stable_variance_is_flax_two_pass_arithmetic_on_a_large_offset(name, implementation):
