@@ -89,7 +89,7 @@ def _convert(
   model creates them, in ``setup``, a ``@compact`` method or a
   ``functools.partial`` — run as the jaxnorm class of the same name with
   the layer's fields (its ``use_fast_variance`` included, so the outputs
-  are flax's bit for bit) on the layer's own variables. The returned module
+  are flax's: bit for bit on jax 0.10, to rounding on other jax versions) on the layer's own variables. The returned module
   takes ``module``'s call arguments and has exactly ``module``'s variables,
   so existing checkpoints apply unchanged. Only ``__call__`` is converted;
   for another method, call it inside :func:`jaxnorm.linen.converted`.

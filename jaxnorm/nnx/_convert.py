@@ -52,7 +52,8 @@ def _convert(
   (attributes, ``nnx.List``/``nnx.Dict`` and other containers, nested
   modules), become the :mod:`jaxnorm.nnx` class of the same name, built
   from the layer's own settings (its ``use_fast_variance`` included, so the
-  outputs are flax's bit for bit) and holding the layer's own variables
+  outputs are flax's: bit for bit on jax 0.10, to rounding on other jax
+  versions) and holding the layer's own variables
   (the same ``nnx.Param``/``nnx.BatchStat`` objects, their metadata and
   sharding annotations kept). A layer that appears in several places is
   replaced by one jaxnorm layer everywhere. ``model`` is changed in place

@@ -49,6 +49,21 @@ class NnxCnn(nnx.Module):
     return self.out(nnx.relu(self.dense(jnp.mean(x, axis=(1, 2)))))
 
 
+# jaxnorm's fused passes reduce in flax's order on jax 0.10 (the default
+# here), so a converted model's outputs are flax's bit for bit there; other
+# jax versions order some reductions differently (measured: up to 4e-6
+# relative on jax 0.12.1, 1 ulp on 0.7.1).
+BITWISE = tuple(int(v) for v in jax.__version__.split(".")[:2]) == (0, 10)
+
+
+def assert_same(actual, desired):
+  """Bit for bit where that holds (see :data:`BITWISE`), else to rounding."""
+  if BITWISE:
+    np.testing.assert_array_equal(actual, desired)
+  else:
+    np.testing.assert_allclose(np.asarray(actual), np.asarray(desired), rtol=2e-5, atol=1e-6)
+
+
 def _layers(model):
   return [node for _, node in nnx.iter_graph(model) if isinstance(node, nnx.Module)]
 
@@ -71,16 +86,16 @@ def test_every_flax_layer_is_replaced_and_the_model_trains_bitwise_as_before():
   assert model.shared is model.heads["ln"]  # still one layer
   x = _x()
   for _ in range(3):  # training calls: outputs and running statistics bit for bit
-    np.testing.assert_array_equal(model(x), reference(x))
-    np.testing.assert_array_equal(model.stem_norm.mean[...], reference.stem_norm.mean[...])
-    np.testing.assert_array_equal(model.stem_norm.var[...], reference.stem_norm.var[...])
+    assert_same(model(x), reference(x))
+    assert_same(model.stem_norm.mean[...], reference.stem_norm.mean[...])
+    assert_same(model.stem_norm.var[...], reference.stem_norm.var[...])
   # Gradients: jaxnorm's derivative rule equals flax's autodiff to rounding, not bit for bit.
   loss = lambda m: jnp.sum(m(x) ** 2)
   grads = nnx.to_pure_dict(nnx.grad(loss)(nnx.clone(model)))
   reference_grads = nnx.to_pure_dict(nnx.grad(loss)(nnx.clone(reference)))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, reference_grads)
   model.eval(), reference.eval()
-  np.testing.assert_array_equal(model(x), reference(x))
+  assert_same(model(x), reference(x))
 
 
 @pytest.mark.skipif(not hasattr(nnx, "SpectralNorm"), reason="flax.nnx has SpectralNorm and WeightNorm since 0.12.1")
@@ -94,10 +109,8 @@ def test_wrappers_convert_and_then_keep_the_raw_weights_where_flax_overwrites_th
   assert isinstance(model.out.scales[("kernel",)], nnx.Param)  # trainable g (flax keeps an array)
   kernels = [np.asarray(m.layer_instance.kernel[...]) for m in (model.dense, model.out)]
   x = _x()
-  np.testing.assert_array_equal(model(x), reference(x))
-  np.testing.assert_array_equal(
-    model.dense.batch_stats[("kernel", "u")][...], reference.dense.batch_stats[("kernel", "u")][...]
-  )
+  assert_same(model(x), reference(x))
+  assert_same(model.dense.batch_stats[("kernel", "u")][...], reference.dense.batch_stats[("kernel", "u")][...])
   for ours, theirs, kernel in zip((model.dense, model.out), (reference.dense, reference.out), kernels):
     np.testing.assert_array_equal(np.asarray(ours.layer_instance.kernel[...]), kernel)
     assert not np.array_equal(np.asarray(theirs.layer_instance.kernel[...]), kernel)
@@ -151,7 +164,7 @@ def test_a_norm_layer_itself_is_returned_converted():
   x = jax.random.normal(jax.random.key(1), (2, 5))
   converted = jn.nnx.convert(layer)
   assert isinstance(converted, jn.nnx.LayerNorm)
-  np.testing.assert_array_equal(converted(x), layer(x))
+  assert_same(converted(x), layer(x))
 
 
 # flax.linen: a ResNet written as flax's ImageNet example writes its own
@@ -221,11 +234,11 @@ def test_linen_convert_runs_jaxnorm_on_flax_variables_bitwise():
     for _ in range(2):  # training: outputs and batch_stats
       y, updates = converted.apply(variables, x, mutable=["batch_stats"])
       y_flax, updates_flax = model.apply(variables, x, mutable=["batch_stats"])
-      np.testing.assert_array_equal(y, y_flax)
-      jax.tree.map(np.testing.assert_array_equal, updates, updates_flax)
+      assert_same(y, y_flax)
+      jax.tree.map(assert_same, updates, updates_flax)
       variables = {**variables, **updates}
   assert len(calls) == 2 * 6  # bn_init and five in the blocks, per call
-  np.testing.assert_array_equal(converted.apply(variables, x, train=False), model.apply(variables, x, train=False))
+  assert_same(converted.apply(variables, x, train=False), model.apply(variables, x, train=False))
   grads = jax.grad(lambda p: jnp.sum(converted.apply({**variables, "params": p}, x, train=False) ** 2))(
     variables["params"]
   )
@@ -253,7 +266,7 @@ def test_linen_converted_context_runs_any_method():
   x, model, variables = _linen_setup()
   with jn.linen.converted():
     y = model.apply(variables, x, train=False)
-  np.testing.assert_array_equal(y, model.apply(variables, x, train=False))
+  assert_same(y, model.apply(variables, x, train=False))
   with pytest.raises(ValueError, match="running_stats"), jn.linen.converted(running_stats="median"):
     pass
   with pytest.raises(TypeError, match=r"jaxnorm\.nnx\.convert"):
@@ -281,4 +294,4 @@ def test_linen_converted_reaches_code_that_calls_apply_itself():
     with jn.linen.converted():
       y = model(x)
   assert calls == [1]
-  np.testing.assert_array_equal(y, model(x))
+  assert_same(y, model(x))
