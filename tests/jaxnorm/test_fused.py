@@ -126,10 +126,13 @@ def test_fused_gradient_matches_the_analytic_formula():
 
 @pytest.mark.parametrize("name", ["gn_nhwc", "bn_nhwc", "rms", "ln_features_elsewhere"])
 def test_fused_second_order_reverse_gradients(name):
+  """In float64: float32 finite differences of a second derivative are too
+  noisy to check (jax 0.12.1 moved one past a 5 % tolerance)."""
   shape, fn = CASES[name]
-  x, scale, bias, cot = _inputs(shape, jnp.float32)
-  with jaxnorm.implementation("fused"):
-    check_grads(_loss(fn, cot), (x, scale, bias), order=2, modes=["rev"], atol=5e-2, rtol=5e-2)
+  with compat.enable_x64(True):
+    x, scale, bias, cot = _inputs(shape, jnp.float64)
+    with jaxnorm.implementation("fused"):
+      check_grads(_loss(fn, cot), (x, scale, bias), order=2, modes=["rev"], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("offset", [1e3, 1e4])

@@ -6,7 +6,10 @@ and module gives the outputs the code before the move gave
 Bitwise where the bits can be expected to match: the same jax and jaxlib
 and the same CPU model as the machine that wrote the file (XLA:CPU compiles
 for the host's vector units, and other builds may order a reduction
-differently). Elsewhere to float32 rounding.
+differently). Elsewhere to float32 rounding: of the largest value of each
+output (a gradient that sums many terms rounds on that scale), and for the
+two inputs offset by 1e4, of the mean of values near 1e4 (about 1e-3 to
+1e-2, depending on the order the build sums in).
 """
 
 import pathlib
@@ -44,6 +47,17 @@ def test_every_output_is_unchanged(saved, current):
     if same_build:
       if not np.array_equal(value, before, equal_nan=True):
         changed.append(name)
-    elif not np.allclose(value, before, rtol=2e-5, atol=2e-5, equal_nan=True):
+    elif not np.allclose(value, before, rtol=2e-5, atol=_rounding(name, before), equal_nan=True):
       changed.append(name)
   assert not changed, f"{len(changed)} outputs differ ({'bitwise' if same_build else 'beyond rounding'}): {changed}"
+
+
+OFFSET = ("batch_norm_offset/y", "layer_norm_offset")  # inputs 1e4 + N(0, 1)
+
+
+def _rounding(name: str, before: np.ndarray) -> float:
+  """The absolute tolerance of ``name`` across jax builds (module docstring)."""
+  if name in OFFSET:
+    return 5e-2
+  finite = before[np.isfinite(before)] if before.dtype.kind in "fc" else before
+  return 2e-5 * max(1.0, float(np.max(np.abs(finite), initial=0.0)))
