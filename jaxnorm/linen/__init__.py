@@ -37,18 +37,8 @@ from jaxnorm.linen.spectral_norm import SpectralNorm as SpectralNorm
 from jaxnorm.linen.weight_norm import WeightNorm as WeightNorm
 from jaxnorm.linen.weight_standardization import StandardizedConv as StandardizedConv
 
-# The flax.linen layers that convert runs as the jaxnorm classes of the same names.
-convert, converted = _make_converters(
-  {
-    "BatchNorm": BatchNorm,
-    "LayerNorm": LayerNorm,
-    "GroupNorm": GroupNorm,
-    "InstanceNorm": InstanceNorm,
-    "RMSNorm": RMSNorm,
-    "SpectralNorm": SpectralNorm,
-    "WeightNorm": WeightNorm,
-  }
-)
+# convert and converted run flax's norm layers as the classes of the same names here.
+convert, converted = _make_converters(globals())
 
 __all__ = (
   "BatchNorm",

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -122,9 +123,10 @@ def _convert(
   return Converted(module, converting)
 
 
-def make_converters(classes: dict[str, type]):
+def make_converters(classes: Mapping[str, Any]):
   """:func:`convert` and :func:`converted` that run each flax.linen layer of
-  :data:`LAYER_NAMES` as ``classes[name]`` (the jaxnorm class of that name)."""
+  :data:`LAYER_NAMES` as ``classes[name]`` (the jaxnorm class of that name;
+  ``jaxnorm.linen`` passes its namespace)."""
   replacements = {getattr(nn, name): classes[name] for name in LAYER_NAMES if hasattr(nn, name)}
 
   def convert(module: nn.Module, *, axis_name: Any = KEEP, running_stats: str | None = None) -> nn.Module:

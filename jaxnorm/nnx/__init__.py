@@ -47,18 +47,8 @@ from jaxnorm.nnx.spectral_norm import SpectralNorm as SpectralNorm
 from jaxnorm.nnx.weight_norm import WeightNorm as WeightNorm
 from jaxnorm.nnx.weight_standardization import StandardizedConv as StandardizedConv
 
-# The flax.nnx layers that convert replaces by the jaxnorm classes of the same names.
-convert = _make_convert(
-  {
-    "BatchNorm": BatchNorm,
-    "LayerNorm": LayerNorm,
-    "GroupNorm": GroupNorm,
-    "InstanceNorm": InstanceNorm,
-    "RMSNorm": RMSNorm,
-    "SpectralNorm": SpectralNorm,
-    "WeightNorm": WeightNorm,
-  }
-)
+# convert replaces flax's norm layers by the classes of the same names here.
+convert = _make_convert(globals())
 
 __all__ = (
   "BatchNorm",

@@ -5,6 +5,7 @@ replaced by jaxnorm's, parameters and statistics kept (as PyTorch's
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from flax import nnx
@@ -30,9 +31,10 @@ _DICT = getattr(nnx, "Dict", dict)
 _PYTREE = getattr(nnx, "Pytree", nnx.Module)  # convert's default: leave the layer's own setting
 
 
-def make_convert(classes: dict[str, type]):
+def make_convert(classes: Mapping[str, Any]):
   """:func:`convert` that replaces each flax.nnx layer of :data:`LAYER_NAMES`
-  by ``classes[name]`` (the jaxnorm.nnx class of that name)."""
+  by ``classes[name]`` (the jaxnorm.nnx class of that name; ``jaxnorm.nnx``
+  passes its namespace)."""
   replacements = {flax_cls: classes[name] for name, flax_cls in flax_layers().items()}
 
   def convert(model: nnx.Module, *, axis_name: Any = KEEP, running_stats: str | None = None) -> nnx.Module:
