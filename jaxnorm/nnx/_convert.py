@@ -28,7 +28,7 @@ def flax_layers() -> dict[str, type]:
 # this flax has them).
 _LIST = getattr(nnx, "List", list)
 _DICT = getattr(nnx, "Dict", dict)
-_PYTREE = getattr(nnx, "Pytree", nnx.Module)  # convert's default: leave the layer's own setting
+_PYTREE = getattr(nnx, "Pytree", nnx.Module)
 
 
 def make_convert(classes: Mapping[str, Any]):
