@@ -13,12 +13,17 @@ Three layers, each built only on the one below:
   :class:`InstanceNorm`, :class:`RMSNorm`, :class:`SpectralNorm`,
   :class:`WeightNorm`), plus :class:`BatchRenorm`,
   :class:`StandardizedConv`, :class:`FilterResponseNorm`,
-  :class:`EvoNormB0` and :class:`EvoNormS0`;
+  :class:`EvoNormB0`, :class:`EvoNormS0` and :class:`DynamicTanh`. Every
+  one takes a call-time modulation (``layer(x, scale=..., shift=...)``),
+  and the conditional layers compute it from a conditioning input:
+  :class:`AdaLNZero` (DiT), :class:`AdaGroupNorm` (diffusion UNets),
+  :class:`FiLM` and :class:`ConditionalBatchNorm`;
 * :mod:`jaxnorm.nnx`: flax.nnx drop-ins (``BatchNorm``, ``LayerNorm``,
   ``GroupNorm``, ``InstanceNorm``, ``RMSNorm``, ``SpectralNorm``,
   ``WeightNorm``) and ``BatchRenorm``,
-  ``EvoNormB0``, ``EvoNormS0``, ``FilterResponseNorm`` and
-  ``StandardizedConv`` (a drop-in for ``nnx.Conv``), on the same functions.
+  ``EvoNormB0``, ``EvoNormS0``, ``FilterResponseNorm``, ``DynamicTanh``, the
+  conditional layers and ``StandardizedConv`` (a drop-in for ``nnx.Conv``),
+  on the same functions.
 
 Around them: :func:`precise_batch_stats` (population statistics after
 training), :func:`fold_batch_norm` (inference folding) and
@@ -46,13 +51,16 @@ from jaxnorm.factory import NORM_NAMES as NORM_NAMES
 from jaxnorm.factory import NormSpec as NormSpec
 from jaxnorm.factory import create_norm as create_norm
 from jaxnorm.functional import BATCH_MOMENTS as BATCH_MOMENTS
+from jaxnorm.functional import AdaLNModulation as AdaLNModulation
 from jaxnorm.functional import BatchStats as BatchStats
 from jaxnorm.functional import Moments as Moments
 from jaxnorm.functional import batch_norm as batch_norm
 from jaxnorm.functional import batch_renorm as batch_renorm
 from jaxnorm.functional import batch_renorm_limits as batch_renorm_limits
+from jaxnorm.functional import dynamic_tanh as dynamic_tanh
 from jaxnorm.functional import evonorm_b0 as evonorm_b0
 from jaxnorm.functional import evonorm_s0 as evonorm_s0
+from jaxnorm.functional import film as film
 from jaxnorm.functional import filter_response_norm as filter_response_norm
 from jaxnorm.functional import fold_batch_norm as fold_batch_norm
 from jaxnorm.functional import group_norm as group_norm
@@ -65,10 +73,15 @@ from jaxnorm.functional import rms_norm as rms_norm
 from jaxnorm.functional import spectral_normalize as spectral_normalize
 from jaxnorm.functional import standardize_weight as standardize_weight
 from jaxnorm.functional import weight_normalize as weight_normalize
+from jaxnorm.linen import AdaGroupNorm as AdaGroupNorm
+from jaxnorm.linen import AdaLNZero as AdaLNZero
 from jaxnorm.linen import BatchNorm as BatchNorm
 from jaxnorm.linen import BatchRenorm as BatchRenorm
+from jaxnorm.linen import ConditionalBatchNorm as ConditionalBatchNorm
+from jaxnorm.linen import DynamicTanh as DynamicTanh
 from jaxnorm.linen import EvoNormB0 as EvoNormB0
 from jaxnorm.linen import EvoNormS0 as EvoNormS0
+from jaxnorm.linen import FiLM as FiLM
 from jaxnorm.linen import FilterResponseNorm as FilterResponseNorm
 from jaxnorm.linen import GroupNorm as GroupNorm
 from jaxnorm.linen import InstanceNorm as InstanceNorm
@@ -96,11 +109,17 @@ __all__ = (
   "BATCH_MOMENTS",
   "IMPLEMENTATIONS",
   "NORM_NAMES",
+  "AdaGroupNorm",
+  "AdaLNModulation",
+  "AdaLNZero",
   "BatchNorm",
   "BatchRenorm",
   "BatchStats",
+  "ConditionalBatchNorm",
+  "DynamicTanh",
   "EvoNormB0",
   "EvoNormS0",
+  "FiLM",
   "FilterResponseNorm",
   "GroupNorm",
   "InstanceNorm",
@@ -115,8 +134,10 @@ __all__ = (
   "batch_renorm",
   "batch_renorm_limits",
   "create_norm",
+  "dynamic_tanh",
   "evonorm_b0",
   "evonorm_s0",
+  "film",
   "filter_response_norm",
   "fold_batch_norm",
   "from_torch",

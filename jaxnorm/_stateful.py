@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm._core import axes as _axes
+from jaxnorm._core.modulation import fold
 from jaxnorm._core.running_stats import BATCH_MOMENTS
 from jaxnorm._core.running_stats import stored_value
 
@@ -62,12 +63,15 @@ class StatefulNorm:
     params: ``module -> ((name, initializer attribute), ...)``: the learned
       parameters this configuration has, of the feature shape.
     state: ``module -> (RunningStat, ...)``: the running state it keeps.
-    features: ``(module, x) -> shape`` of the per-feature variables (linen
-      creates them at the first call; NNX modules from ``num_features``).
+    feature_axes: ``(module, x) -> axes`` the per-feature variables vary
+      along, canonical (linen creates them at the first call, of those
+      sizes; NNX modules from ``num_features``).
     compute: ``(module, x, params, state, *, use_running_average, mask,
-      axis_name) -> (y, new state, per-batch moments or None)``; ``params``
-      and ``state`` are dicts of arrays (a missing parameter is None), the
-      new state a dict with every name of ``state(module)``.
+      axis_name, dtype) -> (y, new state, per-batch moments or None)``;
+      ``params`` and ``state`` are dicts of arrays (a missing parameter is
+      None; ``scale`` and ``bias`` carry a call's modulation folded in), the
+      new state a dict with every name of ``state(module)``, ``dtype`` the
+      output dtype (the module's ``dtype`` unless a modulation sets it).
     always_running: ``module -> bool``: normalize with the running state in
       training too and never update it (``running_stats="frozen"``).
     validate: ``module -> None``: checks the settings, before anything else
@@ -77,7 +81,7 @@ class StatefulNorm:
   owner: str
   params: Callable[[Any], tuple[tuple[str, str], ...]]
   state: Callable[[Any], tuple[RunningStat, ...]]
-  features: Callable[[Any, Array], tuple[int, ...]]
+  feature_axes: Callable[[Any, Array], tuple[int, ...]]
   compute: Callable[..., tuple[Array, dict, Any]]
   always_running: Callable[[Any], bool] = _never
   validate: Callable[[Any], None] = lambda module: None
@@ -109,12 +113,31 @@ def report_batch_moments(module, per_batch) -> None:
   module.sow(BATCH_MOMENTS, "var", per_batch.var)
 
 
-def linen_apply(spec: StatefulNorm, module, x, use_running_average: bool | None, mask) -> Array:
+def _modulated(spec: StatefulNorm, module, x, params: dict, scale, shift) -> tuple[dict, Any]:
+  """The parameters with a call's modulation folded into ``scale`` and
+  ``bias`` (:func:`jaxnorm._core.modulation.fold`), and the output dtype."""
+  gamma, beta, dtype = fold(
+    x,
+    params.get("scale"),
+    params.get("bias"),
+    feature_axes=spec.feature_axes(module, x),
+    modulation_scale=scale,
+    modulation_shift=shift,
+    dtype=module.dtype,
+    force_float32_reductions=module.force_float32_reductions,
+    others=tuple(v for k, v in params.items() if k not in ("scale", "bias")),
+    owner=spec.owner,
+  )
+  return {**params, "scale": gamma, "bias": beta}, dtype
+
+
+def linen_apply(spec: StatefulNorm, module, x, use_running_average: bool | None, mask, scale=None, shift=None) -> Array:
   """The sequence for a ``flax.linen`` module, inside its ``@nn.compact``
   ``__call__``: creates the variables at the first call (state before
   parameters, as flax orders them), never updates state during ``init``
   (where ``axis_name`` is ignored, as in flax), and reports the batch
-  moments for :func:`jaxnorm.precise_batch_stats`."""
+  moments for :func:`jaxnorm.precise_batch_stats`. ``scale`` and ``shift``
+  are the call's modulation."""
   import flax.linen as nn
 
   spec.validate(module)
@@ -123,7 +146,7 @@ def linen_apply(spec: StatefulNorm, module, x, use_running_average: bool | None,
   else:
     use_running_average = nn.merge_param("use_running_average", module.use_running_average, use_running_average)
   _axes.check_floating(x, owner=spec.owner)
-  features = spec.features(module, x)
+  features = tuple(jnp.shape(x)[a] for a in spec.feature_axes(module, x))
   variables = {
     stat.name: module.variable("batch_stats", stat.name, initial_state, module, stat, features)
     for stat in spec.state(module)
@@ -132,14 +155,16 @@ def linen_apply(spec: StatefulNorm, module, x, use_running_average: bool | None,
     name: module.param(name, getattr(module, init), features, module.param_dtype) for name, init in spec.params(module)
   }
   initializing = module.is_initializing()
+  params, dtype = _modulated(spec, module, x, _with_defaults(params), scale, shift)
   y, new, per_batch = spec.compute(
     module,
     x,
-    _with_defaults(params),
+    params,
     {k: v.value for k, v in variables.items()},
     use_running_average=use_running_average,
     mask=mask,
     axis_name=None if initializing else module.axis_name,
+    dtype=dtype,
   )
   if not use_running_average and not initializing:
     for name, variable in variables.items():
@@ -148,13 +173,14 @@ def linen_apply(spec: StatefulNorm, module, x, use_running_average: bool | None,
   return y
 
 
-def nnx_apply(spec: StatefulNorm, module, x, use_running_average: bool | None, mask) -> Array:
+def nnx_apply(spec: StatefulNorm, module, x, use_running_average: bool | None, mask, scale=None, shift=None) -> Array:
   """The sequence for a ``flax.nnx`` module whose parameters and
   ``nnx.BatchStat`` variables are attributes of the declared names; the
   mode comes from the call, else from the module (``model.train()``,
   ``model.eval()``, ``nnx.view``). A module with a ``promote_dtype``
   attribute (flax.nnx's BatchNorm has one) promotes the input, parameters
-  and statistics with it, as flax does."""
+  and statistics with it, as flax does. ``scale`` and ``shift`` are the
+  call's modulation."""
   spec.validate(module)
   if spec.always_running(module):
     use_running_average = True
@@ -177,14 +203,16 @@ def nnx_apply(spec: StatefulNorm, module, x, use_running_average: bool | None, m
     x = values[0]
     state.update(zip(promoted, values[1 : 1 + len(promoted)]))
     params = dict(zip(params, values[1 + len(promoted) :]))
+  params, dtype = _modulated(spec, module, x, _with_defaults(params), scale, shift)
   y, new, _ = spec.compute(
     module,
     x,
-    _with_defaults(params),
+    params,
     state,
     use_running_average=use_running_average,
     mask=mask,
     axis_name=module.axis_name,
+    dtype=dtype,
   )
   if not use_running_average:
     for stat in stats:

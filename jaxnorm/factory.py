@@ -23,6 +23,7 @@ from jaxnorm._core import axes as _axes
 from jaxnorm._core import reduction_axes as _reduction_axes
 from jaxnorm.linen.batch_norm import BatchNorm
 from jaxnorm.linen.batch_renorm import BatchRenorm
+from jaxnorm.linen.dynamic_tanh import DynamicTanh
 from jaxnorm.linen.evonorm import EvoNormB0
 from jaxnorm.linen.evonorm import EvoNormS0
 from jaxnorm.linen.filter_response import FilterResponseNorm
@@ -33,6 +34,7 @@ from jaxnorm.linen.per_example import RMSNorm
 from jaxnorm.linen.weight_standardization import StandardizedConv
 from jaxnorm.nnx import batch_norm as nnx_batch_norm
 from jaxnorm.nnx import batch_renorm as nnx_batch_renorm
+from jaxnorm.nnx import dynamic_tanh as nnx_dynamic_tanh
 from jaxnorm.nnx import evonorm as nnx_evonorm
 from jaxnorm.nnx import filter_response as nnx_filter_response
 from jaxnorm.nnx import per_example as nnx_per_example
@@ -82,6 +84,7 @@ _REGISTRY: dict[str, _Entry] = {
   "frn": _Entry(FilterResponseNorm, nnx_filter_response.FilterResponseNorm),
   "evonorm_b0": _Entry(EvoNormB0, nnx_evonorm.EvoNormB0, batch_stats=True),
   "evonorm_s0": _Entry(EvoNormS0, nnx_evonorm.EvoNormS0),
+  "dyt": _Entry(DynamicTanh, nnx_dynamic_tanh.DynamicTanh),
   "none": _Entry(_Identity, _NnxIdentity),
 }
 
@@ -215,6 +218,7 @@ def create_norm(name: str, **kwargs) -> NormSpec:
   ``frn``         :class:`FilterResponseNorm` (FRN + TLU; replaces the ReLU)
   ``evonorm_b0``  :class:`EvoNormB0` (replaces the ReLU)
   ``evonorm_s0``  :class:`EvoNormS0` (replaces the ReLU)
+  ``dyt``         :class:`DynamicTanh`, per channel (no statistics)
   ``none``        the identity
   ==============  ===========================================================
 

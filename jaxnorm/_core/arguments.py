@@ -42,6 +42,14 @@ def canonicalize_axes(axes: Axes, ndim: int, *, name: str = "axes", owner: str =
   return tuple(sorted(out))
 
 
+def single_axis(axis: Axes, ndim: int, *, name: str, owner: str) -> int:
+  """``axis`` as one non-negative int; ValueError if it names several."""
+  axes = canonicalize_axes(axis, ndim, name=name, owner=owner)
+  if len(axes) != 1:
+    raise ValueError(f"{owner}: {name}={axis!r} names {len(axes)} axes; pass one axis (an int, e.g. -1).")
+  return axes[0]
+
+
 def check_floating(x: Any, *, name: str = "x", owner: str = "jaxnorm"):
   """Raises TypeError unless `x` has a floating or complex dtype."""
   dtype = jax.numpy.result_type(x)

@@ -35,6 +35,7 @@ from jaxnorm._core.arguments import check_non_negative_int as check_non_negative
 from jaxnorm._core.arguments import check_positive_int as check_positive_int
 from jaxnorm._core.arguments import check_virtual_batch as check_virtual_batch
 from jaxnorm._core.arguments import resolve_groups as resolve_groups
+from jaxnorm._core.arguments import single_axis as single_axis
 
 Array = jax.Array
 

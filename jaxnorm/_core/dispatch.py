@@ -64,8 +64,8 @@ from jaxnorm._core import arguments as _axes
 from jaxnorm._core import fused as _fused
 from jaxnorm._core import pallas as _pallas
 from jaxnorm._core.moments import Moments
-from jaxnorm._core.moments import accumulation_dtype
 from jaxnorm._core.moments import moments
+from jaxnorm._core.normalize import accumulation_dtype
 from jaxnorm._core.normalize import normalize
 from jaxnorm._core.normalize import output_dtype
 
@@ -160,7 +160,11 @@ def fast_standardize(
   fused = lambda x, scale, bias: _fused.standardize(x, scale, bias, **kwargs)
   kernels = functools.partial(_pallas.PallasPasses, reduction_axes=reduction_axes, feature_axes=feature_axes)
   pallas = lambda x, scale, bias: _fused.standardize(x, scale, bias, passes=kernels, **kwargs)
-  covered = _pallas.covers(x.shape, reduction_axes, feature_axes)
+  inner = [a for a in reduction_axes if a not in feature_axes]
+  # The kernels take per-channel parameters; one that varies along an inner
+  # axis (a per-example modulation of batch norm) is the XLA passes' to apply.
+  per_channel = all(p is None or all(jnp.shape(p)[a] == 1 for a in inner) for p in (scale, bias))
+  covered = per_channel and _pallas.covers(x.shape, reduction_axes, feature_axes)
   if name == "pallas" and covered:
     return pallas(x, scale, bias)
   platforms = auto_pallas_platforms(x.shape, reduction_axes, feature_axes) if name == "auto" and covered else ()

@@ -157,6 +157,7 @@ class XlaPasses:
 
   def __init__(self, shape: tuple[int, ...], inner: tuple[int, ...], acc_dtype: Any):
     self.shape = shape
+    self.inner = inner
     self.acc_dtype = acc_dtype
     self.partial_shape = tuple(1 if a in inner else n for a, n in enumerate(shape))
     runs: list[list[int]] = []
@@ -178,6 +179,12 @@ class XlaPasses:
     return _sum(x_view, self.view_inner).reshape(self.partial_shape)
 
   def _expand(self, a: Array) -> Array:
+    """A per-channel array in the view. An operand that varies along an
+    inner axis (a per-example modulation of batch norm, a spatial map) is
+    broadcast to the full shape instead; XLA fuses the broadcast into the
+    elementwise pass that reads it."""
+    if jnp.ndim(a) and any(jnp.shape(a)[i] != 1 for i in self.inner):
+      return jnp.broadcast_to(a, self.shape).reshape(self.view_shape)
     return jnp.broadcast_to(a, self.partial_shape).reshape(self.view_partial_shape)
 
   def sum(self, x: Array) -> Array:
@@ -233,8 +240,9 @@ def standardize(
 
   Args:
     x: input, real floating point.
-    scale, bias: None or arrays of ``x``'s rank that vary at most along
-      ``feature_axes`` (size 1 elsewhere).
+    scale, bias: None or arrays of ``x``'s rank that broadcast to it. They
+      vary along ``feature_axes``, and may vary along the other axes too (a
+      per-example modulation).
     reduction_axes: the axes ``R`` statistics reduce over (non-empty).
     feature_axes: the axes ``F`` parameters vary along.
     epsilon: added to the variance (a Python number).

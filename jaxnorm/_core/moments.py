@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnorm._core import arguments as _axes
+from jaxnorm._core.normalize import accumulation_dtype
 
 Array = jax.Array
 
@@ -39,19 +40,6 @@ class Moments(NamedTuple):
   count: Array
   mean: Array
   var: Array
-
-
-def accumulation_dtype(x_dtype: Any, dtype: Any = None, force_float32_reductions: bool = True):
-  """The dtype statistics are computed in (flax's rule).
-
-  ``dtype`` (default: the input's) promoted to at least float32 when
-  ``force_float32_reductions``; float64 and complex inputs keep their
-  precision.
-  """
-  dtype = jnp.dtype(x_dtype if dtype is None else dtype)
-  if force_float32_reductions:
-    dtype = jnp.promote_types(dtype, jnp.float32)
-  return dtype
 
 
 def _abs_sq(x: Array) -> Array:

@@ -1,4 +1,5 @@
-"""Applying statistics: :func:`normalize`, and the output dtype rule."""
+"""Applying statistics: :func:`normalize`, and the dtype rules of the
+accumulation and of the output."""
 
 from __future__ import annotations
 
@@ -9,6 +10,19 @@ import jax.numpy as jnp
 from jax import lax
 
 Array = jax.Array
+
+
+def accumulation_dtype(x_dtype: Any, dtype: Any = None, force_float32_reductions: bool = True):
+  """The dtype statistics are computed in (flax's rule).
+
+  ``dtype`` (default: the input's) promoted to at least float32 when
+  ``force_float32_reductions``; float64 and complex inputs keep their
+  precision.
+  """
+  dtype = jnp.dtype(x_dtype if dtype is None else dtype)
+  if force_float32_reductions:
+    dtype = jnp.promote_types(dtype, jnp.float32)
+  return dtype
 
 
 def output_dtype(*arrays: Any, dtype: Any = None):

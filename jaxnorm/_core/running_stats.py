@@ -21,7 +21,10 @@ from jaxnorm._core import arguments as _arguments
 
 Array = jax.Array
 
-RUNNING_STATS = ("ema", "cumulative", "frozen")
+RUNNING_STATS = ("ema", "cumulative", "frozen", "debiased_ema")
+
+# The policies that keep a count of the batches averaged (batch_stats/count).
+COUNTED = ("cumulative", "debiased_ema")
 
 BATCH_MOMENTS = "batch_moments"
 
@@ -32,7 +35,7 @@ class BatchStats(NamedTuple):
   Attributes:
     mean, var: running mean and variance, feature-shaped.
     count: number of batches averaged so far; only kept by the
-      ``running_stats="cumulative"`` policy (None otherwise).
+      ``"cumulative"`` and ``"debiased_ema"`` policies (None otherwise).
   """
 
   mean: Array
@@ -60,13 +63,25 @@ def update_running(
   * ``"cumulative"`` (PyTorch's ``momentum=None``): after ``k`` batches,
     :math:`r \leftarrow r + (b - r)/(k + 1)`, the plain average of the batch
     statistics; ``count`` goes from ``k`` to ``k + 1``.
+  * ``"debiased_ema"`` (haiku's ``ExponentialMovingAverage`` with zero
+    debiasing, Adam's bias correction): the EMA of the batch statistics
+    started from 0, divided by :math:`1 - m^t` after ``t`` batches. What is
+    stored is the debiased average itself, so evaluation reads it as it
+    reads the others; one update is :math:`r \leftarrow r + (b - r)\,(1 -
+    m)/(1 - m^t)`, which takes the first batch's statistics as they are
+    (the initial ``mean``/``var`` do not enter) and tends to the EMA as
+    :math:`m^t \to 0`. ``count`` goes from ``t − 1`` to ``t``.
   * ``"frozen"``: unchanged.
   """
   if running_stats == "frozen":
     return running
-  if running_stats == "cumulative":
+  if running_stats in COUNTED:
     count = jnp.asarray(0 if running.count is None else running.count)
-    weight = 1 / (count + 1)
+    if running_stats == "cumulative":
+      weight = 1 / (count + 1)
+    else:  # (1 − m)/(1 − m^t), t = count + 1; the power in the statistics' dtype
+      m = jnp.asarray(momentum, jnp.result_type(running.mean.real, jnp.float32))
+      weight = (1 - m) / (1 - m ** (count + 1).astype(m.dtype))
     return BatchStats(
       running.mean + (mean - running.mean) * weight,
       running.var + (var - running.var) * weight,

@@ -15,6 +15,9 @@ from jaxnorm._core.running_stats import BatchStats as BatchStats
 from jaxnorm.functional.batch_norm import batch_norm as batch_norm
 from jaxnorm.functional.batch_renorm import batch_renorm as batch_renorm
 from jaxnorm.functional.batch_renorm import batch_renorm_limits as batch_renorm_limits
+from jaxnorm.functional.conditional import AdaLNModulation as AdaLNModulation
+from jaxnorm.functional.conditional import film as film
+from jaxnorm.functional.dynamic_tanh import dynamic_tanh as dynamic_tanh
 from jaxnorm.functional.evonorm import evonorm_b0 as evonorm_b0
 from jaxnorm.functional.evonorm import evonorm_s0 as evonorm_s0
 from jaxnorm.functional.filter_response import filter_response_norm as filter_response_norm
@@ -31,13 +34,16 @@ from jaxnorm.functional.weight_standardization import standardize_weight as stan
 
 __all__ = (
   "BATCH_MOMENTS",
+  "AdaLNModulation",
   "BatchStats",
   "Moments",
   "batch_norm",
   "batch_renorm",
   "batch_renorm_limits",
+  "dynamic_tanh",
   "evonorm_b0",
   "evonorm_s0",
+  "film",
   "filter_response_norm",
   "fold_batch_norm",
   "group_norm",

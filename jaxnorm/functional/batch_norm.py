@@ -7,8 +7,9 @@ axes. Two options extend flax's batch norm without changing its defaults:
   groups of that many examples, as data-parallel BN computes them per device;
 * ``running_stats``: how the running averages follow the batch statistics —
   flax's exponential moving average (``"ema"``, the default), PyTorch's
-  cumulative average (``"cumulative"``, its ``momentum=None``), or not at all
-  (``"frozen"``: training uses the running statistics, like evaluation).
+  cumulative average (``"cumulative"``, its ``momentum=None``), haiku's
+  zero-debiased EMA (``"debiased_ema"``), or not at all (``"frozen"``:
+  training uses the running statistics, like evaluation).
 
 The running statistics and their update policies
 (:mod:`jaxnorm._core.running_stats`) are shared with the other normalizers
@@ -28,6 +29,7 @@ from jaxnorm._core import reduction_axes as _reduction
 from jaxnorm._core.dispatch import standardize
 from jaxnorm._core.moments import Moments
 from jaxnorm._core.normalize import normalize
+from jaxnorm._core.running_stats import COUNTED
 from jaxnorm._core.running_stats import RUNNING_STATS
 from jaxnorm._core.running_stats import BatchStats
 from jaxnorm._core.running_stats import update_running
@@ -207,10 +209,11 @@ def batch_norm(
     dtype: output dtype (default: promoted dtype of ``x``, ``scale``, ``bias``).
     force_float32_reductions: accumulate statistics in at least float32.
     virtual_batch_size: examples per virtual batch (must divide ``N``).
-    running_stats: ``"ema"``, ``"cumulative"`` or ``"frozen"``; see
-      :func:`update_running`. ``"frozen"`` normalizes with the running
-      statistics even in training and returns them unchanged.
-    running_count: batches averaged so far (``"cumulative"`` only; default 0).
+    running_stats: ``"ema"``, ``"cumulative"``, ``"debiased_ema"`` or
+      ``"frozen"``; see :func:`update_running`. ``"frozen"`` normalizes with
+      the running statistics even in training and returns them unchanged.
+    running_count: batches averaged so far (``"cumulative"`` and
+      ``"debiased_ema"``; default 0).
     unbiased_running_var: PyTorch's running variance: the batch variance
       times ``n/(n − 1)`` (``n`` examples per statistic) enters the running
       average, while the batch is normalized with the biased one, as in
@@ -220,7 +223,8 @@ def batch_norm(
     ``(y, BatchStats(mean, var, count))``: in training mode the updated
     running statistics (or the batch statistics themselves when no running
     statistics were given); in eval mode the running statistics unchanged.
-    ``count`` is the updated ``running_count`` (``"cumulative"``) or None.
+    ``count`` is the updated ``running_count`` (``"cumulative"``,
+    ``"debiased_ema"``) or None.
 
   References:
     Ioffe & Szegedy, `Batch Normalization: Accelerating Deep Network Training
@@ -267,31 +271,30 @@ def batch_norm(
 # running state and computation.
 
 
-def _batch_norm_features(module, x) -> tuple[int, ...]:
-  axes = _axes.canonicalize_axes(module.axis, jnp.ndim(x), name="axis", owner="BatchNorm")
-  return tuple(jnp.shape(x)[a] for a in axes)
+def _batch_norm_axes(module, x) -> tuple[int, ...]:
+  return _axes.canonicalize_axes(module.axis, jnp.ndim(x), name="axis", owner="BatchNorm")
 
 
 def _batch_norm_state(module) -> tuple[_stateful.RunningStat, ...]:
-  count = (_stateful.RunningStat("count", per_feature=False),) if module.running_stats == "cumulative" else ()
+  count = (_stateful.RunningStat("count", per_feature=False),) if module.running_stats in COUNTED else ()
   return (_stateful.RunningStat("mean", jnp.zeros), _stateful.RunningStat("var", jnp.ones)) + count
 
 
-def _batch_norm_compute(module, x, params, state, *, use_running_average, mask, axis_name):
+def _batch_norm_compute(module, x, params, state, *, use_running_average, mask, axis_name, dtype):
   y, new, per_batch = _batch_norm(
     x,
     params["scale"],
     params["bias"],
     BatchStats(state["mean"], state["var"], state.get("count")),
     use_running_average=use_running_average,
-    axis=_axes.canonicalize_axes(module.axis, jnp.ndim(x), name="axis", owner="BatchNorm"),
+    axis=_batch_norm_axes(module, x),
     momentum=module.momentum,
     epsilon=module.epsilon,
     mask=mask,
     axis_name=axis_name,
     axis_index_groups=module.axis_index_groups,
     use_fast_variance=module.use_fast_variance,
-    dtype=module.dtype,
+    dtype=dtype,
     force_float32_reductions=module.force_float32_reductions,
     virtual_batch_size=module.virtual_batch_size,
     running_stats=module.running_stats,
@@ -305,7 +308,7 @@ BATCH_NORM = _stateful.StatefulNorm(
   owner="BatchNorm",
   params=_stateful.scale_and_bias,
   state=_batch_norm_state,
-  features=_batch_norm_features,
+  feature_axes=_batch_norm_axes,
   compute=_batch_norm_compute,
   always_running=lambda module: module.running_stats == "frozen",
   validate=lambda module: _axes.check_choice(

@@ -235,7 +235,7 @@ def batch_renorm(
   return y, new
 
 
-def _batch_renorm_compute(module, x, params, state, *, use_running_average, mask, axis_name):
+def _batch_renorm_compute(module, x, params, state, *, use_running_average, mask, axis_name, dtype):
   owner = "BatchRenorm"
   r_max, d_max = batch_renorm_limits(
     state["steps"],
@@ -254,23 +254,22 @@ def _batch_renorm_compute(module, x, params, state, *, use_running_average, mask
     use_running_average=use_running_average,
     r_max=r_max,
     d_max=d_max,
-    axis=_axes.canonicalize_axes(module.axis, jnp.ndim(x), name="axis", owner=owner),
+    axis=_batch_renorm_axes(module, x),
     momentum=module.momentum,
     epsilon=module.epsilon,
     mask=mask,
     axis_name=axis_name,
     axis_index_groups=module.axis_index_groups,
     use_fast_variance=module.use_fast_variance,
-    dtype=module.dtype,
+    dtype=dtype,
     force_float32_reductions=module.force_float32_reductions,
     owner=owner,
   )
   return y, {"mean": new.mean, "var": new.var, "steps": state["steps"] + 1}, per_batch
 
 
-def _batch_renorm_features(module, x) -> tuple[int, ...]:
-  axes = _axes.canonicalize_axes(module.axis, jnp.ndim(x), name="axis", owner="BatchRenorm")
-  return tuple(jnp.shape(x)[a] for a in axes)
+def _batch_renorm_axes(module, x) -> tuple[int, ...]:
+  return _axes.canonicalize_axes(module.axis, jnp.ndim(x), name="axis", owner="BatchRenorm")
 
 
 # Running state: the averages and the count of training steps that drives
@@ -283,7 +282,7 @@ BATCH_RENORM = _stateful.StatefulNorm(
     _stateful.RunningStat("var", jnp.ones),
     _stateful.RunningStat("steps", per_feature=False),
   ),
-  features=_batch_renorm_features,
+  feature_axes=_batch_renorm_axes,
   compute=_batch_renorm_compute,
   validate=lambda module: check_schedule(
     module.r_max,

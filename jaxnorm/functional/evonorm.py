@@ -239,8 +239,8 @@ def evonorm_s0(
   return y.reshape(jnp.shape(x))
 
 
-def _evonorm_b0_compute(module, x, params, state, *, use_running_average, mask, axis_name):
-  c, _ = _axes.per_example_channel_axes(jnp.ndim(x), module.channel_axis, "EvoNormB0")
+def _evonorm_b0_compute(module, x, params, state, *, use_running_average, mask, axis_name, dtype):
+  (c,) = _channel_axis(module, x)
   y, new_var, per_batch = _evonorm_b0(
     x,
     params["scale"],
@@ -255,16 +255,16 @@ def _evonorm_b0_compute(module, x, params, state, *, use_running_average, mask, 
     axis_name=axis_name,
     axis_index_groups=module.axis_index_groups,
     use_fast_variance=module.use_fast_variance,
-    dtype=module.dtype,
+    dtype=dtype,
     force_float32_reductions=module.force_float32_reductions,
     owner="EvoNormB0",
   )
   return y, {"var": new_var}, per_batch
 
 
-def _channels(module, x) -> tuple[int, ...]:
+def _channel_axis(module, x) -> tuple[int]:
   c, _ = _axes.per_example_channel_axes(jnp.ndim(x), module.channel_axis, "EvoNormB0")
-  return (jnp.shape(x)[c],)
+  return (c,)
 
 
 # Running state: the batch variance's average (evaluation uses it).
@@ -272,6 +272,6 @@ EVONORM_B0 = _stateful.StatefulNorm(
   owner="EvoNormB0",
   params=lambda module: _stateful.scale_and_bias(module) + (("v", "v_init"),),
   state=lambda module: (_stateful.RunningStat("var", jnp.ones),),
-  features=_channels,
+  feature_axes=_channel_axis,
   compute=_evonorm_b0_compute,
 )

@@ -82,6 +82,7 @@ def layer_norm(
 def rms_norm(
   x: Array,
   scale: Array | None = None,
+  bias: Array | None = None,
   *,
   reduction_axes: _axes.Axes = -1,
   feature_axes: _axes.Axes = -1,
@@ -96,14 +97,15 @@ def rms_norm(
 
   .. math:: y = \gamma\,x/\sqrt{\mathrm{E}[x^2] + \epsilon}
 
-  with the mean square over ``reduction_axes``; no centring and no bias.
+  with the mean square over ``reduction_axes``; no centring. RMS norm has
+  no bias; ``bias`` (default None) adds one, as a call-time shift does.
 
   References:
     Zhang & Sennrich, `Root Mean Square Layer Normalization
     <https://arxiv.org/abs/1910.07467>`_, 2019.
   """
   checked = _axes.check_per_example(
-    "rms_norm", x, {"scale": scale, "bias": None}, mask, reduction_axes=reduction_axes, feature_axes=feature_axes
+    "rms_norm", x, {"scale": scale, "bias": bias}, mask, reduction_axes=reduction_axes, feature_axes=feature_axes
   )
   return _standardize(
     checked,

@@ -25,10 +25,15 @@ model's flax normalization layers as these, on the same variables.
 
 from jaxnorm.linen._convert import make_converters as _make_converters
 from jaxnorm.linen.batch_norm import BatchNorm as BatchNorm
+from jaxnorm.linen.batch_norm import ConditionalBatchNorm as ConditionalBatchNorm
 from jaxnorm.linen.batch_renorm import BatchRenorm as BatchRenorm
+from jaxnorm.linen.conditional import AdaLNZero as AdaLNZero
+from jaxnorm.linen.conditional import FiLM as FiLM
+from jaxnorm.linen.dynamic_tanh import DynamicTanh as DynamicTanh
 from jaxnorm.linen.evonorm import EvoNormB0 as EvoNormB0
 from jaxnorm.linen.evonorm import EvoNormS0 as EvoNormS0
 from jaxnorm.linen.filter_response import FilterResponseNorm as FilterResponseNorm
+from jaxnorm.linen.per_example import AdaGroupNorm as AdaGroupNorm
 from jaxnorm.linen.per_example import GroupNorm as GroupNorm
 from jaxnorm.linen.per_example import InstanceNorm as InstanceNorm
 from jaxnorm.linen.per_example import LayerNorm as LayerNorm
@@ -41,10 +46,15 @@ from jaxnorm.linen.weight_standardization import StandardizedConv as Standardize
 convert, converted = _make_converters(globals())
 
 __all__ = (
+  "AdaGroupNorm",
+  "AdaLNZero",
   "BatchNorm",
   "BatchRenorm",
+  "ConditionalBatchNorm",
+  "DynamicTanh",
   "EvoNormB0",
   "EvoNormS0",
+  "FiLM",
   "FilterResponseNorm",
   "GroupNorm",
   "InstanceNorm",

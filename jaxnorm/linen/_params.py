@@ -6,6 +6,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from jaxnorm._core.modulation import scale_initializer
+
 Array = jax.Array
 
 
@@ -15,11 +17,15 @@ def feature_params(
   *,
   use_scale: bool,
   use_bias: bool,
+  zero_centered_scale: bool = False,
 ) -> tuple[Array | None, Array | None]:
-  """Creates ``scale``/``bias`` exactly as flax does (names, shapes, dtype)."""
+  """Creates ``scale``/``bias`` exactly as flax does (names, shapes, dtype);
+  a zero-centred ``scale`` starts at zeros where ``scale_init`` is the
+  default."""
   scale = bias = None
   if use_scale:
-    scale = mdl.param("scale", mdl.scale_init, features, mdl.param_dtype)
+    init = scale_initializer(mdl.scale_init, zero_centered_scale)
+    scale = mdl.param("scale", init, features, mdl.param_dtype)
   if use_bias:
     bias = mdl.param("bias", mdl.bias_init, features, mdl.param_dtype)
   return scale, bias

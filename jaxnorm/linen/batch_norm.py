@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -12,6 +13,8 @@ from jax.nn import initializers
 from jaxnorm import _stateful
 from jaxnorm._core import axes as _axes
 from jaxnorm.functional.batch_norm import BATCH_NORM
+from jaxnorm.functional.conditional import conditional_affine
+from jaxnorm.linen._params import feature_params
 
 Array = jax.Array
 Initializer = Any
@@ -47,7 +50,9 @@ class BatchNorm(nn.Module):
       of this many examples of the leading axis (None: the whole batch).
     running_stats: ``"ema"`` (flax's, default), ``"cumulative"`` (the plain
       average of all batch statistics so far, PyTorch's ``momentum=None``;
-      adds ``batch_stats/count``) or ``"frozen"`` (normalize with the running
+      adds ``batch_stats/count``), ``"debiased_ema"`` (the EMA divided by
+      ``1 − momentum^t`` after ``t`` batches, as haiku's; adds
+      ``batch_stats/count``) or ``"frozen"`` (normalize with the running
       statistics in training too and never update them, whatever
       ``use_running_average`` says).
     unbiased_running_var: PyTorch's running-variance update: the batch
@@ -86,6 +91,8 @@ class BatchNorm(nn.Module):
     use_running_average: bool | None = None,
     *,
     mask: Array | None = None,
+    scale: Array | None = None,
+    shift: Array | None = None,
   ) -> Array:
     """Normalizes ``x``; updates ``batch_stats`` when training.
 
@@ -96,4 +103,62 @@ class BatchNorm(nn.Module):
       mask: optional boolean mask broadcastable to ``x``: which elements the
         statistics use.
     """
-    return _stateful.linen_apply(BATCH_NORM, self, x, use_running_average, mask)
+    return _stateful.linen_apply(BATCH_NORM, self, x, use_running_average, mask, scale, shift)
+
+
+# Batch norm whose γ, β the conditional layer owns and passes as a modulation.
+_BATCH_NORM_WITHOUT_AFFINE = dataclasses.replace(BATCH_NORM, owner="ConditionalBatchNorm", params=lambda module: ())
+
+
+class ConditionalBatchNorm(BatchNorm):
+  r"""Conditional batch normalization (de Vries et al., 2017): batch norm
+  whose ``γ``, ``β`` are shifted per example by a projection of the
+  conditioning,
+
+  .. math:: y = (\gamma + \Delta\gamma)\,\hat x + (\beta + \Delta\beta), \qquad
+            (\Delta\gamma, \Delta\beta) = \mathrm{Dense}(c),
+
+  in the batch norm's own pass. Every field of :class:`jaxnorm.BatchNorm`
+  applies (running statistics, ghost batches, ``axis_name``, ...); the
+  projection starts at zero, so the layer starts as plain batch norm.
+
+  Variables: those of :class:`jaxnorm.BatchNorm` (``params/scale``,
+  ``params/bias``, ``batch_stats/mean``, ``batch_stats/var``) and
+  ``params/projection/{kernel, bias}``.
+
+  Attributes:
+    projection_kernel_init, projection_bias_init: initializers of the
+      projection (zeros).
+
+  References:
+    de Vries, Strub, Mary, Larochelle, Pietquin & Courville, `Modulating
+    early visual processing by language <https://arxiv.org/abs/1707.00683>`_,
+    2017.
+  """
+
+  projection_kernel_init: Initializer = initializers.zeros
+  projection_bias_init: Initializer = initializers.zeros
+
+  @nn.compact
+  def __call__(  # type: ignore[override]
+    self,
+    x: Array,
+    conditioning: Array,
+    use_running_average: bool | None = None,
+    *,
+    mask: Array | None = None,
+  ) -> Array:
+    """Normalizes ``x`` with ``γ``, ``β`` conditioned on ``conditioning`` ``(N, C_cond)``."""
+    axis = _axes.single_axis(self.axis, jnp.ndim(x), name="axis", owner="ConditionalBatchNorm")
+    channels = jnp.shape(x)[axis]
+    gamma, beta = feature_params(self, (channels,), use_scale=self.use_scale, use_bias=self.use_bias)
+    projected = nn.Dense(
+      2 * channels,
+      kernel_init=self.projection_kernel_init,
+      bias_init=self.projection_bias_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="projection",
+    )(conditioning)
+    scale, shift = conditional_affine(projected, gamma, beta)
+    return _stateful.linen_apply(_BATCH_NORM_WITHOUT_AFFINE, self, x, use_running_average, mask, scale, shift)

@@ -74,6 +74,8 @@ class BatchRenorm(nn.Module):
     use_running_average: bool | None = None,
     *,
     mask: Array | None = None,
+    scale: Array | None = None,
+    shift: Array | None = None,
   ) -> Array:
     """Normalizes ``x``; updates ``batch_stats`` (and the step) in training."""
-    return _stateful.linen_apply(BATCH_RENORM, self, x, use_running_average, mask)
+    return _stateful.linen_apply(BATCH_RENORM, self, x, use_running_average, mask, scale, shift)

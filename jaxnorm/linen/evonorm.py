@@ -11,6 +11,7 @@ from jax.nn import initializers
 
 from jaxnorm import _stateful
 from jaxnorm._core import axes as _axes
+from jaxnorm._core.modulation import fold
 from jaxnorm.functional.evonorm import EVONORM_B0
 from jaxnorm.functional.evonorm import evonorm_s0
 from jaxnorm.linen._params import feature_params
@@ -72,8 +73,10 @@ class EvoNormB0(nn.Module):
     use_running_average: bool | None = None,
     *,
     mask: Array | None = None,
+    scale: Array | None = None,
+    shift: Array | None = None,
   ) -> Array:
-    return _stateful.linen_apply(EVONORM_B0, self, x, use_running_average, mask)
+    return _stateful.linen_apply(EVONORM_B0, self, x, use_running_average, mask, scale, shift)
 
 
 class EvoNormS0(nn.Module):
@@ -117,19 +120,44 @@ class EvoNormS0(nn.Module):
   force_float32_reductions: bool = True
 
   @nn.compact
-  def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
+  def __call__(
+    self, x: Array, *, mask: Array | None = None, scale: Array | None = None, shift: Array | None = None
+  ) -> Array:
+    """Normalizes ``x``.
+
+    Args:
+      x: the input.
+      mask: optional boolean mask broadcastable to ``x``: which elements the
+        statistics use.
+      scale, shift: optional call-time modulation (conditional
+        normalization): ``γ`` and ``β`` become ``γ·(1 + scale)`` and
+        ``β·(1 + scale) + shift`` for this call; shapes ``(N, *features)``,
+        ``features`` or ``x``'s rank; see :doc:`/conditional`.
+    """
     owner = "EvoNormS0"
     _axes.check_floating(x, owner=owner)
     c, _ = _axes.per_example_channel_axes(jnp.ndim(x), self.channel_axis, owner)
     channels = jnp.shape(x)[c]
     # Validate before creating parameters, so init fails with our message.
     _axes.resolve_groups(channels, self.num_groups, self.group_size, owner=owner)
-    scale, bias = feature_params(self, (channels,), use_scale=self.use_scale, use_bias=self.use_bias)
+    gamma, beta = feature_params(self, (channels,), use_scale=self.use_scale, use_bias=self.use_bias)
     v = self.param("v", self.v_init, (channels,), self.param_dtype)
+    gamma, beta, dtype = fold(
+      x,
+      gamma,
+      beta,
+      feature_axes=c,
+      modulation_scale=scale,
+      modulation_shift=shift,
+      dtype=self.dtype,
+      force_float32_reductions=self.force_float32_reductions,
+      others=(v,),
+      owner=owner,
+    )
     return evonorm_s0(
       x,
-      scale,
-      bias,
+      gamma,
+      beta,
       v,
       num_groups=self.num_groups,
       group_size=self.group_size,
@@ -137,6 +165,6 @@ class EvoNormS0(nn.Module):
       epsilon=self.epsilon,
       mask=mask,
       use_fast_variance=self.use_fast_variance,
-      dtype=self.dtype,
+      dtype=dtype,
       force_float32_reductions=self.force_float32_reductions,
     )

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax.nn import initializers
 
 from jaxnorm._core import axes as _axes
+from jaxnorm._core.modulation import fold
 from jaxnorm.functional.filter_response import filter_response_norm
 from jaxnorm.linen._params import feature_params
 
@@ -61,26 +62,51 @@ class FilterResponseNorm(nn.Module):
   force_float32_reductions: bool = True
 
   @nn.compact
-  def __call__(self, x: Array, *, mask: Array | None = None) -> Array:
+  def __call__(
+    self, x: Array, *, mask: Array | None = None, scale: Array | None = None, shift: Array | None = None
+  ) -> Array:
+    """Normalizes ``x``.
+
+    Args:
+      x: the input.
+      mask: optional boolean mask broadcastable to ``x``: which elements the
+        statistics use.
+      scale, shift: optional call-time modulation (conditional
+        normalization): ``γ`` and ``β`` become ``γ·(1 + scale)`` and
+        ``β·(1 + scale) + shift`` for this call; shapes ``(N, *features)``,
+        ``features`` or ``x``'s rank; see :doc:`/conditional`.
+    """
     _axes.check_floating(x, owner="FilterResponseNorm")
     c, _ = _axes.per_example_channel_axes(jnp.ndim(x), self.channel_axis, "FilterResponseNorm")
     features = (jnp.shape(x)[c],)
-    scale, bias = feature_params(self, features, use_scale=self.use_scale, use_bias=self.use_bias)
+    gamma, beta = feature_params(self, features, use_scale=self.use_scale, use_bias=self.use_bias)
     tau = None
     if self.use_tlu:
       tau = self.param("tau", self.tau_init, features, self.param_dtype)
     learned = None
     if self.learn_epsilon:
       learned = self.param("epsilon", self.epsilon_init, (), self.param_dtype)
+    gamma, beta, dtype = fold(
+      x,
+      gamma,
+      beta,
+      feature_axes=c,
+      modulation_scale=scale,
+      modulation_shift=shift,
+      dtype=self.dtype,
+      force_float32_reductions=self.force_float32_reductions,
+      others=(tau, learned),
+      owner="FilterResponseNorm",
+    )
     return filter_response_norm(
       x,
-      scale,
-      bias,
+      gamma,
+      beta,
       tau,
       epsilon=self.epsilon,
       learned_epsilon=learned,
       channel_axis=c,
       mask=mask,
-      dtype=self.dtype,
+      dtype=dtype,
       force_float32_reductions=self.force_float32_reductions,
     )

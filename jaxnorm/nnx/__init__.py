@@ -35,10 +35,15 @@ of an existing model by these, keeping its parameters and statistics.
 
 from jaxnorm.nnx._convert import make_convert as _make_convert
 from jaxnorm.nnx.batch_norm import BatchNorm as BatchNorm
+from jaxnorm.nnx.batch_norm import ConditionalBatchNorm as ConditionalBatchNorm
 from jaxnorm.nnx.batch_renorm import BatchRenorm as BatchRenorm
+from jaxnorm.nnx.conditional import AdaLNZero as AdaLNZero
+from jaxnorm.nnx.conditional import FiLM as FiLM
+from jaxnorm.nnx.dynamic_tanh import DynamicTanh as DynamicTanh
 from jaxnorm.nnx.evonorm import EvoNormB0 as EvoNormB0
 from jaxnorm.nnx.evonorm import EvoNormS0 as EvoNormS0
 from jaxnorm.nnx.filter_response import FilterResponseNorm as FilterResponseNorm
+from jaxnorm.nnx.per_example import AdaGroupNorm as AdaGroupNorm
 from jaxnorm.nnx.per_example import GroupNorm as GroupNorm
 from jaxnorm.nnx.per_example import InstanceNorm as InstanceNorm
 from jaxnorm.nnx.per_example import LayerNorm as LayerNorm
@@ -51,10 +56,15 @@ from jaxnorm.nnx.weight_standardization import StandardizedConv as StandardizedC
 convert = _make_convert(globals())
 
 __all__ = (
+  "AdaGroupNorm",
+  "AdaLNZero",
   "BatchNorm",
   "BatchRenorm",
+  "ConditionalBatchNorm",
+  "DynamicTanh",
   "EvoNormB0",
   "EvoNormS0",
+  "FiLM",
   "FilterResponseNorm",
   "GroupNorm",
   "InstanceNorm",

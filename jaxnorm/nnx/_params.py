@@ -91,3 +91,19 @@ def substituted(replacements):
   finally:
     for param, value in originals:
       _stateful.replace_value(param, value)
+
+
+def projection(
+  in_features, out_features, kernel_init, bias_init, dtype, param_dtype, rngs, use_bias=True
+) -> nnx.Linear:
+  """The dense layer a conditional layer projects its conditioning with."""
+  return nnx.Linear(
+    in_features,
+    out_features,
+    use_bias=use_bias,
+    kernel_init=kernel_init,
+    bias_init=bias_init,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    rngs=rngs,
+  )

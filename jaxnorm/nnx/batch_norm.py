@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,13 +14,17 @@ from jax.nn import initializers
 
 from jaxnorm import _stateful
 from jaxnorm._core import axes as _axes
+from jaxnorm._core.running_stats import COUNTED
 from jaxnorm._core.running_stats import RUNNING_STATS
 from jaxnorm.functional.batch_norm import BATCH_NORM
+from jaxnorm.functional.conditional import conditional_affine
 from jaxnorm.nnx._params import NO_METADATA
 from jaxnorm.nnx._params import ModeMixin
 from jaxnorm.nnx._params import feature_params
 from jaxnorm.nnx._params import features
+from jaxnorm.nnx._params import projection
 from jaxnorm.nnx._params import running_stat
+from jaxnorm.nnx._params import value_of
 
 Array = jax.Array
 Initializer = Any
@@ -44,8 +49,10 @@ class BatchNorm(ModeMixin, nnx.Module):
       of this many examples of the leading axis (None: the whole batch).
     running_stats: ``"ema"`` (flax's, default), ``"cumulative"`` (the plain
       average of all batch statistics so far, PyTorch's ``momentum=None``;
-      adds a ``count`` BatchStat) or ``"frozen"`` (normalize with the running
-      statistics in training too and never update them).
+      adds a ``count`` BatchStat), ``"debiased_ema"`` (the EMA divided by
+      ``1 − momentum^t`` after ``t`` batches, as haiku's; adds a ``count``
+      BatchStat) or ``"frozen"`` (normalize with the running statistics in
+      training too and never update them).
     unbiased_running_var: PyTorch's running-variance update (the batch
       variance times ``n/(n − 1)``); the normalization is unchanged.
   """
@@ -81,7 +88,7 @@ class BatchNorm(ModeMixin, nnx.Module):
     shape = features(num_features, owner)
     self.mean = running_stat(jnp.zeros, shape, force_float32_reductions, param_dtype)
     self.var = running_stat(jnp.ones, shape, force_float32_reductions, param_dtype)
-    self.count = nnx.BatchStat(jnp.zeros((), jnp.int32)) if running_stats == "cumulative" else nnx.data(None)
+    self.count = nnx.BatchStat(jnp.zeros((), jnp.int32)) if running_stats in COUNTED else nnx.data(None)
     feature_params(
       self,
       shape,
@@ -112,7 +119,15 @@ class BatchNorm(ModeMixin, nnx.Module):
     self.running_stats = running_stats
     self.unbiased_running_var = unbiased_running_var
 
-  def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+  def __call__(
+    self,
+    x,
+    use_running_average: bool | None = None,
+    *,
+    mask: Array | None = None,
+    scale: Array | None = None,
+    shift: Array | None = None,
+  ):
     """Normalizes ``x``; in training, updates ``mean``, ``var`` (and ``count``).
 
     Args:
@@ -121,4 +136,55 @@ class BatchNorm(ModeMixin, nnx.Module):
       mask: optional boolean mask broadcastable to ``x``: which elements the
         statistics use.
     """
-    return _stateful.nnx_apply(BATCH_NORM, self, x, use_running_average, mask)
+    return _stateful.nnx_apply(BATCH_NORM, self, x, use_running_average, mask, scale, shift)
+
+
+# Batch norm whose γ, β the conditional layer owns and passes as a modulation.
+_BATCH_NORM_WITHOUT_AFFINE = dataclasses.replace(BATCH_NORM, owner="ConditionalBatchNorm", params=lambda module: ())
+
+
+class ConditionalBatchNorm(BatchNorm):
+  r"""Conditional batch normalization (:class:`jaxnorm.ConditionalBatchNorm`
+  for flax.nnx): ``(γ + Δγ) x̂ + β + Δβ`` with ``(Δγ, Δβ) =
+  Linear(conditioning)``, zero-initialised. Takes
+  :class:`jaxnorm.nnx.BatchNorm`'s arguments.
+
+  References:
+    de Vries, Strub, Mary, Larochelle, Pietquin & Courville, `Modulating
+    early visual processing by language <https://arxiv.org/abs/1707.00683>`_,
+    2017.
+  """
+
+  def __init__(
+    self,
+    num_features: int,
+    conditioning_features: int,
+    *,
+    projection_kernel_init: Initializer = initializers.zeros,
+    projection_bias_init: Initializer = initializers.zeros,
+    rngs: nnx.Rngs,
+    **batch_norm,
+  ):
+    super().__init__(num_features, rngs=rngs, **batch_norm)
+    _axes.check_positive_int(conditioning_features, name="conditioning_features", owner="ConditionalBatchNorm")
+    self.projection = projection(
+      conditioning_features,
+      2 * num_features,
+      projection_kernel_init,
+      projection_bias_init,
+      self.dtype,
+      self.param_dtype,
+      rngs,
+    )
+
+  def __call__(  # type: ignore[override]
+    self,
+    x,
+    conditioning: Array,
+    use_running_average: bool | None = None,
+    *,
+    mask: Array | None = None,
+  ):
+    """Normalizes ``x`` with ``γ``, ``β`` conditioned on ``conditioning`` ``(N, C_cond)``."""
+    scale, shift = conditional_affine(self.projection(conditioning), value_of(self.scale), value_of(self.bias))
+    return _stateful.nnx_apply(_BATCH_NORM_WITHOUT_AFFINE, self, x, use_running_average, mask, scale, shift)

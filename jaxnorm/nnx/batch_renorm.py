@@ -84,6 +84,14 @@ class BatchRenorm(ModeMixin, nnx.Module):
     self.r_max, self.d_max, self.warmup_delay = r_max, d_max, warmup_delay
     self.r_max_warmup_steps, self.d_max_warmup_steps = r_max_warmup_steps, d_max_warmup_steps
 
-  def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
+  def __call__(
+    self,
+    x,
+    use_running_average: bool | None = None,
+    *,
+    mask: Array | None = None,
+    scale: Array | None = None,
+    shift: Array | None = None,
+  ):
     """Normalizes ``x``; in training, updates ``mean``, ``var`` and ``steps``."""
-    return _stateful.nnx_apply(BATCH_RENORM, self, x, use_running_average, mask)
+    return _stateful.nnx_apply(BATCH_RENORM, self, x, use_running_average, mask, scale, shift)

@@ -11,6 +11,7 @@ from jax.nn import initializers
 
 from jaxnorm import _stateful
 from jaxnorm._core import axes as _axes
+from jaxnorm._core.modulation import fold
 from jaxnorm.functional.evonorm import EVONORM_B0
 from jaxnorm.functional.evonorm import evonorm_s0
 from jaxnorm.nnx._params import NO_METADATA
@@ -73,8 +74,16 @@ class EvoNormB0(ModeMixin, nnx.Module):
     self.axis_name, self.axis_index_groups = axis_name, axis_index_groups
     self.use_fast_variance, self.force_float32_reductions = use_fast_variance, force_float32_reductions
 
-  def __call__(self, x, use_running_average: bool | None = None, *, mask: Array | None = None):
-    return _stateful.nnx_apply(EVONORM_B0, self, x, use_running_average, mask)
+  def __call__(
+    self,
+    x,
+    use_running_average: bool | None = None,
+    *,
+    mask: Array | None = None,
+    scale: Array | None = None,
+    shift: Array | None = None,
+  ):
+    return _stateful.nnx_apply(EVONORM_B0, self, x, use_running_average, mask, scale, shift)
 
 
 class EvoNormS0(nnx.Module):
@@ -122,21 +131,45 @@ class EvoNormS0(nnx.Module):
     self.use_bias, self.use_scale, self.channel_axis = use_bias, use_scale, channel_axis
     self.use_fast_variance, self.force_float32_reductions = use_fast_variance, force_float32_reductions
 
-  def __call__(self, x, *, mask: Array | None = None):
+  def __call__(self, x, *, mask: Array | None = None, scale: Array | None = None, shift: Array | None = None):
+    """Normalizes ``x``.
+
+    Args:
+      x: the input.
+      mask: optional boolean mask broadcastable to ``x``: which elements the
+        statistics use.
+      scale, shift: optional call-time modulation (conditional
+        normalization): ``γ`` and ``β`` become ``γ·(1 + scale)`` and
+        ``β·(1 + scale) + shift`` for this call; shapes ``(N, *features)``,
+        ``features`` or ``x``'s rank; see :doc:`/conditional`.
+    """
     owner = "EvoNormS0"
     _axes.check_floating(x, owner=owner)
     c, _ = _axes.per_example_channel_axes(jnp.ndim(x), self.channel_axis, owner)
-    return evonorm_s0(
+    v = self.v[...]
+    gamma, beta, dtype = fold(
       x,
       value_of(self.scale),
       value_of(self.bias),
-      self.v[...],
+      feature_axes=c,
+      modulation_scale=scale,
+      modulation_shift=shift,
+      dtype=self.dtype,
+      force_float32_reductions=self.force_float32_reductions,
+      others=(v,),
+      owner=owner,
+    )
+    return evonorm_s0(
+      x,
+      gamma,
+      beta,
+      v,
       num_groups=self.num_groups,
       group_size=self.group_size,
       channel_axis=c,
       epsilon=self.epsilon,
       mask=mask,
       use_fast_variance=self.use_fast_variance,
-      dtype=self.dtype,
+      dtype=dtype,
       force_float32_reductions=self.force_float32_reductions,
     )

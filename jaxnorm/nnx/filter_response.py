@@ -10,6 +10,7 @@ from flax import nnx
 from jax.nn import initializers
 
 from jaxnorm._core import axes as _axes
+from jaxnorm._core.modulation import fold
 from jaxnorm.functional.filter_response import filter_response_norm
 from jaxnorm.nnx._params import NO_METADATA
 from jaxnorm.nnx._params import extra_param
@@ -67,19 +68,43 @@ class FilterResponseNorm(nnx.Module):
     self.use_bias, self.use_scale, self.use_tlu, self.learn_epsilon = use_bias, use_scale, use_tlu, learn_epsilon
     self.channel_axis, self.force_float32_reductions = channel_axis, force_float32_reductions
 
-  def __call__(self, x, *, mask: Array | None = None):
+  def __call__(self, x, *, mask: Array | None = None, scale: Array | None = None, shift: Array | None = None):
+    """Normalizes ``x``.
+
+    Args:
+      x: the input.
+      mask: optional boolean mask broadcastable to ``x``: which elements the
+        statistics use.
+      scale, shift: optional call-time modulation (conditional
+        normalization): ``γ`` and ``β`` become ``γ·(1 + scale)`` and
+        ``β·(1 + scale) + shift`` for this call; shapes ``(N, *features)``,
+        ``features`` or ``x``'s rank; see :doc:`/conditional`.
+    """
     owner = "FilterResponseNorm"
     _axes.check_floating(x, owner=owner)
     c, _ = _axes.per_example_channel_axes(jnp.ndim(x), self.channel_axis, owner)
-    return filter_response_norm(
+    tau, learned = value_of(self.tau), value_of(self.epsilon_param)
+    gamma, beta, dtype = fold(
       x,
       value_of(self.scale),
       value_of(self.bias),
-      value_of(self.tau),
+      feature_axes=c,
+      modulation_scale=scale,
+      modulation_shift=shift,
+      dtype=self.dtype,
+      force_float32_reductions=self.force_float32_reductions,
+      others=(tau, learned),
+      owner=owner,
+    )
+    return filter_response_norm(
+      x,
+      gamma,
+      beta,
+      tau,
       epsilon=self.epsilon,
-      learned_epsilon=value_of(self.epsilon_param),
+      learned_epsilon=learned,
       channel_axis=c,
       mask=mask,
-      dtype=self.dtype,
+      dtype=dtype,
       force_float32_reductions=self.force_float32_reductions,
     )

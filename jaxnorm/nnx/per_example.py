@@ -3,6 +3,7 @@ and GroupNorm, drop-ins for flax.nnx's."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,13 +11,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import dtypes as _nnx_dtypes
+from flax.nnx.nn.linear import default_kernel_init
 from jax.nn import initializers
 
 from jaxnorm._core import axes as _axes
+from jaxnorm._core.modulation import fold
+from jaxnorm._core.modulation import scale_initializer
 from jaxnorm.functional import per_example as F
 from jaxnorm.nnx._params import NO_METADATA
 from jaxnorm.nnx._params import feature_params
 from jaxnorm.nnx._params import features
+from jaxnorm.nnx._params import projection
 from jaxnorm.nnx._params import value_of
 
 Array = jax.Array
@@ -41,6 +46,7 @@ class _PerExampleNorm(nnx.Module):
     param_dtype,
     scale_metadata,
     bias_metadata,
+    zero_centered_scale=False,
     **fields,
   ):
     shape = features(num_features, owner)
@@ -50,7 +56,7 @@ class _PerExampleNorm(nnx.Module):
       rngs=rngs,
       use_scale=use_scale,
       use_bias=use_bias,
-      scale_init=scale_init,
+      scale_init=scale_initializer(scale_init, zero_centered_scale),
       bias_init=bias_init,
       param_dtype=param_dtype,
       scale_metadata=scale_metadata,
@@ -60,19 +66,38 @@ class _PerExampleNorm(nnx.Module):
     self.param_dtype = param_dtype
     self.use_scale = use_scale
     self.use_bias = use_bias
+    self.zero_centered_scale = zero_centered_scale
     for name, value in fields.items():
       setattr(self, name, value)
 
-  def _promoted(self, x):
-    return self.promote_dtype((x, value_of(self.scale), value_of(self.bias)), dtype=self.dtype)
+  def _affine(self, x, feature_axes, *, scale, shift):
+    """``(x, γ', β', dtype)``: the input and parameters promoted as
+    flax.nnx promotes them, with the call's modulation and the zero-centred
+    scale folded in (:func:`jaxnorm._core.modulation.fold`)."""
+    x, gamma, beta = self.promote_dtype(
+      (x, value_of(self.scale), value_of(getattr(self, "bias", None))), dtype=self.dtype
+    )
+    gamma, beta, dtype = fold(
+      x,
+      gamma,
+      beta,
+      feature_axes=feature_axes,
+      modulation_scale=scale,
+      modulation_shift=shift,
+      zero_centered_scale=self.zero_centered_scale,
+      dtype=self.dtype,
+      force_float32_reductions=self.force_float32_reductions,
+      owner=type(self).__name__,
+    )
+    return x, gamma, beta, dtype
 
-  def _engine_kwargs(self, mask):
+  def _engine_kwargs(self, mask, dtype):
     return dict(
       epsilon=self.epsilon,
       mask=mask,
       axis_name=self.axis_name,
       axis_index_groups=self.axis_index_groups,
-      dtype=self.dtype,
+      dtype=dtype,
       force_float32_reductions=self.force_float32_reductions,
     )
 
@@ -81,7 +106,9 @@ class LayerNorm(_PerExampleNorm):
   r"""Layer normalization, a drop-in for ``flax.nnx.LayerNorm``:
   :math:`y = \gamma (x - \mu)/\sqrt{\sigma^2 + \epsilon} + \beta` with
   statistics over ``reduction_axes`` and parameters over ``feature_axes``.
-  ``use_fast_variance`` defaults to False (stable)."""
+  ``use_fast_variance`` defaults to False (stable). ``zero_centered_scale``
+  multiplies by ``1 + γ``, ``γ`` starting at 0 (see
+  :class:`jaxnorm.LayerNorm`)."""
 
   def __init__(
     self,
@@ -104,10 +131,12 @@ class LayerNorm(_PerExampleNorm):
     bias_metadata: Mapping[str, Any] = NO_METADATA,
     scale_metadata: Mapping[str, Any] = NO_METADATA,
     force_float32_reductions: bool = True,
+    zero_centered_scale: bool = False,
   ):
     self._init_common(
       num_features,
       "LayerNorm",
+      zero_centered_scale=zero_centered_scale,
       rngs=rngs,
       use_scale=use_scale,
       use_bias=use_bias,
@@ -127,16 +156,26 @@ class LayerNorm(_PerExampleNorm):
       force_float32_reductions=force_float32_reductions,
     )
 
-  def __call__(self, x, *, mask: Array | None = None):
-    x, scale, bias = self._promoted(x)
+  def __call__(self, x, *, mask: Array | None = None, scale: Array | None = None, shift: Array | None = None):
+    """Normalizes ``x``.
+
+    Args:
+      x: the input.
+      mask: optional boolean mask broadcastable to ``x``: which elements the
+        statistics use.
+      scale, shift: optional call-time modulation (conditional
+        normalization): ``y = (γ x̂ + β)·(1 + scale) + shift``, applied in
+        the same pass as the normalization; see :doc:`/conditional`.
+    """
+    x, gamma, beta, dtype = self._affine(x, self.feature_axes, scale=scale, shift=shift)
     return F.layer_norm(
       x,
-      scale,
-      bias,
+      gamma,
+      beta,
       reduction_axes=self.reduction_axes,
       feature_axes=self.feature_axes,
       use_fast_variance=self.use_fast_variance,
-      **self._engine_kwargs(mask),
+      **self._engine_kwargs(mask, dtype),
     )
 
 
@@ -144,7 +183,8 @@ class RMSNorm(_PerExampleNorm):
   r"""RMS normalization, a drop-in for ``flax.nnx.RMSNorm``:
   :math:`y = \gamma\,x/\sqrt{\mathrm{E}[x^2] + \epsilon}` over
   ``reduction_axes``. ``use_fast_variance`` is accepted for compatibility and
-  has no effect (there is no mean to subtract)."""
+  has no effect (there is no mean to subtract). ``zero_centered_scale`` is
+  Gemma's RMSNorm, ``(1 + γ)·x/rms(x)`` (see :class:`jaxnorm.RMSNorm`)."""
 
   def __init__(
     self,
@@ -164,10 +204,12 @@ class RMSNorm(_PerExampleNorm):
     rngs: nnx.Rngs,
     scale_metadata: Mapping[str, Any] = NO_METADATA,
     force_float32_reductions: bool = True,
+    zero_centered_scale: bool = False,
   ):
     self._init_common(
       num_features,
       "RMSNorm",
+      zero_centered_scale=zero_centered_scale,
       rngs=rngs,
       use_scale=use_scale,
       use_bias=False,
@@ -188,13 +230,25 @@ class RMSNorm(_PerExampleNorm):
     )
     del self.bias  # flax.nnx's RMSNorm has no bias attribute
 
-  def _promoted(self, x):
-    return self.promote_dtype((x, value_of(self.scale)), dtype=self.dtype)
+  def __call__(self, x, mask: Array | None = None, *, scale: Array | None = None, shift: Array | None = None):
+    """Normalizes ``x``.
 
-  def __call__(self, x, mask: Array | None = None):
-    x, scale = self._promoted(x)
+    Args:
+      x: the input.
+      mask: optional boolean mask broadcastable to ``x``: which elements the
+        statistics use.
+      scale, shift: optional call-time modulation (conditional
+        normalization): ``y = (γ x̂ + β)·(1 + scale) + shift``, applied in
+        the same pass as the normalization; see :doc:`/conditional`.
+    """
+    x, gamma, beta, dtype = self._affine(x, self.feature_axes, scale=scale, shift=shift)
     return F.rms_norm(
-      x, scale, reduction_axes=self.reduction_axes, feature_axes=self.feature_axes, **self._engine_kwargs(mask)
+      x,
+      gamma,
+      beta,
+      reduction_axes=self.reduction_axes,
+      feature_axes=self.feature_axes,
+      **self._engine_kwargs(mask, dtype),
     )
 
 
@@ -245,16 +299,26 @@ class InstanceNorm(_PerExampleNorm):
       force_float32_reductions=force_float32_reductions,
     )
 
-  def __call__(self, x, *, mask: Array | None = None):
-    x, scale, bias = self._promoted(x)
+  def __call__(self, x, *, mask: Array | None = None, scale: Array | None = None, shift: Array | None = None):
+    """Normalizes ``x``.
+
+    Args:
+      x: the input.
+      mask: optional boolean mask broadcastable to ``x``: which elements the
+        statistics use.
+      scale, shift: optional call-time modulation (conditional
+        normalization): ``y = (γ x̂ + β)·(1 + scale) + shift``, applied in
+        the same pass as the normalization; see :doc:`/conditional`.
+    """
+    x, gamma, beta, dtype = self._affine(x, self.feature_axes, scale=scale, shift=shift)
     return F.instance_norm(
       x,
-      scale,
-      bias,
+      gamma,
+      beta,
       feature_axes=self.feature_axes,
       batch_axis=0,
       use_fast_variance=self.use_fast_variance,
-      **self._engine_kwargs(mask),
+      **self._engine_kwargs(mask, dtype),
     )
 
 
@@ -321,16 +385,71 @@ class GroupNorm(_PerExampleNorm):
       channel_axis=channel_axis,
     )
 
-  def __call__(self, x, *, mask: Array | None = None):
-    x, scale, bias = self._promoted(x)
+  def __call__(self, x, *, mask: Array | None = None, scale: Array | None = None, shift: Array | None = None):
+    """Normalizes ``x``.
+
+    Args:
+      x: the input.
+      mask: optional boolean mask broadcastable to ``x``: which elements the
+        statistics use.
+      scale, shift: optional call-time modulation (conditional
+        normalization): ``y = (γ x̂ + β)·(1 + scale) + shift``, applied in
+        the same pass as the normalization; see :doc:`/conditional`.
+    """
+    x, gamma, beta, dtype = self._affine(x, self.channel_axis, scale=scale, shift=shift)
     return F.group_norm(
       x,
-      scale,
-      bias,
+      gamma,
+      beta,
       num_groups=self.num_groups,
       group_size=None,
       channel_axis=self.channel_axis,
       reduction_axes=self.reduction_axes,
       use_fast_variance=self.use_fast_variance,
-      **self._engine_kwargs(mask),
+      **self._engine_kwargs(mask, dtype),
     )
+
+
+class AdaGroupNorm(GroupNorm):
+  r"""Adaptive group normalization (:class:`jaxnorm.AdaGroupNorm` for
+  flax.nnx): ``GN(x)·(1 + s) + t`` with ``(s, t) = Linear(activation(e))``
+  (``scale`` then ``shift``) and the group norm's own ``γ``, ``β``. Takes
+  :class:`jaxnorm.nnx.GroupNorm`'s arguments (default ``epsilon`` 1e-5).
+
+  References:
+    Dhariwal & Nichol, `Diffusion Models Beat GANs on Image Synthesis
+    <https://arxiv.org/abs/2105.05233>`_, 2021.
+  """
+
+  def __init__(
+    self,
+    num_features: int,
+    embedding_features: int,
+    num_groups: int | None = 32,
+    group_size: int | None = None,
+    *,
+    epsilon: float = 1e-5,
+    activation: Callable[[Array], Array] | None = nnx.silu,
+    projection_kernel_init: Initializer = default_kernel_init,
+    projection_bias_init: Initializer = initializers.zeros,
+    rngs: nnx.Rngs,
+    **group_norm,
+  ):
+    super().__init__(num_features, num_groups, group_size, epsilon=epsilon, rngs=rngs, **group_norm)
+    _axes.check_positive_int(embedding_features, name="embedding_features", owner="AdaGroupNorm")
+    self.projection = projection(
+      embedding_features,
+      2 * num_features,
+      projection_kernel_init,
+      projection_bias_init,
+      self.dtype,
+      self.param_dtype,
+      rngs,
+    )
+    self.activation = activation
+
+  def __call__(self, x, embedding: Array, *, mask: Array | None = None):  # type: ignore[override]
+    """Normalizes ``x`` modulated by ``embedding`` ``(N, E)``."""
+    e = embedding if self.activation is None else self.activation(embedding)
+    scale, shift = jnp.split(self.projection(e), 2, axis=-1)
+    return super().__call__(x, mask=mask, scale=scale, shift=shift)

@@ -216,6 +216,44 @@ class _SpectralConv(nn.Module):
     return jaxnorm.SpectralNorm(nn.Conv(C, (3, 3)), n_steps=2)(x, update_stats=True)
 
 
+class _Conditioned(nn.Module):
+  """A conditional layer (``layer(x, c)``, or ``layer(c)`` giving adaLN-Zero's
+  modulation for a LayerNorm) with a conditioning made from the input, so
+  that both paths are differentiated."""
+
+  layer: Any
+
+  @nn.compact
+  def __call__(self, x):
+    c = jnp.mean(x, axis=(1, 2))  # (N, C)
+    if isinstance(self.layer, jaxnorm.AdaLNZero):
+      (m,) = self.layer(c)
+      return jaxnorm.LayerNorm(use_scale=False, use_bias=False)(x, shift=m.shift, scale=m.scale) * m.gate[:, None, None]
+    return self.layer(x, c)
+
+
+class _Modulated(nn.Module):
+  """A normalizer with a call-time modulation of shape (N, C)."""
+
+  layer: Any
+
+  @nn.compact
+  def __call__(self, x):
+    c = jnp.mean(x, axis=(1, 2))
+    return self.layer(x, scale=jnp.tanh(c), shift=c)
+
+
+def _nnx_conditioned(module):
+  """An nnx conditional layer, conditioned on the channel means of the input."""
+  case = nnx_case(module)
+
+  def fn(params, x, others):
+    merged = nnx.merge(nnx.graphdef(module), params, others, copy=True)
+    return merged(x, jnp.mean(x, axis=(1, 2))), nnx.state(merged, nnx.BatchStat)
+
+  return dataclasses.replace(case, fn=fn)
+
+
 CASES: dict[str, Case] = {
   # The statistics engine and the affine step.
   "moments": fn_case(lambda x: jaxnorm.moments(x, (0, 1, 2)), [NHWC], covers=("moments", "Moments")),
@@ -367,6 +405,10 @@ CASES: dict[str, Case] = {
     [NHWC, (C,), (C,), (C,)],
     covers=("evonorm_s0",),
   ),
+  "dynamic_tanh": fn_case(
+    lambda x, a, s, b: jaxnorm.dynamic_tanh(x, a, s, b), [NHWC, (1,), (C,), (C,)], covers=("dynamic_tanh",)
+  ),
+  "film": fn_case(lambda x, s, b: jaxnorm.film(x, s, b), [NHWC, (NHWC[0], C), (NHWC[0], C)], covers=("film",)),
   "fold_batch_norm": _fold_case(),
   "precise_batch_stats_step": _precise_batch_stats_step(),
   # flax.nnx modules.
@@ -385,6 +427,13 @@ CASES: dict[str, Case] = {
   ),
   "nnx.WeightNorm": nnx_case(jaxnorm.nnx.WeightNorm(nnx.Conv(C, C, (3, 3), rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))),
   "nnx.RMSNorm": nnx_case(jaxnorm.nnx.RMSNorm(C, reduction_axes=(1, 2, 3), rngs=nnx.Rngs(0)), pallas=True),
+  "nnx.RMSNorm_zero_centered": nnx_case(jaxnorm.nnx.RMSNorm(C, zero_centered_scale=True, rngs=nnx.Rngs(0))),
+  "nnx.DynamicTanh": nnx_case(jaxnorm.nnx.DynamicTanh(C, rngs=nnx.Rngs(0))),
+  "nnx.AdaGroupNorm": dataclasses.replace(
+    _nnx_conditioned(jaxnorm.nnx.AdaGroupNorm(C, C, num_groups=4, rngs=nnx.Rngs(0))), pallas=True
+  ),
+  "nnx.ConditionalBatchNorm": _nnx_conditioned(jaxnorm.nnx.ConditionalBatchNorm(C, C, rngs=nnx.Rngs(0))),
+  "nnx.FiLM": _nnx_conditioned(jaxnorm.nnx.FiLM(C, C, rngs=nnx.Rngs(0))),
   # flax modules.
   "BatchNorm": module_case(jaxnorm.BatchNorm(use_running_average=False), covers=("BatchNorm",), pallas=True),
   "BatchNorm_eval": module_case(jaxnorm.BatchNorm(use_running_average=True), train=False, covers=("BatchNorm",)),
@@ -414,6 +463,25 @@ CASES: dict[str, Case] = {
   "StandardizedConv": module_case(jaxnorm.StandardizedConv(C, (3, 3), scaled=True), covers=("StandardizedConv",)),
   "SpectralNorm": module_case(_SpectralConv(), covers=("SpectralNorm",)),
   "WeightNorm": module_case(jaxnorm.WeightNorm(nn.Conv(C, (3, 3))), covers=("WeightNorm",)),
+  "BatchNorm_debiased_ema": module_case(
+    jaxnorm.BatchNorm(use_running_average=False, running_stats="debiased_ema"), covers=("BatchNorm",), pallas=True
+  ),
+  "DynamicTanh": module_case(jaxnorm.DynamicTanh(), covers=("DynamicTanh",)),
+  # Call-time modulation: per example and channel, in the normalizer's pass
+  # (batch norm's varies along a reduced axis: the XLA passes apply it).
+  "BatchNorm_modulated": module_case(_Modulated(jaxnorm.BatchNorm(use_running_average=False)), covers=("BatchNorm",)),
+  "GroupNorm_modulated": module_case(_Modulated(jaxnorm.GroupNorm(num_groups=4)), covers=("GroupNorm",), pallas=True),
+  "LayerNorm_zero_centered_modulated": module_case(
+    _Modulated(jaxnorm.LayerNorm(zero_centered_scale=True)), covers=("LayerNorm",)
+  ),
+  "AdaLNZero": module_case(
+    _Conditioned(jaxnorm.AdaLNZero(features=C, num_branches=1)), covers=("AdaLNZero", "AdaLNModulation")
+  ),
+  "AdaGroupNorm": module_case(_Conditioned(jaxnorm.AdaGroupNorm(num_groups=4)), covers=("AdaGroupNorm",), pallas=True),
+  "ConditionalBatchNorm": module_case(
+    _Conditioned(jaxnorm.ConditionalBatchNorm(use_running_average=False)), covers=("ConditionalBatchNorm",)
+  ),
+  "FiLM": module_case(_Conditioned(jaxnorm.FiLM()), covers=("FiLM",)),
 }
 # Every create_norm name: its conv (StandardizedConv for "+ws") and its
 # layer, in training and (where the mode matters) evaluation mode.

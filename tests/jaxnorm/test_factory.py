@@ -35,6 +35,7 @@ def test_names():
     "frn",
     "evonorm_b0",
     "evonorm_s0",
+    "dyt",
     "gn+ws",
     "bn+ws",
     "none",
@@ -142,7 +143,7 @@ def test_model_building_inside_a_module():
       lambda: jn.create_norm("batchnorm"),
       ValueError,
       r"create_norm: name='batchnorm' is not a known normalizer; valid names are 'bn', 'bn\+ws', 'brn', "
-      r"'ghost_bn', 'gn', 'gn\+ws', 'ln', 'in', 'rms', 'frn', 'evonorm_b0', 'evonorm_s0', 'none'",
+      r"'ghost_bn', 'gn', 'gn\+ws', 'ln', 'in', 'rms', 'frn', 'evonorm_b0', 'evonorm_s0', 'dyt', 'none'",
     ),
     (
       lambda: jn.create_norm("gn", groups=8),

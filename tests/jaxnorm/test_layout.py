@@ -78,8 +78,10 @@ def test_every_module_has_both_front_ends_and_a_factory_entry():
     assert linen_class.__module__.split(".")[-1] == nnx_class.__module__.split(".")[-1], name
     assert linen_class is getattr(jaxnorm, name)
     # StandardizedConv is the convolution of the "+ws" names; SpectralNorm
-    # and WeightNorm wrap a layer and normalize its weights, not activations.
-    if name not in ("StandardizedConv", "SpectralNorm", "WeightNorm"):
+    # and WeightNorm wrap a layer and normalize its weights, not activations;
+    # the conditional layers take a second input (the conditioning).
+    conditional = ("AdaLNZero", "AdaGroupNorm", "FiLM", "ConditionalBatchNorm")
+    if name not in ("StandardizedConv", "SpectralNorm", "WeightNorm") + conditional:
       assert linen_class in registered and nnx_class in registered_nnx, name
   assert jaxnorm.create_norm("gn+ws").conv is jaxnorm.StandardizedConv
   assert jaxnorm.create_norm("gn+ws").nnx_conv is jaxnorm.nnx.StandardizedConv

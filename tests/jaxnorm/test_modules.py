@@ -72,6 +72,8 @@ def test_fields_in_flax_order_and_same_defaults(name):
   expected_extra = {
     "GroupNorm": ["channel_axis"],
     "BatchNorm": ["virtual_batch_size", "running_stats", "unbiased_running_var"],
+    "LayerNorm": ["zero_centered_scale"],
+    "RMSNorm": ["zero_centered_scale"],
   }
   assert extra == expected_extra.get(name, [])
   for a, b in zip(f_ours, f_flax):
