@@ -21,6 +21,18 @@ runs everything (about five minutes on two CPU cores) and writes
   - ``floor``: ``x * a + b`` with per-channel ``a``, ``b`` (and its VJP):
     reading and writing the tensor once, which no normalizer can beat.
   - ``jaxnorm-reference``: jaxnorm's composed path (the fused one off).
+  - ``jaxnorm-modulated``: jaxnorm's module with a call-time modulation
+    (``layer(x, scale=s, shift=t)``, ``s`` and ``t`` of shape ``(N, C)``,
+    as a DiT or a diffusion UNet conditions its norms; inputs of the timed
+    program, differentiated too, as in training): it should cost no more
+    than the plain norm, since it is folded into ``γ``, ``β`` and applied
+    in the same pass. Its ratio to ``jaxnorm`` and the temporary memory of
+    both (``memory_analysis()``) are in the summary.
+  - ``jaxnorm-again``: ``jaxnorm`` compiled a second time (an A/A pair:
+    its ratio to ``jaxnorm`` is the noise of the measurement).
+
+``--peers`` times a subset (e.g. ``--peers jaxnorm jaxnorm-modulated
+jaxnorm-again`` for the modulation's cost alone).
 
 * **memory**: temporary memory of a compiled ResNet-20 training step
   (``memory_analysis()``, deterministic), jaxnorm's norms against the same
@@ -145,6 +157,22 @@ def jax_functions(case: Case) -> dict[str, Callable]:
   def floor_fn(x, scale, bias):
     return x * scale.reshape(_param_shape(case)) + bias.reshape(_param_shape(case))
 
+  def modulated_fn(x, scale, bias, mod_scale, shift):
+    if case.norm == "gn":
+      layer = jaxnorm.GroupNorm(num_groups=case.groups, channel_axis=c)
+    elif case.norm == "bn":
+      layer = jaxnorm.BatchNorm(use_running_average=False, axis=c)
+    elif case.norm == "rms":
+      layer = jaxnorm.RMSNorm()
+    else:
+      layer = jaxnorm.LayerNorm()
+    variables = {"params": {"scale": scale, "bias": bias}} if case.norm != "rms" else {"params": {"scale": scale}}
+    if case.norm == "bn":
+      zeros = jnp.zeros((case.channels,))
+      variables["batch_stats"] = {"mean": zeros, "var": zeros + 1}
+    y, _ = layer.apply(variables, x, scale=mod_scale, shift=shift, mutable=["batch_stats"])
+    return y
+
   def reference_fn(x, scale, bias):
     with jaxnorm.implementation("reference"):
       return jaxnorm_fn(x, scale, bias)
@@ -152,6 +180,8 @@ def jax_functions(case: Case) -> dict[str, Callable]:
   return {
     "jaxnorm": jaxnorm_fn,
     "jaxnorm-reference": reference_fn,
+    "jaxnorm-modulated": modulated_fn,
+    "jaxnorm-again": lambda x, scale, bias: jaxnorm_fn(x, scale, bias),
     "flax": flax_fn,
     "floor": floor_fn,
   }
@@ -261,34 +291,54 @@ def case_inputs(case: Case) -> tuple[jax.Array, ...]:
   return x, scale, bias, cot
 
 
-def timed_computation(f: Callable, mode: str, inputs: tuple) -> tuple[Callable, tuple]:
+def modulation_inputs(case: Case) -> tuple[jax.Array, jax.Array]:
+  """``(scale, shift)`` of a per-example modulation, shape ``(N, C)``, float32."""
+  ks, kt = jax.random.split(jax.random.key(1))
+  shape = (case.shape[0], case.channels)
+  return 0.1 * jax.random.normal(ks, shape), 0.1 * jax.random.normal(kt, shape)
+
+
+def timed_computation(f: Callable, mode: str, inputs: tuple, extra: tuple = ()) -> tuple[Callable, tuple]:
   """The jitted computation timed for ``mode`` and its arguments.
 
-  ``"forward"``: ``f(x, scale, bias)``; ``"forward+backward"``: ``f``'s
-  output and its VJP with respect to input, scale and bias, as training
-  needs.
+  ``"forward"``: ``f(x, scale, bias, *extra)``; ``"forward+backward"``:
+  ``f``'s output and its VJP with respect to input, scale, bias and
+  ``extra`` (a modulation), as training needs.
   """
   x, scale, bias, cot = inputs
   if mode == "forward":
-    return jax.jit(f), (x, scale, bias)
+    return jax.jit(f), (x, scale, bias, *extra)
 
-  def vjp(x, scale, bias, cot):
-    y, pullback = jax.vjp(f, x, scale, bias)
+  def vjp(cot, *primals):
+    y, pullback = jax.vjp(f, *primals)
     return y, pullback(cot.astype(y.dtype))
 
-  return jax.jit(vjp), (x, scale, bias, cot)
+  return jax.jit(vjp), (cot, x, scale, bias, *extra)
 
 
-def bench_case(case: Case, mode: str, rounds: int, reps: int) -> dict[str, float]:
+MEASURED_MEMORY = ("jaxnorm", "jaxnorm-modulated")
+
+
+PEERS = ("jaxnorm", "jaxnorm-modulated", "jaxnorm-again", "jaxnorm-reference", "flax", "floor", "torch")
+
+
+def bench_case(case: Case, mode: str, rounds: int, reps: int, peers=PEERS) -> tuple[dict[str, float], dict[str, int]]:
+  """Seconds per call of the implementations named in ``peers``, and the
+  temporary memory of the compiled programs named in :data:`MEASURED_MEMORY`."""
   inputs = case_inputs(case)
-  fns = {}
+  fns, temp_bytes = {}, {}
   for name, f in jax_functions(case).items():
-    jitted, args = timed_computation(f, mode, inputs)
+    if name not in peers:
+      continue
+    extra = modulation_inputs(case) if name == "jaxnorm-modulated" else ()
+    jitted, args = timed_computation(f, mode, inputs, extra)
     fns[name] = functools.partial(jitted, *args)
-  peer = torch_function(case, mode)
+    if name in MEASURED_MEMORY:
+      temp_bytes[name] = int(jitted.lower(*args).compile().memory_analysis().temp_size_in_bytes)
+  peer = torch_function(case, mode) if "torch" in peers else None
   if peer is not None:
     fns["torch"] = peer
-  return _interleaved(fns, rounds, reps)
+  return _interleaved(fns, rounds, reps), temp_bytes
 
 
 def layer_cases() -> list[Case]:
@@ -386,7 +436,15 @@ def summarize(rows: list[dict]) -> list[dict]:
     for peer in ("flax", "torch", "jaxnorm-reference"):
       if all(peer in r["seconds"] for r in rs):
         entry[f"speedup_vs_{peer}"] = _geomean(r["seconds"][peer] / r["seconds"]["jaxnorm"] for r in rs)
-    entry["ratio_to_floor"] = _geomean(r["seconds"]["jaxnorm"] / r["seconds"]["floor"] for r in rs)
+    if all("floor" in r["seconds"] for r in rs):
+      entry["ratio_to_floor"] = _geomean(r["seconds"]["jaxnorm"] / r["seconds"]["floor"] for r in rs)
+    if all("jaxnorm-again" in r["seconds"] for r in rs):
+      entry["again_over_plain"] = _geomean(r["seconds"]["jaxnorm-again"] / r["seconds"]["jaxnorm"] for r in rs)
+    if all("jaxnorm-modulated" in r["seconds"] for r in rs):
+      entry["modulated_over_plain"] = _geomean(r["seconds"]["jaxnorm-modulated"] / r["seconds"]["jaxnorm"] for r in rs)
+      entry["modulated_extra_temp_bytes"] = max(
+        r["temp_bytes"]["jaxnorm-modulated"] - r["temp_bytes"]["jaxnorm"] for r in rs
+      )
     out.append(entry)
   return out
 
@@ -398,23 +456,22 @@ def markdown(result: dict) -> str:
     "",
     f"Hardware: {hw.get('cpu', hw)}; commit {result['git_commit']}; "
     f"jax {jax.__version__}, flax {flax.__version__}" + (f", torch {torch.__version__}" if torch else "") + ".",
-    "Command: `python benchmarks/norm_bench.py`. Times in ms (median over rounds).",
+    f"Command: `{result.get('command', 'python benchmarks/norm_bench.py')}`. Times in ms (median over rounds).",
     "",
     "## Speed-up of jaxnorm (geometric mean over the shapes)",
     "",
-    "| norm | layout | dtype | mode | vs flax | vs torch | vs jaxnorm-reference | time / floor |",
-    "|---|---|---|---|---|---|---|---|",
+    "| norm | layout | dtype | mode | vs flax | vs torch | vs jaxnorm-reference | time / floor "
+    "| modulated / plain | again / plain (A/A) | modulation's extra temp memory |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for s in result["summary"]:
     cells = [
       f"{s[k]:.2f}×" if k in s else "–" for k in ("speedup_vs_flax", "speedup_vs_torch", "speedup_vs_jaxnorm-reference")
     ]
-    lines.append(
-      f"| {s['norm']} | {s['layout']} | {s['dtype']} | {s['mode']} | "
-      + " | ".join(cells)
-      + f" | {s['ratio_to_floor']:.2f} |"
-    )
-  names = ["jaxnorm", "jaxnorm-reference", "flax", "torch", "floor"]
+    cells += [f"{s[k]:.2f}" if k in s else "–" for k in ("ratio_to_floor", "modulated_over_plain", "again_over_plain")]
+    cells.append(f"{s['modulated_extra_temp_bytes'] / 1024:.0f} KiB" if "modulated_extra_temp_bytes" in s else "–")
+    lines.append(f"| {s['norm']} | {s['layout']} | {s['dtype']} | {s['mode']} | " + " | ".join(cells) + " |")
+  names = ["jaxnorm", "jaxnorm-modulated", "jaxnorm-again", "jaxnorm-reference", "flax", "torch", "floor"]
   lines += [
     "",
     "## Layers (ms)",
@@ -457,6 +514,7 @@ def main():
   parser.add_argument("--model-batch", type=int, default=128)
   parser.add_argument("--skip-model", action="store_true")
   parser.add_argument("--norms", nargs="+", default=["gn", "bn", "ln", "rms"])
+  parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS, help="implementations to time")
   args = parser.parse_args()
 
   start = time.time()
@@ -464,13 +522,14 @@ def main():
   cases = [c for c in layer_cases() if c.norm in args.norms]
   for case in tqdm(cases, desc="layers"):
     for mode in ("forward", "forward+backward"):
-      seconds = bench_case(case, mode, args.rounds, args.reps)
-      rows.append({**dataclasses.asdict(case), "mode": mode, "seconds": seconds})
+      seconds, temp_bytes = bench_case(case, mode, args.rounds, args.reps, args.peers)
+      rows.append({**dataclasses.asdict(case), "mode": mode, "seconds": seconds, "temp_bytes": temp_bytes})
   result = {
     "hardware": provenance.hardware(),
     "git_commit": provenance.git_commit(),
     "versions": {"jax": jax.__version__, "flax": flax.__version__, "torch": torch.__version__ if torch else None},
     "backend": jax.default_backend(),
+    "command": " ".join(["python", "benchmarks/norm_bench.py", *sys.argv[1:]]),
     "layers": rows,
     "summary": summarize(rows),
   }

@@ -182,9 +182,12 @@ class XlaPasses:
     """A per-channel array in the view. An operand that varies along an
     inner axis (a per-example modulation of batch norm, a spatial map) is
     broadcast to the full shape instead; XLA fuses the broadcast into the
-    elementwise pass that reads it."""
+    elementwise pass that reads it. It is fenced first: in reverse mode the
+    broadcast becomes a sum over the other inner axes, which the fence keeps
+    XLA from merging with the sums over the examples that follow (merged,
+    each of those would be another full-size reduction)."""
     if jnp.ndim(a) and any(jnp.shape(a)[i] != 1 for i in self.inner):
-      return jnp.broadcast_to(a, self.shape).reshape(self.view_shape)
+      return jnp.broadcast_to(fence(a), self.shape).reshape(self.view_shape)
     return jnp.broadcast_to(a, self.partial_shape).reshape(self.view_partial_shape)
 
   def sum(self, x: Array) -> Array:

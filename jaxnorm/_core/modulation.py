@@ -131,21 +131,75 @@ def fold(
   out = output_dtype(x, scale, bias, mod_scale, shift, *others, dtype=dtype)
   acc = accumulation_dtype(jnp.result_type(x), dtype, force_float32_reductions)
   acc = jnp.result_type(acc, *(p for p in (scale, bias, mod_scale, shift) if p is not None))
-
-  def reshaped(p):  # a feature-shaped parameter to x's rank
-    if p is None or jnp.ndim(p) == len(x_shape):
-      return p
-    return jnp.reshape(p, tuple(x_shape[a] if a in axes else 1 for a in range(len(x_shape))))
-
-  gamma, beta = reshaped(scale), reshaped(bias)
-  gamma = None if gamma is None else gamma.astype(acc)
-  beta = None if beta is None else beta.astype(acc)
+  # The arithmetic runs on the compact (examples, *features) arrays where all
+  # are of that form (XLA:CPU runs the sums over the examples in reverse mode
+  # faster on them than on x-rank arrays with size-1 axes), else at x's rank.
+  frame = _CompactFrame.of(x_shape, axes, (scale, bias), (modulation_scale, modulation_shift))
+  if frame is None:
+    frame = _RankFrame(x_shape, axes)
+  gamma, beta = (None if p is None else frame.param(p).astype(acc) for p in (scale, bias))
+  mod_scale, shift = (None if m is None else frame.modulation(m).astype(acc) for m in (modulation_scale, modulation_shift))
   if zero_centered_scale and gamma is not None:  # without a learned γ the factor is 1
     gamma = 1 + gamma
   if mod_scale is not None:
-    factor = 1 + mod_scale.astype(acc)
+    factor = 1 + mod_scale
     gamma = factor if gamma is None else gamma * factor
     beta = None if beta is None else beta * factor
   if shift is not None:
-    beta = shift.astype(acc) if beta is None else beta + shift.astype(acc)
-  return gamma, beta, out
+    beta = shift if beta is None else beta + shift
+  return frame.out(gamma), frame.out(beta), out
+
+
+class _RankFrame:
+  """Arithmetic at ``x``'s rank: parameters and modulations reshaped to it."""
+
+  def __init__(self, x_shape, axes):
+    self.x_shape, self.axes = x_shape, axes
+
+  def param(self, p):
+    if jnp.ndim(p) == len(self.x_shape):
+      return jnp.asarray(p)
+    return jnp.reshape(p, tuple(self.x_shape[a] if a in self.axes else 1 for a in range(len(self.x_shape))))
+
+  def modulation(self, m):
+    return expand(m, self.x_shape, self.axes, name="modulation", owner="fold")
+
+  def out(self, a):
+    return a
+
+
+class _CompactFrame:
+  """Arithmetic on ``(1 or N, *features)`` arrays, reshaped to ``x``'s rank
+  at the end; for feature-shaped parameters and modulations of the shapes
+  ``(N, *features)`` or ``features``."""
+
+  def __init__(self, x_shape, axes):
+    self.x_shape, self.axes = x_shape, axes
+    self.features = tuple(x_shape[a] for a in axes)
+
+  @classmethod
+  def of(cls, x_shape, axes, params, modulations):
+    frame = cls(x_shape, axes)
+    if 0 in axes or any(p is not None and jnp.shape(p) != frame.features for p in params):
+      return None
+    if any(m is not None and frame.lead(m) is None for m in modulations):
+      return None
+    return frame
+
+  def lead(self, m):
+    shape = jnp.shape(m)
+    if shape == (self.x_shape[0], *self.features):
+      return self.x_shape[0]
+    return 1 if shape == self.features else None
+
+  def param(self, p):
+    return jnp.reshape(p, (1, *self.features))
+
+  def modulation(self, m):
+    return jnp.reshape(m, (self.lead(m), *self.features))
+
+  def out(self, a):
+    if a is None:
+      return None
+    full = tuple(self.x_shape[a_] if a_ in self.axes else 1 for a_ in range(len(self.x_shape)))
+    return jnp.reshape(a, (a.shape[0],) + full[1:])

@@ -24,3 +24,38 @@ def test_fast_path_compare_runs_the_loaded_baseline(tmp_path):
     fast_path_compare._use(current)
   with jaxnorm.implementation("fused"):
     assert jaxnorm.group_norm(x, num_groups=2).shape == x.shape
+
+
+@pytest.mark.parametrize(
+  "norm, shape, layout", [("gn", (4, 4, 4, 16), "NCHW"), ("bn", (4, 4, 4, 16), "NHWC"), ("ln", (2, 8, 16), "NTD")]
+)
+def test_norm_bench_times_the_modulated_norm_it_says(norm, shape, layout):
+  """``jaxnorm-modulated`` is the same norm with a per-example modulation:
+  its output is ``jaxnorm``'s times ``1 + s`` plus ``t``; the summary and
+  the report carry its ratio and its memory."""
+  from benchmarks import norm_bench as nb
+
+  case = nb.Case(norm, shape, layout, "float32", groups=4)
+  x, scale, bias, _ = nb.case_inputs(case)
+  fns = nb.jax_functions(case)
+  n = shape[0]
+  s, t = nb.modulation_inputs(case)
+  per_example = (
+    (lambda a: a[:, :, None, None])
+    if layout == "NCHW"
+    else (lambda a: a.reshape((n,) + (1,) * (x.ndim - 2) + a.shape[1:]))
+  )
+  expected = fns["jaxnorm"](x, scale, bias) * (1 + per_example(s)) + per_example(t)
+  assert jnp.allclose(fns["jaxnorm-modulated"](x, scale, bias, s, t), expected, atol=1e-5)
+  rows = []
+  for mode in ("forward", "forward+backward"):
+    seconds, temp_bytes = nb.bench_case(
+      case, mode, 1, 1, peers=("jaxnorm", "jaxnorm-modulated", "jaxnorm-again", "floor")
+    )
+    assert set(seconds) == {"jaxnorm", "jaxnorm-modulated", "jaxnorm-again", "floor"}
+    assert set(temp_bytes) == {"jaxnorm", "jaxnorm-modulated"}
+    rows.append({**nb.dataclasses.asdict(case), "mode": mode, "seconds": seconds, "temp_bytes": temp_bytes})
+  summary = nb.summarize(rows)
+  assert all({"modulated_over_plain", "again_over_plain", "modulated_extra_temp_bytes"} <= set(s) for s in summary)
+  report = nb.markdown({"hardware": {}, "git_commit": "x", "layers": rows, "summary": summary})
+  assert "modulated / plain" in report and "again / plain (A/A)" in report
