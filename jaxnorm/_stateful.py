@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm._core import axes as _axes
-from jaxnorm._core.modulation import fold
+from jaxnorm._core.modulation import fold_into
 from jaxnorm._core.running_stats import BATCH_MOMENTS
 from jaxnorm._core.running_stats import stored_value
 
@@ -116,17 +116,15 @@ def report_batch_moments(module, per_batch) -> None:
 def _modulated(spec: StatefulNorm, module, x, params: dict, scale, shift) -> tuple[dict, Any]:
   """The parameters with a call's modulation folded into ``scale`` and
   ``bias`` (:func:`jaxnorm._core.modulation.fold`), and the output dtype."""
-  gamma, beta, dtype = fold(
+  gamma, beta, dtype = fold_into(
+    module,
     x,
     params.get("scale"),
     params.get("bias"),
     feature_axes=spec.feature_axes(module, x),
     modulation_scale=scale,
     modulation_shift=shift,
-    dtype=module.dtype,
-    force_float32_reductions=module.force_float32_reductions,
     others=tuple(v for k, v in params.items() if k not in ("scale", "bias")),
-    owner=spec.owner,
   )
   return {**params, "scale": gamma, "bias": beta}, dtype
 

@@ -138,7 +138,9 @@ def fold(
   if frame is None:
     frame = _RankFrame(x_shape, axes)
   gamma, beta = (None if p is None else frame.param(p).astype(acc) for p in (scale, bias))
-  mod_scale, shift = (None if m is None else frame.modulation(m).astype(acc) for m in (modulation_scale, modulation_shift))
+  mod_scale, shift = (
+    None if m is None else frame.modulation(m).astype(acc) for m in (modulation_scale, modulation_shift)
+  )
   if zero_centered_scale and gamma is not None:  # without a learned γ the factor is 1
     gamma = 1 + gamma
   if mod_scale is not None:
@@ -148,6 +150,25 @@ def fold(
   if shift is not None:
     beta = shift if beta is None else beta + shift
   return frame.out(gamma), frame.out(beta), out
+
+
+def fold_into(module, x, scale, bias, *, feature_axes, modulation_scale, modulation_shift, others=()):
+  """:func:`fold` with a module's settings: its ``dtype``,
+  ``force_float32_reductions`` and ``zero_centered_scale`` (where it has
+  them) and its class name in errors."""
+  return fold(
+    x,
+    scale,
+    bias,
+    feature_axes=feature_axes,
+    modulation_scale=modulation_scale,
+    modulation_shift=modulation_shift,
+    zero_centered_scale=getattr(module, "zero_centered_scale", False),
+    dtype=module.dtype,
+    force_float32_reductions=getattr(module, "force_float32_reductions", True),
+    others=others,
+    owner=type(module).__name__,
+  )
 
 
 class _RankFrame:

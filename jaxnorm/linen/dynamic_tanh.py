@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax.nn import initializers
 
 from jaxnorm._core import axes as _axes
-from jaxnorm._core.modulation import fold
+from jaxnorm._core.modulation import fold_into
 from jaxnorm.functional.dynamic_tanh import dynamic_tanh
 from jaxnorm.linen._params import feature_params
 
@@ -68,15 +68,14 @@ class DynamicTanh(nn.Module):
     gamma, beta = feature_params(
       self, tuple(jnp.shape(x)[a] for a in axes), use_scale=self.use_scale, use_bias=self.use_bias
     )
-    gamma, beta, dtype = fold(
+    gamma, beta, dtype = fold_into(
+      self,
       x,
       gamma,
       beta,
       feature_axes=axes,
       modulation_scale=scale,
       modulation_shift=shift,
-      dtype=self.dtype,
       others=(alpha,),
-      owner=owner,
     )
     return dynamic_tanh(x, alpha, gamma, beta, feature_axes=axes, dtype=dtype)

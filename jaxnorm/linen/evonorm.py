@@ -11,7 +11,7 @@ from jax.nn import initializers
 
 from jaxnorm import _stateful
 from jaxnorm._core import axes as _axes
-from jaxnorm._core.modulation import fold
+from jaxnorm._core.modulation import fold_into
 from jaxnorm.functional.evonorm import EVONORM_B0
 from jaxnorm.functional.evonorm import evonorm_s0
 from jaxnorm.linen._params import feature_params
@@ -142,17 +142,15 @@ class EvoNormS0(nn.Module):
     _axes.resolve_groups(channels, self.num_groups, self.group_size, owner=owner)
     gamma, beta = feature_params(self, (channels,), use_scale=self.use_scale, use_bias=self.use_bias)
     v = self.param("v", self.v_init, (channels,), self.param_dtype)
-    gamma, beta, dtype = fold(
+    gamma, beta, dtype = fold_into(
+      self,
       x,
       gamma,
       beta,
       feature_axes=c,
       modulation_scale=scale,
       modulation_shift=shift,
-      dtype=self.dtype,
-      force_float32_reductions=self.force_float32_reductions,
       others=(v,),
-      owner=owner,
     )
     return evonorm_s0(
       x,

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax.nn import initializers
 
 from jaxnorm._core import axes as _axes
-from jaxnorm._core.modulation import fold
+from jaxnorm._core.modulation import fold_into
 from jaxnorm.functional.filter_response import filter_response_norm
 from jaxnorm.linen._params import feature_params
 
@@ -86,17 +86,15 @@ class FilterResponseNorm(nn.Module):
     learned = None
     if self.learn_epsilon:
       learned = self.param("epsilon", self.epsilon_init, (), self.param_dtype)
-    gamma, beta, dtype = fold(
+    gamma, beta, dtype = fold_into(
+      self,
       x,
       gamma,
       beta,
       feature_axes=c,
       modulation_scale=scale,
       modulation_shift=shift,
-      dtype=self.dtype,
-      force_float32_reductions=self.force_float32_reductions,
       others=(tau, learned),
-      owner="FilterResponseNorm",
     )
     return filter_response_norm(
       x,

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax.nn import initializers
 
 from jaxnorm._core import axes as _axes
-from jaxnorm._core.modulation import fold
+from jaxnorm._core.modulation import fold_into
 from jaxnorm.functional import per_example as F
 from jaxnorm.linen._params import feature_params
 
@@ -36,18 +36,7 @@ class _PerExampleNorm(nn.Module):
     gamma, beta = feature_params(
       self, features, use_scale=self.use_scale, use_bias=use_bias, zero_centered_scale=zero_centered
     )
-    return fold(
-      x,
-      gamma,
-      beta,
-      feature_axes=feature_axes,
-      modulation_scale=scale,
-      modulation_shift=shift,
-      zero_centered_scale=zero_centered,
-      dtype=self.dtype,
-      force_float32_reductions=self.force_float32_reductions,
-      owner=type(self).__name__,
-    )
+    return fold_into(self, x, gamma, beta, feature_axes=feature_axes, modulation_scale=scale, modulation_shift=shift)
 
   def _engine_kwargs(self, mask, dtype):
     return dict(

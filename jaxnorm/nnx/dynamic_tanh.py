@@ -10,7 +10,7 @@ from flax import nnx
 from jax.nn import initializers
 
 from jaxnorm._core import axes as _axes
-from jaxnorm._core.modulation import fold
+from jaxnorm._core.modulation import fold_into
 from jaxnorm.functional.dynamic_tanh import dynamic_tanh
 from jaxnorm.nnx._params import NO_METADATA
 from jaxnorm.nnx._params import feature_params
@@ -69,15 +69,14 @@ class DynamicTanh(nnx.Module):
     owner = "DynamicTanh"
     _axes.check_floating(x, owner=owner)
     alpha = self.alpha[...]
-    gamma, beta, dtype = fold(
+    gamma, beta, dtype = fold_into(
+      self,
       x,
       value_of(self.scale),
       value_of(self.bias),
       feature_axes=self.feature_axes,
       modulation_scale=scale,
       modulation_shift=shift,
-      dtype=self.dtype,
       others=(alpha,),
-      owner=owner,
     )
     return dynamic_tanh(x, alpha, gamma, beta, feature_axes=self.feature_axes, dtype=dtype)

@@ -11,7 +11,7 @@ from jax.nn import initializers
 
 from jaxnorm import _stateful
 from jaxnorm._core import axes as _axes
-from jaxnorm._core.modulation import fold
+from jaxnorm._core.modulation import fold_into
 from jaxnorm.functional.evonorm import EVONORM_B0
 from jaxnorm.functional.evonorm import evonorm_s0
 from jaxnorm.nnx._params import NO_METADATA
@@ -147,17 +147,15 @@ class EvoNormS0(nnx.Module):
     _axes.check_floating(x, owner=owner)
     c, _ = _axes.per_example_channel_axes(jnp.ndim(x), self.channel_axis, owner)
     v = self.v[...]
-    gamma, beta, dtype = fold(
+    gamma, beta, dtype = fold_into(
+      self,
       x,
       value_of(self.scale),
       value_of(self.bias),
       feature_axes=c,
       modulation_scale=scale,
       modulation_shift=shift,
-      dtype=self.dtype,
-      force_float32_reductions=self.force_float32_reductions,
       others=(v,),
-      owner=owner,
     )
     return evonorm_s0(
       x,

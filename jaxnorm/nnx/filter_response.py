@@ -10,7 +10,7 @@ from flax import nnx
 from jax.nn import initializers
 
 from jaxnorm._core import axes as _axes
-from jaxnorm._core.modulation import fold
+from jaxnorm._core.modulation import fold_into
 from jaxnorm.functional.filter_response import filter_response_norm
 from jaxnorm.nnx._params import NO_METADATA
 from jaxnorm.nnx._params import extra_param
@@ -84,17 +84,15 @@ class FilterResponseNorm(nnx.Module):
     _axes.check_floating(x, owner=owner)
     c, _ = _axes.per_example_channel_axes(jnp.ndim(x), self.channel_axis, owner)
     tau, learned = value_of(self.tau), value_of(self.epsilon_param)
-    gamma, beta, dtype = fold(
+    gamma, beta, dtype = fold_into(
+      self,
       x,
       value_of(self.scale),
       value_of(self.bias),
       feature_axes=c,
       modulation_scale=scale,
       modulation_shift=shift,
-      dtype=self.dtype,
-      force_float32_reductions=self.force_float32_reductions,
       others=(tau, learned),
-      owner=owner,
     )
     return filter_response_norm(
       x,

@@ -15,7 +15,7 @@ from flax.nnx.nn.linear import default_kernel_init
 from jax.nn import initializers
 
 from jaxnorm._core import axes as _axes
-from jaxnorm._core.modulation import fold
+from jaxnorm._core.modulation import fold_into
 from jaxnorm._core.modulation import scale_initializer
 from jaxnorm.functional import per_example as F
 from jaxnorm.nnx._params import NO_METADATA
@@ -77,17 +77,14 @@ class _PerExampleNorm(nnx.Module):
     x, gamma, beta = self.promote_dtype(
       (x, value_of(self.scale), value_of(getattr(self, "bias", None))), dtype=self.dtype
     )
-    gamma, beta, dtype = fold(
+    gamma, beta, dtype = fold_into(
+      self,
       x,
       gamma,
       beta,
       feature_axes=feature_axes,
       modulation_scale=scale,
       modulation_shift=shift,
-      zero_centered_scale=self.zero_centered_scale,
-      dtype=self.dtype,
-      force_float32_reductions=self.force_float32_reductions,
-      owner=type(self).__name__,
     )
     return x, gamma, beta, dtype
 
