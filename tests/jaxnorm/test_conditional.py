@@ -103,7 +103,9 @@ def test_a_dit_block_on_jaxnorm_equals_the_hand_written_one_with_the_same_parame
     for m, v in ((HandWrittenDiTBlock(), theirs), (JaxnormDiTBlock(), ours))
   ]
   grads[1]["params"]["adaLN_modulation"] = grads[1]["params"]["adaLN_modulation"]["projection"]
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads[1], grads[0])
+  # Gradients summing many terms: float32 rounding on each array's own scale.
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5 * max(1.0, float(np.max(np.abs(b)))))
+  jax.tree.map(close, grads[1], grads[0])
 
 
 def test_adaln_zero_starts_every_block_as_the_identity():
