@@ -4,8 +4,9 @@ and QK-norm.
 References: each paper's formula in float64 NumPy; public implementations
 with the same parameters where one installs (diffusers' ``AdaLayerNormZero``
 of its DiT blocks, its ``AdaGroupNorm`` and its UNet ``ResnetBlock2D`` with
-``time_embedding_norm="scale_shift"``; they skip without diffusers and
-torch); a DiT block written as the flax DiT implementations write it
+``time_embedding_norm="scale_shift"``, and its Flax UNet
+``FlaxResnetBlock2D`` run on jaxnorm's norms; they skip without diffusers
+and torch); a DiT block written as the flax DiT implementations write it
 (``nn.LayerNorm`` without affine, then ``modulate``); flax's own attention
 with ``normalize_qk``.
 """
@@ -249,6 +250,28 @@ def test_diffusers_unet_resnet_block_with_scale_shift_time_embedding():
   }
   y = UNetResBlock().apply({"params": params}, jnp.asarray(x), EMB)
   np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_diffusers_flax_unet_resnet_block_runs_on_jaxnorm_with_its_own_variables():
+  """diffusers' Flax UNet ResnetBlock (a public JAX model block with a time
+  embedding; its norms are ``nn.GroupNorm(32, epsilon=1e-5)`` made in
+  ``setup``), with its norms run as jaxnorm's: the same output."""
+  resnet_flax = pytest.importorskip("diffusers.models.resnet_flax")
+  block = resnet_flax.FlaxResnetBlock2D(in_channels=64, out_channels=64)
+  x = jax.random.normal(K[5], (2, 6, 6, 64)) * 2 + 1
+  temb = jax.random.normal(K[4], (2, 32))
+  variables = randomized(block.init(K[2], x, temb), scale=0.1)
+  expected = block.apply(variables, x, temb)
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    seen.append(type(context.module))
+    return next_fun(*args, **kwargs)
+
+  with jn.linen.converted(), nn.intercept_methods(record):
+    y = block.apply(variables, x, temb)
+  assert jn.GroupNorm in seen
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-4)
 
 
 # FiLM
