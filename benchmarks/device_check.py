@@ -42,7 +42,12 @@ timing reuses ``benchmarks/norm_bench.py``. Sections, in order:
   fused path again. Timing reuses ``benchmarks/norm_bench.py``:
   compiled first, then interleaved rounds, median over rounds of the mean
   over repetitions, with asynchronous dispatch, so for the smallest arrays
-  the figures are launch overhead rather than kernel time.
+  the figures are launch overhead rather than kernel time. Each JAX
+  implementation is also timed **inside one program** (``in_program``):
+  ``--in-program K`` calls in a ``lax.fori_loop`` whose carry is the
+  previous call's output (forward: ``x ← y``; forward + backward: ``x ←
+  ∂x``, the parameter gradients summed), one dispatch for all ``K``, so the
+  figure is the device's time per call rather than the host's.
 * **train_step**: a CIFAR ResNet-20 SGD step (``experiments.models.
   CifarResNet``; ``norm_bench.train_step_fn``) with jaxnorm's BN and GN
   (``implementation("auto")``) and with flax.linen's, at per-device
@@ -270,8 +275,47 @@ def _figures(seconds: float, nbytes: int, copy_bytes_per_s: float | None) -> dic
   return out
 
 
-def time_layer_case(lc: LayerCase, rounds: int, reps: int, pool, torch_on, torch_settle, copy_bw) -> list[dict]:
-  """Both modes of one case: compile everything in parallel, then time."""
+def looped_computation(f: Callable, mode: str, inputs: tuple, iterations: int) -> tuple[Callable, tuple]:
+  """``iterations`` calls of ``f`` in one jitted ``lax.fori_loop``, each
+  fed the previous one's output, so XLA can neither hoist nor drop any.
+
+  Forward: ``x ← f(x, scale, bias)`` (a normalized input normalizes to
+  itself, so values stay bounded). Forward + backward: ``x ← ∂x`` of the
+  VJP for the fixed cotangent, the parameter gradients summed into the
+  carry. ``∂x`` of a call drifts in scale from call to call (it is close to
+  the cotangent's residual), so each call's input is rescaled by the RMS of
+  its first row: a read of a few hundred elements, and a multiplication XLA
+  fuses into the call's first pass over ``x``.
+  """
+  x, scale, bias, cot = inputs
+
+  if mode == "forward":
+
+    def forward(i, x):
+      return f(x, scale, bias).astype(x.dtype)
+
+    return jax.jit(lambda x: jax.lax.fori_loop(0, iterations, forward, x)), (x,)
+
+  def step(i, carry):
+    x, ds_sum, db_sum = carry
+    row = x.reshape(-1)[: x.shape[-1]].astype(jnp.float32)
+    x = (x * jax.lax.rsqrt(jnp.mean(row * row) + 1e-30)).astype(x.dtype)
+    y, pullback = jax.vjp(f, x, scale, bias)
+    dx, ds, db = pullback(cot.astype(y.dtype))
+    return dx.astype(x.dtype), ds_sum + ds, db_sum + db
+
+  def loop(x, scale, bias):
+    return jax.lax.fori_loop(0, iterations, step, (x, jnp.zeros_like(scale), jnp.zeros_like(bias)))
+
+  return jax.jit(loop), (x, scale, bias)
+
+
+def time_layer_case(
+  lc: LayerCase, rounds: int, reps: int, pool, torch_on, torch_settle, copy_bw, iterations: int = 0
+) -> list[dict]:
+  """Both modes of one case: compile everything in parallel, then time
+  (and, with ``iterations``, time each JAX implementation inside one
+  program too)."""
   case = lc.case
   inputs = nb.case_inputs(case)
   base = nb.jax_functions(case)
@@ -284,11 +328,14 @@ def time_layer_case(lc: LayerCase, rounds: int, reps: int, pool, torch_on, torch
       results[mode]["pallas"] = {"skipped": "the Pallas kernels do not cover this case (it runs the fused path)"}
 
   def compile_one(item):
-    name, mode = item
-    jitted, args = nb.timed_computation(fns[name], mode, inputs)
+    name, mode, looped = item
+    if looped:
+      jitted, args = looped_computation(fns[name], mode, inputs, iterations)
+    else:
+      jitted, args = nb.timed_computation(fns[name], mode, inputs)
     return jitted.lower(*args).compile(), args
 
-  items = [(name, mode) for name in fns for mode in MODES]
+  items = [(name, mode, looped) for name in fns for mode in MODES for looped in (False, True)[: 1 + bool(iterations)]]
   futures = dict(zip(items, (pool.submit(compile_one, item) for item in items)))
   # Wait for every compilation: tracing in other threads would hold the GIL
   # and slow the dispatch being timed.
@@ -296,14 +343,17 @@ def time_layer_case(lc: LayerCase, rounds: int, reps: int, pool, torch_on, torch
   n = math.prod(case.array_shape)
   rows = []
   for mode in MODES:
-    timed, sizes = {}, {}
+    timed, sizes, looped = {}, {}, {}
     for name in fns:
       try:
-        compiled, args = futures[(name, mode)].result()
+        compiled, args = futures[(name, mode, False)].result()
         out = nb._block(compiled(*args))
         y = out if mode == "forward" else out[0]
         timed[name] = functools.partial(compiled, *args)
         sizes[name] = _nbytes(mode, n, inputs[0].dtype.itemsize, y.dtype.itemsize)
+        if iterations:
+          compiled, args = futures[(name, mode, True)].result()
+          looped[name] = functools.partial(compiled, *args)
       except Exception as e:
         results[mode][name] = {"error": error_text(e)}
     if torch_on:
@@ -324,6 +374,9 @@ def time_layer_case(lc: LayerCase, rounds: int, reps: int, pool, torch_on, torch
         results[mode][name] = _figures(s, sizes[name], copy_bw)
         if name == "torch":
           results[mode][name]["device"] = torch_on
+      if looped:
+        for name, s in nb._interleaved(looped, rounds, 1).items():
+          results[mode][name]["in_program"] = {**_figures(s / iterations, sizes[name], copy_bw), "calls": iterations}
     except Exception as e:
       for name in timed:
         results[mode][name] = {"error": error_text(e)}
@@ -371,7 +424,7 @@ def layers(args, pool, budget: Budget, torch_on, copy_bw, section: dict) -> dict
       continue
     start = time.perf_counter()
     try:
-      rows += time_layer_case(lc, args.rounds, args.reps, pool, torch_on, settle, copy_bw)
+      rows += time_layer_case(lc, args.rounds, args.reps, pool, torch_on, settle, copy_bw, args.in_program)
     except Exception as e:
       for mode in MODES:
         rows.append({"family": lc.family, **dataclasses.asdict(lc.case), "mode": mode, "error": error_text(e)})
@@ -380,6 +433,7 @@ def layers(args, pool, budget: Budget, torch_on, copy_bw, section: dict) -> dict
     "bytes_formula": BYTES_FORMULA,
     "timing": (
       f"median over {args.rounds} interleaved rounds of the mean of {args.reps} calls (asynchronous dispatch)"
+      + (f"; in program: {args.in_program} calls in one lax.fori_loop, median over rounds" if args.in_program else "")
     ),
     "notes": LAYER_NOTES,
     "rows": rows,
@@ -525,6 +579,12 @@ def parse_args(argv=None):
   parser.add_argument("--rounds", type=_positive(int), default=None, help="timing rounds (default 5; smoke 2)")
   parser.add_argument("--reps", type=_positive(int), default=None, help="calls per round (default 20; smoke 2)")
   parser.add_argument(
+    "--in-program",
+    type=int,
+    default=None,
+    help="calls per lax.fori_loop program for the in-program timing (default 20; smoke 2; 0: off)",
+  )
+  parser.add_argument(
     "--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run (default: all)"
   )
   parser.add_argument(
@@ -538,6 +598,9 @@ def parse_args(argv=None):
     "--workers", type=_positive(int), default=min(8, os.cpu_count() or 1), help="threads compiling in parallel"
   )
   args = parser.parse_args(argv)
+  args.in_program = args.in_program if args.in_program is not None else (2 if args.smoke else 20)
+  if args.in_program < 0:
+    parser.error(f"--in-program {args.in_program}: give a number of calls >= 0 (0 turns the in-program timing off)")
   args.rounds = args.rounds or (2 if args.smoke else 5)
   args.reps = args.reps or (2 if args.smoke else 20)
   if os.path.exists(args.out) and not os.path.isdir(args.out):

@@ -28,7 +28,13 @@ def _cell(entry: dict | None) -> str:
     return "–"
   if "seconds" in entry:
     fraction = entry.get("fraction_of_copy")
-    return f"{entry['seconds'] * 1e6:.1f}" + (f" ({fraction:.2f})" if fraction is not None else "")
+    text = f"{entry['seconds'] * 1e6:.1f}" + (f" ({fraction:.2f})" if fraction is not None else "")
+    inside = entry.get("in_program")
+    if inside:
+      text += f"; {inside['seconds'] * 1e6:.1f}" + (
+        f" ({inside['fraction_of_copy']:.2f})" if inside.get("fraction_of_copy") is not None else ""
+      )
+    return text
   return "error" if "error" in entry else "skip"
 
 
@@ -73,6 +79,16 @@ def layer_summary(rows: list[dict]) -> list[dict]:
     entry["best_fraction_of_copy"] = _geomean(
       max((res.get(k, {}).get("fraction_of_copy") or 0) for k in ("pallas", "fused")) for res in results
     )
+    # The same from the in-program timing (one dispatch for many calls).
+    inside = lambda res, k: res.get(k, {}).get("in_program", {})
+    entry["flax_over_fused_in_program"] = _geomean(
+      inside(res, "flax")["seconds"] / inside(res, "fused")["seconds"]
+      for res in results
+      if "seconds" in inside(res, "flax") and "seconds" in inside(res, "fused")
+    )
+    entry["best_fraction_of_copy_in_program"] = _geomean(
+      max((inside(res, k).get("fraction_of_copy") or 0) for k in ("pallas", "fused")) for res in results
+    )
     out.append(entry)
   return out
 
@@ -93,21 +109,22 @@ def _markdown_layers(lay: dict, brief: bool = False) -> list[str]:
     "Geometric means over the shapes of each family (`best`: the faster of pallas and fused per shape):",
     "",
     "| family | norm | layout | dtype | mode | flax ÷ fused | flax ÷ best | torch ÷ fused | torch ÷ best "
-    "| fused ÷ pallas | best, fraction of copy |",
-    "|---|---|---|---|---|---|---|---|---|---|---|",
+    "| fused ÷ pallas | best, fraction of copy | in program: flax ÷ fused | in program: best, fraction of copy |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for e in layer_summary(rows):
     lines.append(
       f"| {e['family']} | {e['norm']} | {e['layout']} | {e['dtype']} | {e['mode']} | "
       f"{_x(e['flax_over_fused'])} | {_x(e['flax_over_best'])} | {_x(e['torch_over_fused'])} | "
-      f"{_x(e['torch_over_best'])} | {_x(e['fused_over_pallas'])} | {_x(e['best_fraction_of_copy'], suffix='')} |"
+      f"{_x(e['torch_over_best'])} | {_x(e['fused_over_pallas'])} | {_x(e['best_fraction_of_copy'], suffix='')} | "
+      f"{_x(e['flax_over_fused_in_program'])} | {_x(e['best_fraction_of_copy_in_program'], suffix='')} |"
     )
   if brief:
     timed, skipped = sum("results" in r for r in rows), sum("skipped" in r for r in rows)
     return lines + ["", f"{timed} rows timed, {skipped} skipped."]
   lines += [
     "",
-    "Every row: µs per call (fraction of copy bandwidth).",
+    "Every row: µs per call (fraction of copy bandwidth); after `;`, the same timed inside one program.",
     "",
     "| family | norm | shape | layout | dtype | mode | pallas | fused | flax | torch "
     "| flax ÷ fused | flax ÷ pallas | torch ÷ fused |",

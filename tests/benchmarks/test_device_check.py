@@ -99,9 +99,33 @@ def _check_layers(smoke):
       entry = res[name]
       assert _positive(entry["seconds"]) and _positive(entry["fraction_of_copy"])
       assert entry["bytes"] >= 2 * row["elements"]  # at least x read and y written, 1 byte each
+      inside = entry["in_program"]  # timed inside one lax.fori_loop program too
+      assert _positive(inside["seconds"]) and inside["calls"] == 2 and inside["bytes"] == entry["bytes"]
     assert "seconds" in res["pallas"] if row["pallas_applies"] else "skipped" in res["pallas"]
     assert "seconds" in res["torch"] or "skipped" in res["torch"]
   assert any(r["pallas_applies"] for r in layers["rows"])
+
+
+def test_the_in_program_loop_feeds_each_call_the_previous_output():
+  """The looped programs keep every call (the carry depends on each) and
+  stay finite; forward applies the norm K times, as K calls in a row do."""
+  import jax.numpy as jnp
+
+  from benchmarks import device_check as dc
+  from benchmarks import norm_bench as nb
+
+  case = nb.Case("gn", (2, 4, 4, 16), "NHWC", "float32", groups=4)
+  inputs = nb.case_inputs(case)
+  f = nb.jax_functions(case)["jaxnorm"]
+  x, scale, bias, _ = inputs
+  looped, args = dc.looped_computation(f, "forward", inputs, 3)
+  expected = f(f(f(x, scale, bias), scale, bias), scale, bias)
+  assert jnp.allclose(looped(*args), expected, atol=1e-5)
+  looped, args = dc.looped_computation(f, "forward+backward", inputs, 25)
+  dx, ds, db = looped(*args)
+  assert all(bool(jnp.all(jnp.isfinite(a))) for a in (dx, ds, db))
+  text = looped.lower(*args).as_text()
+  assert "while" in text  # one program, the loop inside it
 
 
 def _check_training_step(smoke):
