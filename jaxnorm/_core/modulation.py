@@ -139,7 +139,8 @@ def fold(
     frame = _RankFrame(x_shape, axes)
   gamma, beta = (None if p is None else frame.param(p).astype(acc) for p in (scale, bias))
   mod_scale, shift = (
-    None if m is None else frame.modulation(m).astype(acc) for m in (modulation_scale, modulation_shift)
+    None if e is None else frame.modulation(m, e).astype(acc)
+    for m, e in ((modulation_scale, mod_scale), (modulation_shift, shift))
   )
   if zero_centered_scale and gamma is not None:  # without a learned γ the factor is 1
     gamma = 1 + gamma
@@ -182,8 +183,9 @@ class _RankFrame:
       return jnp.asarray(p)
     return jnp.reshape(p, tuple(self.x_shape[a] if a in self.axes else 1 for a in range(len(self.x_shape))))
 
-  def modulation(self, m):
-    return expand(m, self.x_shape, self.axes, name="modulation", owner="fold")
+  def modulation(self, m, expanded):
+    """A modulation as given (``m``) and checked at ``x``'s rank (``expanded``)."""
+    return expanded
 
   def out(self, a):
     return a
@@ -216,11 +218,11 @@ class _CompactFrame:
   def param(self, p):
     return jnp.reshape(p, (1, *self.features))
 
-  def modulation(self, m):
+  def modulation(self, m, expanded):
     return jnp.reshape(m, (self.lead(m), *self.features))
 
   def out(self, a):
     if a is None:
       return None
-    full = tuple(self.x_shape[a_] if a_ in self.axes else 1 for a_ in range(len(self.x_shape)))
+    full = tuple(self.x_shape[i] if i in self.axes else 1 for i in range(len(self.x_shape)))
     return jnp.reshape(a, (a.shape[0],) + full[1:])

@@ -41,8 +41,8 @@ def split_modulation(projected: Array, num_branches: int, gated: bool) -> tuple[
   """The projected conditioning ``(N, num_branches·k·D)`` cut into branches
   of ``(shift, scale[, gate])``, in DiT's order: ``k = 3`` chunks per
   branch when gated (shift, scale, gate), else 2 (shift, scale)."""
-  chunks = jnp.split(projected, num_branches * (3 if gated else 2), axis=-1)
   per_branch = 3 if gated else 2
+  chunks = jnp.split(projected, num_branches * per_branch, axis=-1)
   return tuple(
     AdaLNModulation(*chunks[i * per_branch : (i + 1) * per_branch], *(() if gated else (None,)))
     for i in range(num_branches)

@@ -1,5 +1,6 @@
-"""How the linen modules create their per-feature parameters, and name the
-parameters of a layer they wrap."""
+"""How the linen modules create their per-feature parameters and the
+projection of a conditional layer, and name the parameters of a layer they
+wrap."""
 
 from __future__ import annotations
 
@@ -36,3 +37,18 @@ def wrapped_name(layer: nn.Module, path) -> str:
   layer's parameter in the wrapper's variables (``path[0]`` is the
   collection)."""
   return f"{layer.name}/{jax.tree_util.keystr(tuple(path[1:]), simple=True, separator='/')}"
+
+
+def projection(mdl: nn.Module, features: int, conditioning: Array, *, use_bias: bool = True) -> Array:
+  """The conditioning projected by the dense layer ``params/projection`` of
+  a conditional layer, with the module's ``projection_kernel_init``,
+  ``projection_bias_init``, ``dtype`` and ``param_dtype``."""
+  return nn.Dense(
+    features,
+    use_bias=use_bias,
+    kernel_init=mdl.projection_kernel_init,
+    bias_init=mdl.projection_bias_init,
+    dtype=mdl.dtype,
+    param_dtype=mdl.param_dtype,
+    name="projection",
+  )(conditioning)

@@ -15,6 +15,7 @@ from jaxnorm._core import axes as _axes
 from jaxnorm.functional.batch_norm import BATCH_NORM
 from jaxnorm.functional.conditional import conditional_affine
 from jaxnorm.linen._params import feature_params
+from jaxnorm.linen._params import projection
 
 Array = jax.Array
 Initializer = Any
@@ -152,13 +153,6 @@ class ConditionalBatchNorm(BatchNorm):
     axis = _axes.single_axis(self.axis, jnp.ndim(x), name="axis", owner="ConditionalBatchNorm")
     channels = jnp.shape(x)[axis]
     gamma, beta = feature_params(self, (channels,), use_scale=self.use_scale, use_bias=self.use_bias)
-    projected = nn.Dense(
-      2 * channels,
-      kernel_init=self.projection_kernel_init,
-      bias_init=self.projection_bias_init,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name="projection",
-    )(conditioning)
+    projected = projection(self, 2 * channels, conditioning)
     scale, shift = conditional_affine(projected, gamma, beta)
     return _stateful.linen_apply(_BATCH_NORM_WITHOUT_AFFINE, self, x, use_running_average, mask, scale, shift)

@@ -19,6 +19,7 @@ from jaxnorm._core import axes as _axes
 from jaxnorm.functional.conditional import AdaLNModulation
 from jaxnorm.functional.conditional import film
 from jaxnorm.functional.conditional import split_modulation
+from jaxnorm.linen._params import projection
 
 Array = jax.Array
 Initializer = Any
@@ -73,15 +74,7 @@ class AdaLNZero(nn.Module):
     _axes.check_positive_int(self.num_branches, name="num_branches", owner="AdaLNZero")
     c = conditioning if self.activation is None else self.activation(conditioning)
     width = self.num_branches * (3 if self.gated else 2) * self.features
-    projected = nn.Dense(
-      width,
-      use_bias=self.use_bias,
-      kernel_init=self.projection_kernel_init,
-      bias_init=self.projection_bias_init,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name="projection",
-    )(c)
+    projected = projection(self, width, c, use_bias=self.use_bias)
     return split_modulation(projected, self.num_branches, self.gated)
 
 
@@ -124,14 +117,7 @@ class FiLM(nn.Module):
     """Modulates ``x`` by ``conditioning`` ``(N, C_cond)``."""
     _axes.check_floating(x, owner="FiLM")
     f = _axes.single_axis(self.feature_axis, jnp.ndim(x), name="feature_axis", owner="FiLM")
-    projected = nn.Dense(
-      2 * jnp.shape(x)[f],
-      kernel_init=self.projection_kernel_init,
-      bias_init=self.projection_bias_init,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name="projection",
-    )(conditioning)
+    projected = projection(self, 2 * jnp.shape(x)[f], conditioning)
     gamma, beta = jnp.split(projected, 2, axis=-1)
     if self.zero_centered_scale:
       gamma = 1 + gamma

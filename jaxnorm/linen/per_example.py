@@ -15,6 +15,7 @@ from jaxnorm._core import axes as _axes
 from jaxnorm._core.modulation import fold_into
 from jaxnorm.functional import per_example as F
 from jaxnorm.linen._params import feature_params
+from jaxnorm.linen._params import projection
 
 Array = jax.Array
 Initializer = Any
@@ -328,13 +329,6 @@ class AdaGroupNorm(GroupNorm):
     """Normalizes ``x`` ``(N, ..., C, ...)`` modulated by ``embedding`` ``(N, E)``."""
     (c,) = _axes.canonicalize_axes(self.channel_axis, jnp.ndim(x), name="channel_axis", owner="AdaGroupNorm")
     e = embedding if self.activation is None else self.activation(embedding)
-    projected = nn.Dense(
-      2 * jnp.shape(x)[c],
-      kernel_init=self.projection_kernel_init,
-      bias_init=self.projection_bias_init,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name="projection",
-    )(e)
+    projected = projection(self, 2 * jnp.shape(x)[c], e)
     scale, shift = jnp.split(projected, 2, axis=-1)
     return super().__call__(x, mask=mask, scale=scale, shift=shift)
