@@ -19,6 +19,7 @@ import argparse
 import importlib.util
 import json
 import math
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,7 @@ SHAPES += [("ln", norm_bench.TRANSFORMER_SHAPE, "NTD")]
 def _load(path):
   spec = importlib.util.spec_from_file_location("baseline_fused", path)
   module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses look their module up while it runs
   spec.loader.exec_module(module)
   return module
 

@@ -90,6 +90,25 @@ def fence(a: Array) -> Array:
   return lax.reduce_precision(a, exponent_bits=info.nexp, mantissa_bits=info.nmant)
 
 
+def private(a: Array, k: int, full_size: int) -> Array:
+  """``a`` unchanged, as a value no other use of ``a`` shares (``k`` ≥ 1
+  distinct per use); a full-size ``a`` is returned as it is.
+
+  XLA:CPU (jax 0.10) grows a YNNPACK reduction fusion over an operand only
+  when every user of the operand is inside the fusion; it CSEs identical
+  operations first, so two reductions that broadcast the same small array
+  (``γ``, a per-row statistic) share one broadcast, which then stays
+  outside both and is written out full-size. ``k`` fences in a row are a
+  distinct operation for each ``k``, so each reduction broadcasts its own
+  copy and reads only its full-size inputs.
+  """
+  if jnp.size(a) >= full_size:
+    return a
+  for _ in range(k):
+    a = fence(a)
+  return a
+
+
 # Single-pass statistics are used where every statistic has μ² ≤ 16 σ²: the
 # cancellation in E[x²] − μ² then costs at most a factor 17 of the dtype's
 # precision (about 1e-6 relative in float32); elsewhere the centred second
@@ -390,26 +409,32 @@ class _Plan:
   def feature_tangent_map(self, x, mean, rstd, scale, dx, dscale, dbias):
     """The tangent map when parameters vary along every reduced axis (layer
     and RMS norm over the features): per-channel sums would be full-size,
-    so the reductions run over ``R`` directly and the scale multiplies once.
+    so the reductions run over ``R`` directly.
+
+    Reverse mode is JAX's transpose of this map, and the map is written so
+    that every full-size value of the transpose is computed inside the one
+    pass that reads it: no temporary buffer, each reduction reading only
+    the cotangent and ``x`` (see :func:`private`). Its passes: the row sums
+    ``Σ ∂y·γ`` and ``Σ ∂y·γ·(x − μ)``, the parameter gradients ``Σ ∂y·x̂``
+    and ``Σ ∂y``, and one elementwise pass for the input gradient.
     """
     acc, axes, count = self.acc_dtype, self.reduction_axes, self.count
+    gamma = self.parameter(scale, 1)
     x, dx = x.astype(acc), dx.astype(acc)
-    # Everything full-size is written in terms of one x̂ = (x − μ)·r, which
-    # reverse mode materializes once (XLA:CPU feeds products with broadcast
-    # operands to its reductions materialized, so x − μ and a broadcast r
-    # would cost two buffers).
-    normalized = (x - mean) * rstd
-    s2 = fence(_sum(dx * normalized, axes) / count)  # mean of dx·x̂
+    size = x.size
+    # dy = γ r (dx − mean(dx) − x̂ · mean(dx·x̂)) + x̂ dγ + dβ, term by term;
+    # each reduction of the transpose gets its own copies of μ, r and γ.
+    s2 = fence(_sum(dx * (x - mean), axes) * (rstd / count))  # mean of dx·x̂
     dvar = 2.0 * s2 / rstd
-    inner_tangent = dx - s2 * normalized
+    dy = (dx * gamma) * rstd
+    dy = dy + ((x - private(mean, 1, size)) * private(gamma, 1, size)) * (-rstd * rstd * s2)
     if self.use_mean:
       dmean = fence(_sum(dx, axes) / count)
-      inner_tangent = inner_tangent - dmean
+      dy = dy + private(gamma, 2, size) * (-rstd * dmean)
     else:
       dmean = jnp.zeros(self.stats_shape, acc) * dvar  # zero, but linear
-    dy = (rstd * self.parameter(scale, 1)) * inner_tangent
     if dscale is not None:
-      dy = dy + normalized * dscale.astype(acc)
+      dy = dy + ((x - private(mean, 2, size)) * private(rstd, 1, size)) * dscale.astype(acc)
     if dbias is not None:
       dy = dy + dbias.astype(acc)
     return dy.astype(self.out_dtype), dmean, dvar.astype(self.real)
