@@ -299,3 +299,34 @@ def _check_fence(dtype):
   t = jnp.arange(a.size, dtype=dtype)
   np.testing.assert_array_equal(jax.jvp(_fused.fence, (a,), (t,))[1], t)
   np.testing.assert_array_equal(jax.linear_transpose(_fused.fence, a)(t)[0], t)
+
+
+def test_private_copies_are_the_identity_and_distinct_operations():
+  a = jnp.asarray(np.random.default_rng(1).standard_normal((4, 1)), jnp.float32)
+  for k in (1, 2, 3):
+    np.testing.assert_array_equal(jax.jit(lambda a, k=k: _fused.private(a, k, 64))(a), a)
+  # Each k is its own operation (k fences), so XLA cannot merge two copies.
+  text = jax.jit(lambda a: (_fused.private(a, 1, 64), _fused.private(a, 3, 64))).lower(a).as_text()
+  assert text.count("reduce_precision") == 4
+  # A full-size operand is passed through without a copy.
+  assert "reduce_precision" not in jax.jit(lambda a: _fused.private(a, 2, 4)).lower(a).as_text()
+
+
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_feature_backward_reads_no_full_size_temporary(norm):
+  """The LN/RMS reverse pass keeps no full-size buffer (XLA:CPU, where the
+  tangent map is written so that each reduction fuses its own inputs)."""
+  if jax.default_backend() != "cpu" or jax.__version_info__ < (0, 10):
+    pytest.skip("a property of XLA:CPU's YNNPACK reduction fusions (jax >= 0.10)")
+  x = jnp.ones((8, 64, 256), jnp.float32)
+  scale, bias = jnp.ones((256,)), jnp.zeros((256,))
+
+  def f(x, scale, bias):
+    return jaxnorm.layer_norm(x, scale, bias) if norm == "layer" else jaxnorm.rms_norm(x, scale)
+
+  def step(cot, x, scale, bias):
+    y, pullback = jax.vjp(f, x, scale, bias)
+    return y, pullback(cot)
+
+  compiled = jax.jit(step).lower(x, x, scale, bias).compile()
+  assert compiled.memory_analysis().temp_size_in_bytes < x.nbytes / 4
