@@ -508,7 +508,11 @@ def markdown(result: dict) -> str:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default="benchmarks/results/cpu")
+  parser.add_argument(
+    "--out",
+    default="benchmarks/results/cpu",
+    help="file stem: writes STEM.json and STEM.md (a .json or .md ending is dropped)",
+  )
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--reps", type=int, default=10)
   parser.add_argument("--model-batch", type=int, default=128)
@@ -536,10 +540,11 @@ def main():
   if not args.skip_model:
     result["model"] = bench_model(args.model_batch, max(3, args.rounds // 2), 3)
   result["wall_seconds"] = time.time() - start
-  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  with open(args.out + ".json", "w") as f:
+  stem = os.path.splitext(args.out)[0] if args.out.endswith((".json", ".md")) else args.out
+  os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
+  with open(stem + ".json", "w") as f:
     json.dump(result, f, indent=2)
-  with open(args.out + ".md", "w") as f:
+  with open(stem + ".md", "w") as f:
     f.write(markdown(result))
   print(markdown(result))
 
