@@ -260,20 +260,24 @@ TORCH_SETTLE_SECONDS = 0.3
 
 
 def _interleaved(
-  fns: dict[str, Callable], rounds: int, reps: int, torch_settle: float = TORCH_SETTLE_SECONDS
+  fns: dict[str, Callable], rounds: int, reps: int, torch_settle: float = TORCH_SETTLE_SECONDS, seed: int = 0
 ) -> dict[str, float]:
   """Median over rounds of the mean seconds per call, visiting each in turn.
 
-  The order rotates from round to round, so no implementation always runs
-  right after the same neighbour. After the entry named ``torch``, sleeps
-  ``torch_settle`` seconds (CPU threads; 0 for CUDA).
+  Each round visits the implementations in a fresh random order (seeded),
+  so none always runs right after the same neighbour: rotating one fixed
+  order would keep every implementation behind the same one (the first
+  behind the last, PyTorch, whose spinning worker threads slow it down).
+  After the entry named ``torch``, sleeps ``torch_settle`` seconds (CPU
+  threads; 0 for CUDA).
   """
   for fn in fns.values():  # compile / warm up
     _block(fn())
   names = list(fns)
+  order = np.random.default_rng(seed)
   times = {k: [] for k in fns}
-  for r in range(rounds):
-    for k in names[r % len(names) :] + names[: r % len(names)]:
+  for _ in range(rounds):
+    for k in order.permutation(names):
       times[k].append(_time(fns[k], reps))
       if k == "torch" and torch_settle:
         time.sleep(torch_settle)
