@@ -205,9 +205,13 @@ class XlaPasses:
     broadcast becomes a sum over the other inner axes, which the fence keeps
     XLA from merging with the sums over the examples that follow (merged,
     each of those would be another full-size reduction)."""
-    if jnp.ndim(a) and any(jnp.shape(a)[i] != 1 for i in self.inner):
+    if self.varies_inside(a):
       return jnp.broadcast_to(fence(a), self.shape).reshape(self.view_shape)
     return jnp.broadcast_to(a, self.partial_shape).reshape(self.view_partial_shape)
+
+  def varies_inside(self, a: Array) -> bool:
+    """Whether ``a`` varies along an inner axis (a per-example modulation)."""
+    return bool(jnp.ndim(a)) and any(jnp.shape(a)[i] != 1 for i in self.inner)
 
   def sum(self, x: Array) -> Array:
     """``Σ x`` over the inner axes."""
@@ -392,13 +396,21 @@ class _Plan:
     a = rstd * gamma
     s1, s2 = self.xla.tangent_sums(dx, x, mean)  # Σ dx, Σ dx·(x − μ)
     dvar = (2.0 / count) * _sum(s2, self.outer)
-    b = -0.5 * rstd**3 * dvar * gamma
+    # A per-example γ (a modulated batch norm) varies along an inner axis,
+    # and the transpose sums its products with the tangents over the
+    # examples. Fenced, the products run as a loop fusion and the sums as a
+    # plain reduction: XLA:CPU (jax 0.10) fuses the two into a YNNPACK
+    # reduction over the (1, N, 1, 1, C) view that took 30 µs each where
+    # the split took 1 µs (N = 128, C = 64; modulated over plain 1.22 -> 1.01).
+    per_example = self.xla.varies_inside(gamma)
+    expand = (lambda t: fence(jnp.broadcast_to(t, a.shape))) if per_example else (lambda t: t)
+    b = -0.5 * rstd**3 * gamma * expand(dvar)
     if dscale is not None:
       b = b + rstd * dscale.astype(acc)
     d = None
     if self.use_mean:
       dmean = self.mean_over_groups(s1)
-      d = -a * dmean
+      d = -a * expand(dmean)
     else:
       dmean = jnp.zeros(self.stats_shape, acc) * dvar  # zero, but linear
     if dbias is not None:
