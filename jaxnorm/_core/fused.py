@@ -388,6 +388,10 @@ class _Plan:
   def channel_tangent_map(self, x, mean, rstd, scale, dx, dscale, dbias):
     """``(dy, dmean, dvar)`` from two per-channel sums of the tangent."""
     acc, count = self.acc_dtype, self.count
+    # One conversion of a half-precision tangent: the transpose then sums
+    # the input gradient's terms in acc and rounds once (converted per use,
+    # each term was rounded to the input's dtype before the sum).
+    dx = dx.astype(acc)
     gamma = self.parameter(scale, 1)
     a = rstd * gamma
     s1, s2 = self.xla.tangent_sums(dx, x, mean)  # Σ dx, Σ dx·(x − μ)

@@ -168,6 +168,28 @@ def test_fused_half_precision_matches_reference(name):
   chex.assert_trees_all_close(fused, reference, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("name", ["gn_nhwc", "gn_nchw", "bn_nhwc", "bn_nchw", "ln_last", "rms"])
+def test_bfloat16_input_gradient_is_rounded_once(name):
+  """The input gradient of a bfloat16 input is computed in float32 and
+  rounded to bfloat16 once: within half a bfloat16 ulp of the float64
+  gradient (plus float32 error). Rounding each of its terms first, as a
+  per-use conversion of the tangent did, misses that by up to an ulp."""
+  shape, fn = CASES[name]
+  x, scale, bias, cotangents = _inputs(shape, jnp.float32)
+  x = x.astype(jnp.bfloat16)
+  with jaxnorm.implementation("fused"):
+    dx = jax.grad(_loss(fn, cotangents))(x, scale, bias)
+  assert dx.dtype == jnp.bfloat16
+  with compat.enable_x64(), jaxnorm.implementation("reference"):
+    x64, scale64, bias64 = (jnp.asarray(np.asarray(a, np.float64)) for a in (x, scale, bias))
+    cot64 = [jnp.asarray(np.asarray(c, np.float64)) for c in cotangents]
+    exact = np.asarray(jax.grad(_loss(fn, cot64))(x64, scale64, bias64))
+  ulp = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(exact), 1e-30))) - 7)
+  error = np.abs(np.asarray(dx, np.float64) - exact)
+  excess = error - (0.5 * ulp + 1e-5 * np.abs(exact))
+  assert excess.max() <= 0, f"{np.max(error / ulp):.2f} ulp"
+
+
 def test_fused_under_vmap_equals_per_example_calls():
   x, scale, bias, _ = _inputs((5, 4, 3, 8), jnp.float32)
   with jaxnorm.implementation("fused"):
