@@ -118,6 +118,7 @@ def main():
     impls = {"baseline": _load(args.baseline), "current": _dispatch._fused}
   except (OSError, SyntaxError) as error:
     parser.error(f"--baseline {args.baseline!r} could not be loaded: {error}")
+  provenance.git_commit()  # cached: the commit the run imported
   rows = layer_times(impls, args.dtypes, args.rounds, args.reps)
   summary = {
     dtype: math.exp(np.mean([math.log(r["ratio"]) for r in rows if r["dtype"] == dtype])) for dtype in args.dtypes

@@ -526,6 +526,7 @@ def main():
   args = parser.parse_args()
 
   start = time.time()
+  provenance.git_commit()  # cached: the commit the run imported, even if the tree changes while it runs
   rows = []
   cases = [c for c in layer_cases() if c.norm in args.norms]
   for case in tqdm(cases, desc="layers"):

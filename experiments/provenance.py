@@ -84,6 +84,9 @@ def hardware() -> dict:
     "jax": jax.__version__,
     "flax": flax.__version__,
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    # glibc's allocator settings change CPU timings (how often large
+    # buffers are returned to the system and faulted in again).
+    "malloc_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
   }
 
 
