@@ -5,6 +5,8 @@ import pytest
 
 import jaxnorm
 from benchmarks import fast_path_compare
+from benchmarks import norm_bench
+from benchmarks import page_faults
 from jaxnorm._core import dispatch as _dispatch
 
 
@@ -59,3 +61,11 @@ def test_norm_bench_times_the_modulated_norm_it_says(norm, shape, layout):
   assert all({"modulated_over_plain", "again_over_plain", "modulated_extra_temp_bytes"} <= set(s) for s in summary)
   report = nb.markdown({"hardware": {}, "git_commit": "x", "layers": rows, "summary": summary})
   assert "modulated / plain" in report and "again / plain (A/A)" in report
+
+
+def test_page_faults_measures_every_peer_per_call():
+  case = norm_bench.Case("bn", (4, 4, 4, 8), "NHWC", "float32")
+  figures = page_faults.measure(case, rounds=2, calls=3)
+  assert set(figures) == set(page_faults.PEERS)
+  for f in figures.values():
+    assert f["wall_ms"] > 0 and f["minor_faults"] >= 0 and f["system_ms"] >= 0
