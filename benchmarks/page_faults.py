@@ -73,6 +73,9 @@ def main():
   parser.add_argument("--calls", type=int, default=50)
   parser.add_argument("--out", help="file stem: writes STEM.json")
   args = parser.parse_args()
+  for name in ("rounds", "calls"):
+    if getattr(args, name) < 1:
+      parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
   if args.norm in ("ln", "rms"):
     case = norm_bench.Case(args.norm, norm_bench.TRANSFORMER_SHAPE, "NTD", args.dtype)
   else:
