@@ -151,6 +151,36 @@ class Passes(Protocol):
     ...
 
 
+@dataclasses.dataclass(frozen=True)
+class _View:
+  """A reshape of the input: its axes grouped into runs, each run merged
+  into one axis (size-1 axes dropped); ``inner`` lists the view's axes that
+  are runs of inner axes, and ``partial_shape`` is the view's shape with
+  size 1 there (what a per-channel array is reshaped to)."""
+
+  shape: tuple[int, ...]
+  inner: tuple[int, ...]
+  partial_shape: tuple[int, ...]
+
+  @classmethod
+  def build(cls, shape: tuple[int, ...], inner: tuple[int, ...], merge_trailing_inner: bool) -> _View:
+    """Runs of kept axes are merged; runs of inner axes only where they
+    end the shape and ``merge_trailing_inner`` is set."""
+    runs: list[list[int]] = []
+    for a in range(len(shape)):
+      if shape[a] == 1:
+        continue
+      trailing = all(b in inner or shape[b] == 1 for b in range(a, len(shape)))
+      same_kind = runs and (runs[-1][-1] in inner) == (a in inner)
+      if same_kind and (a not in inner or (merge_trailing_inner and trailing)):
+        runs[-1].append(a)
+      else:
+        runs.append([a])
+    view_shape = tuple(math.prod(shape[a] for a in run) for run in runs)
+    view_inner = tuple(i for i, run in enumerate(runs) if run[0] in inner)
+    return cls(view_shape, view_inner, tuple(1 if i in view_inner else n for i, n in enumerate(view_shape)))
+
+
 class XlaPasses:
   """The full-size passes of :func:`standardize`, as XLA operations.
 
@@ -160,6 +190,19 @@ class XlaPasses:
   ``(N, G, C/G, H, W)`` as ``(N, C, H, W)`` — so XLA reduces the array in
   its own layout; XLA:CPU runs reductions over scattered axes of the rank-5
   view (or with size-1 axes) several times slower.
+
+  The elementwise passes (``affine``, ``tangent``) of an input already in
+  the accumulation dtype also merge a trailing run of inner axes: NCHW's
+  ``(N, C, H, W)`` becomes ``(N, C, H·W)``. XLA:CPU's loop over the last
+  axis is the vectorized one; over ``W = 8`` it is one vector per
+  iteration. Group and batch norm NCHW forward + backward, float32, at
+  128×64×8×8 take 0.85–0.91 of the time; the larger ResNet-20 shapes
+  measure 0.86–1.02, within this machine's noise
+  (``benchmarks.fast_path_compare``). Reductions keep ``H`` and ``W``
+  apart (merged, they measured no faster, up to 1.12× slower at
+  128×16×32×32), and so does a half-precision input: its conversion to
+  the accumulation dtype is shared by every pass, and in two views XLA
+  writes it out full-size (8 MiB at 128×16×32×32, up to 1.8× the time).
 
   ``single_pass``: the variance comes from ``Σ x`` and ``Σ x²`` in one
   pass where the statistics are well centred (see :data:`WELL_CENTRED`),
@@ -179,25 +222,20 @@ class XlaPasses:
     self.inner = inner
     self.acc_dtype = acc_dtype
     self.partial_shape = tuple(1 if a in inner else n for a, n in enumerate(shape))
-    runs: list[list[int]] = []
-    for a in range(len(shape)):
-      if shape[a] == 1:
-        continue
-      if runs and runs[-1][-1] not in inner and a not in inner:
-        runs[-1].append(a)
-      else:
-        runs.append([a])
-    self.view_shape = tuple(math.prod(shape[a] for a in run) for run in runs)
-    self.view_inner = tuple(i for i, run in enumerate(runs) if run[0] in inner)
-    self.view_partial_shape = tuple(1 if i in self.view_inner else n for i, n in enumerate(self.view_shape))
+    self.reduction_view = _View.build(shape, inner, merge_trailing_inner=False)
+    self.elementwise_view = _View.build(shape, inner, merge_trailing_inner=True)
 
-  def _view(self, x: Array) -> Array:
-    return x.reshape(self.view_shape).astype(self.acc_dtype)
+  def _elementwise_view(self, x: Array) -> _View:
+    same_dtype = jnp.result_type(x) == jnp.dtype(self.acc_dtype)
+    return self.elementwise_view if same_dtype else self.reduction_view
+
+  def _view(self, x: Array, view: _View | None = None) -> Array:
+    return x.reshape((view or self.reduction_view).shape).astype(self.acc_dtype)
 
   def _sum(self, x_view: Array) -> Array:
-    return _sum(x_view, self.view_inner).reshape(self.partial_shape)
+    return _sum(x_view, self.reduction_view.inner).reshape(self.partial_shape)
 
-  def _expand(self, a: Array) -> Array:
+  def _expand(self, a: Array, view: _View | None = None) -> Array:
     """A per-channel array in the view. An operand that varies along an
     inner axis (a per-example modulation of batch norm, a spatial map) is
     broadcast to the full shape instead; XLA fuses the broadcast into the
@@ -205,9 +243,10 @@ class XlaPasses:
     broadcast becomes a sum over the other inner axes, which the fence keeps
     XLA from merging with the sums over the examples that follow (merged,
     each of those would be another full-size reduction)."""
+    view = view or self.reduction_view
     if jnp.ndim(a) and any(jnp.shape(a)[i] != 1 for i in self.inner):
-      return jnp.broadcast_to(fence(a), self.shape).reshape(self.view_shape)
-    return jnp.broadcast_to(a, self.partial_shape).reshape(self.view_partial_shape)
+      return jnp.broadcast_to(fence(a), self.shape).reshape(view.shape)
+    return jnp.broadcast_to(a, self.partial_shape).reshape(view.partial_shape)
 
   def sum(self, x: Array) -> Array:
     """``Σ x`` over the inner axes."""
@@ -224,7 +263,8 @@ class XlaPasses:
 
   def affine(self, x: Array, mean: Array, a: Array, d: Array, out_dtype: Any) -> Array:
     """``(x − mean)·a + d``, full size, in ``out_dtype``."""
-    y = (self._view(x) - self._expand(mean)) * self._expand(a) + self._expand(d)
+    view = self._elementwise_view(x)
+    y = (self._view(x, view) - self._expand(mean, view)) * self._expand(a, view) + self._expand(d, view)
     return y.astype(out_dtype).reshape(self.shape)
 
   def tangent_sums(self, dx: Array, x: Array, mean: Array) -> tuple[Array, Array]:
@@ -238,10 +278,11 @@ class XlaPasses:
     # A barrier keeps XLA from merging this x − mean with the one in
     # tangent_sums: shared, it would be materialized (and, in the
     # transposed program, kept alive from the forward pass).
-    dy = (self._view(x) - self._expand(lax.optimization_barrier(mean))) * self._expand(b)
-    dy = dy + self._view(dx) * self._expand(a)
+    view = self._elementwise_view(x)
+    dy = (self._view(x, view) - self._expand(lax.optimization_barrier(mean), view)) * self._expand(b, view)
+    dy = dy + self._view(dx, view) * self._expand(a, view)
     if d is not None:
-      dy = dy + self._expand(d)
+      dy = dy + self._expand(d, view)
     return dy.astype(out_dtype).reshape(self.shape)
 
 
