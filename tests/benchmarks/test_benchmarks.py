@@ -5,6 +5,7 @@ import pytest
 
 import jaxnorm
 from benchmarks import fast_path_compare
+from benchmarks import layer_norm_sizes
 from benchmarks import norm_bench
 from benchmarks import page_faults
 from jaxnorm._core import dispatch as _dispatch
@@ -69,3 +70,15 @@ def test_page_faults_measures_every_peer_per_call():
   assert set(figures) == set(page_faults.PEERS)
   for f in figures.values():
     assert f["wall_ms"] > 0 and f["minor_faults"] >= 0 and f["system_ms"] >= 0
+
+
+def test_layer_norm_sizes_reports_ratios_and_passes():
+  rows = layer_norm_sizes.measure([1, 2], seq=4, features=16, rounds=1, reps=1)
+  assert [r["shape"] for r in rows] == [[1, 4, 16], [2, 4, 16]]
+  for row in rows:
+    assert row["jaxnorm_over_floor"] == row["ms"]["jaxnorm"] / row["ms"]["floor"]
+    moved = row["bytes_accessed_per_input"]
+    # the floor reads x, ∂y (twice) and writes y, ∂x; LayerNorm also needs its row statistics first
+    assert 5 <= moved["floor"] < moved["jaxnorm"], moved
+  report = layer_norm_sizes.markdown({"rows": rows, "hardware": {}, "git_commit": "x", "command": "c"})
+  assert report.count("\n| 1×4×16 |") == 1 and "| 2×4×16 |" in report
