@@ -30,7 +30,9 @@ timing reuses ``benchmarks/norm_bench.py``. Sections, in order:
   the path is the expected one. Never skipped.
 * **layers**: forward and forward + backward times of GN, BN, LN and RMS
   norm for ``implementation("pallas")``, ``implementation("fused")``,
-  ``flax.linen`` (same shapes and dtypes) and PyTorch's native CUDA kernels
+  ``implementation("reference")`` (JAX's own autodiff of the composition,
+  the candidate where the fused path loses), ``flax.linen`` (same shapes
+  and dtypes) and PyTorch's native CUDA kernels
   (where ``torch.cuda`` is available): ResNet-20 activations at N = 128 and
   2048 (32×32×16, 16×16×32, 8×8×64; GN with 8 groups), a diffusion-UNet
   GroupNorm 8×64×64×320 with 32 groups, a transformer LayerNorm / RMSNorm
@@ -50,9 +52,9 @@ timing reuses ``benchmarks/norm_bench.py``. Sections, in order:
   figure is the device's time per call rather than the host's.
 * **train_step**: a CIFAR ResNet-20 SGD step (``experiments.models.
   CifarResNet``; ``norm_bench.train_step_fn``) with jaxnorm's BN and GN
-  (``implementation("auto")``) and with flax.linen's, at per-device
-  batches 2, 8, 32 and 128 on one device: compiled temporary memory and
-  images/s. All 16 steps compile in parallel (threads) before any is
+  (``implementation("auto")`` and ``("reference")``) and with
+  flax.linen's, at per-device batches 2, 8, 32 and 128 on one device:
+  compiled temporary memory and images/s. All 24 steps compile in parallel (threads) before any is
   timed; concurrent compilation may perturb XLA's convolution autotuning,
   for jaxnorm's and flax's steps alike.
 
@@ -258,7 +260,11 @@ def _under(implementation: str, f: Callable) -> Callable:
 
 
 MODES = ("forward", "forward+backward")
-IMPLEMENTATIONS = ("pallas", "fused", "flax")
+IMPLEMENTATIONS = ("pallas", "fused", "reference", "flax")
+# The training step's variants: norm_bench's, and jaxnorm's reference path
+# (plain JAX autodiff of the composition, no custom derivative rule), whose
+# figures are the evidence a per-platform "auto" rule would need.
+TRAIN_VARIANTS = (*nb.MODEL_VARIANTS, ("gn", "jaxnorm-reference"), ("bn", "jaxnorm-reference"))
 
 
 def _nbytes(mode: str, elements: int, x_itemsize: int, y_itemsize: int) -> int:
@@ -319,7 +325,8 @@ def time_layer_case(
   case = lc.case
   inputs = nb.case_inputs(case)
   base = nb.jax_functions(case)
-  fns = {"pallas": _under("pallas", base["jaxnorm"]), "fused": _under("fused", base["jaxnorm"]), "flax": base["flax"]}
+  fns = {name: _under(name, base["jaxnorm"]) for name in ("pallas", "fused", "reference")}
+  fns["flax"] = base["flax"]
   results = {mode: {} for mode in MODES}
   pallas_applies = "pallas_call" in str(jax.make_jaxpr(fns["pallas"])(*inputs[:3]))
   if not pallas_applies:
@@ -466,12 +473,12 @@ def train_step(args, pool, budget: Budget, section: dict) -> dict:
   futures = {
     (batch, variant): pool.submit(nb.compile_train_step, *variant, batch, depth, width)
     for batch in batches
-    for variant in nb.MODEL_VARIANTS
+    for variant in TRAIN_VARIANTS
   }
   concurrent.futures.wait(list(futures.values()), timeout=max(0.0, budget.left() - TRAIN_TIMING_S))
   durations = []
   for batch in _progress(batches, "train_step"):
-    mine = [futures[(batch, variant)] for variant in nb.MODEL_VARIANTS]
+    mine = [futures[(batch, variant)] for variant in TRAIN_VARIANTS]
     if not all(f.done() for f in mine):
       rows.append({"batch": batch, "skipped": f"time budget: compilation unfinished (--budget-s {args.budget_s:g})"})
       continue
@@ -482,7 +489,7 @@ def train_step(args, pool, budget: Budget, section: dict) -> dict:
     try:
       steps = [f.result() for f in mine]
       compiling = sum(not f.done() for f in futures.values())
-      result = nb.bench_model(batch, args.rounds, max(1, args.reps // 2), depth, width, steps=steps)
+      result = nb.bench_model(batch, args.rounds, max(1, args.reps // 2), depth, width, steps, TRAIN_VARIANTS)
       rows.append({**result, "compiling": compiling, "timing_s": time.perf_counter() - start})
     except Exception as e:
       rows.append({"batch": batch, "error": error_text(e), "traceback": traceback.format_exc()[-3000:]})

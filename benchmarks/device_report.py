@@ -8,6 +8,7 @@ from benchmarks.device_numerics import OFFSET_TOLERANCE
 from benchmarks.device_numerics import TOLERANCE
 
 SECTIONS = ("bandwidth", "numerics", "layers", "train_step")
+PATHS = ("pallas", "fused", "reference")  # jaxnorm's implementations the layers section times
 BYTES_FORMULA = (
   "minimal traffic per call: forward n·(|x| + |y|); forward+backward "
   "n·(|x| + |y| + |dy| + |dx|), with n the element count, |a| the bytes per "
@@ -53,8 +54,8 @@ def _geomean(values) -> float | None:
 def layer_summary(rows: list[dict]) -> list[dict]:
   """Geometric means over the shapes of a family, per norm/layout/dtype/mode.
 
-  ``speedup_X`` is X's time over the named jaxnorm path's; ``best`` is the
-  faster of pallas and fused per shape.
+  ``X_over_Y`` is X's time over jaxnorm path Y's; ``best`` is the fastest
+  of jaxnorm's paths (:data:`PATHS`) per shape.
   """
   groups: dict[tuple, list[dict]] = {}
   for r in rows:
@@ -64,10 +65,11 @@ def layer_summary(rows: list[dict]) -> list[dict]:
   seconds = lambda res, k: res.get(k, {}).get("seconds")
   out = []
   for (family, norm, layout, dtype, mode), results in groups.items():
-    best = [min(filter(None, (seconds(res, "pallas"), seconds(res, "fused"))), default=None) for res in results]
+    best = [min(filter(None, (seconds(res, k) for k in PATHS)), default=None) for res in results]
     entry = {"family": family, "norm": norm, "layout": layout, "dtype": dtype, "mode": mode, "shapes": len(results)}
     for peer in ("flax", "torch"):
-      for path, times in (("fused", [seconds(res, "fused") for res in results]), ("best", best)):
+      paths = [(p, [seconds(res, p) for res in results]) for p in ("fused", "reference")] + [("best", best)]
+      for path, times in paths:
         entry[f"{peer}_over_{path}"] = _geomean(
           seconds(res, peer) / t for res, t in zip(results, times) if t and seconds(res, peer)
         )
@@ -77,7 +79,7 @@ def layer_summary(rows: list[dict]) -> list[dict]:
       if seconds(res, "pallas") and seconds(res, "fused")
     )
     entry["best_fraction_of_copy"] = _geomean(
-      max((res.get(k, {}).get("fraction_of_copy") or 0) for k in ("pallas", "fused")) for res in results
+      max((res.get(k, {}).get("fraction_of_copy") or 0) for k in PATHS) for res in results
     )
     # The same from the in-program timing (one dispatch for many calls).
     inside = lambda res, k: res.get(k, {}).get("in_program", {})
@@ -87,7 +89,7 @@ def layer_summary(rows: list[dict]) -> list[dict]:
       if "seconds" in inside(res, "flax") and "seconds" in inside(res, "fused")
     )
     entry["best_fraction_of_copy_in_program"] = _geomean(
-      max((inside(res, k).get("fraction_of_copy") or 0) for k in ("pallas", "fused")) for res in results
+      max((inside(res, k).get("fraction_of_copy") or 0) for k in PATHS) for res in results
     )
     out.append(entry)
   return out
@@ -106,16 +108,18 @@ def _markdown_layers(lay: dict, brief: bool = False) -> list[str]:
     BYTES_FORMULA,
     f"{lay.get('timing', '')}; {LAYER_NOTES}",
     "",
-    "Geometric means over the shapes of each family (`best`: the faster of pallas and fused per shape):",
+    "Geometric means over the shapes of each family (`best`: the fastest of pallas, fused and reference per shape):",
     "",
-    "| family | norm | layout | dtype | mode | flax ÷ fused | flax ÷ best | torch ÷ fused | torch ÷ best "
-    "| fused ÷ pallas | best, fraction of copy | in program: flax ÷ fused | in program: best, fraction of copy |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "| family | norm | layout | dtype | mode | flax ÷ fused | flax ÷ reference | flax ÷ best | torch ÷ fused "
+    "| torch ÷ best | fused ÷ pallas | best, fraction of copy | in program: flax ÷ fused "
+    "| in program: best, fraction of copy |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for e in layer_summary(rows):
     lines.append(
       f"| {e['family']} | {e['norm']} | {e['layout']} | {e['dtype']} | {e['mode']} | "
-      f"{_x(e['flax_over_fused'])} | {_x(e['flax_over_best'])} | {_x(e['torch_over_fused'])} | "
+      f"{_x(e['flax_over_fused'])} | {_x(e['flax_over_reference'])} | {_x(e['flax_over_best'])} | "
+      f"{_x(e['torch_over_fused'])} | "
       f"{_x(e['torch_over_best'])} | {_x(e['fused_over_pallas'])} | {_x(e['best_fraction_of_copy'], suffix='')} | "
       f"{_x(e['flax_over_fused_in_program'])} | {_x(e['best_fraction_of_copy_in_program'], suffix='')} |"
     )
@@ -126,9 +130,9 @@ def _markdown_layers(lay: dict, brief: bool = False) -> list[str]:
     "",
     "Every row: µs per call (fraction of copy bandwidth); after `;`, the same timed inside one program.",
     "",
-    "| family | norm | shape | layout | dtype | mode | pallas | fused | flax | torch "
-    "| flax ÷ fused | flax ÷ pallas | torch ÷ fused |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "| family | norm | shape | layout | dtype | mode | pallas | fused | reference | flax | torch "
+    "| flax ÷ fused | flax ÷ pallas | flax ÷ reference | torch ÷ fused |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
     norm = f"{r['norm']}{r['groups']}" if r["norm"] == "gn" else r["norm"]
@@ -136,11 +140,11 @@ def _markdown_layers(lay: dict, brief: bool = False) -> list[str]:
     head = f"| {r['family']} | {norm} | {shape} | {r['layout']} | {r['dtype']} | {r['mode']} | "
     if "results" not in r:
       note = f"skipped: {r['skipped']}" if "skipped" in r else f"error: {r.get('error', '?')[:100]}"
-      lines.append(head + note + " |" + " |" * 6)
+      lines.append(head + note + " |" + " |" * 8)
       continue
     res = r["results"]
-    cells = [_cell(res.get(k)) for k in ("pallas", "fused", "flax", "torch")]
-    ratios = [_ratio(res, "flax", "fused"), _ratio(res, "flax", "pallas"), _ratio(res, "torch", "fused")]
+    cells = [_cell(res.get(k)) for k in (*PATHS, "flax", "torch")]
+    ratios = [_ratio(res, "flax", k) for k in ("fused", "pallas", "reference")] + [_ratio(res, "torch", "fused")]
     lines.append(head + " | ".join(cells + ratios) + " |")
   errors = sorted({f"{k}: {v['error'][:200]}" for r in rows for k, v in r.get("results", {}).items() if "error" in v})
   if errors:
@@ -195,7 +199,7 @@ def _markdown_train(tr: dict) -> list[str]:
     ips = r["images_per_sec"]
     for key, mem in r["memory"].items():
       norm, library = key.split("/")
-      ratio = _x(ips[key] / ips[f"{norm}/flax"]) if library == "jaxnorm" else ""
+      ratio = _x(ips[key] / ips[f"{norm}/flax"]) if library != "flax" else ""
       mib = mem["temp_bytes"] / 2**20
       lines.append(f"| {r['batch']} | {norm} | {library} | {mib:.1f} | {ips[key]:.0f} | {ratio} |")
   return lines

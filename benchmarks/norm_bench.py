@@ -359,7 +359,8 @@ def layer_cases() -> list[Case]:
 
 
 def norm_spec(norm: str, library: str) -> jaxnorm.NormSpec:
-  """jaxnorm's 'bn'/'gn' spec, or the same with flax.linen's module."""
+  """jaxnorm's 'bn'/'gn' spec (libraries 'jaxnorm' and 'jaxnorm-reference'),
+  or the same with flax.linen's module ('flax')."""
   spec = jaxnorm.create_norm(norm, **({"num_groups": GROUPS} if norm == "gn" else {}))
   if library == "flax":
     module = {"bn": nn.BatchNorm, "gn": nn.GroupNorm}[norm]
@@ -394,21 +395,30 @@ MODEL_VARIANTS = (("gn", "jaxnorm"), ("gn", "flax"), ("bn", "jaxnorm"), ("bn", "
 
 
 def compile_train_step(norm: str, library: str, batch: int, depth: int = 20, width: int = 16):
-  """The compiled training step of one variant, and its arguments."""
+  """The compiled training step of one variant, and its arguments.
+
+  ``library``: 'flax', 'jaxnorm' (the implementation in effect) or
+  'jaxnorm-reference' (jaxnorm traced under ``implementation("reference")``).
+  """
   step, args = train_step_fn(norm, library, batch, depth, width)
-  return step.lower(*args).compile(), args
+  choice = "reference" if library == "jaxnorm-reference" else jaxnorm.get_implementation()
+  with jaxnorm.implementation(choice):  # read while tracing, in this thread
+    return step.lower(*args).compile(), args
 
 
-def bench_model(batch: int, rounds: int, reps: int, depth: int = 20, width: int = 16, steps=None) -> dict:
-  """Memory and images/s of the training step for each of MODEL_VARIANTS.
+def bench_model(
+  batch: int, rounds: int, reps: int, depth: int = 20, width: int = 16, steps=None, variants=MODEL_VARIANTS
+) -> dict:
+  """Memory and images/s of the training step for each of ``variants``
+  (``(norm, library)`` pairs, see :func:`compile_train_step`).
 
   ``steps``: their ``compile_train_step`` results, where compiled already
   (e.g. in parallel); by default they are compiled here, one by one.
   """
   if steps is None:
-    steps = [compile_train_step(*variant, batch, depth, width) for variant in MODEL_VARIANTS]
+    steps = [compile_train_step(*variant, batch, depth, width) for variant in variants]
   memory, fns = {}, {}
-  for (norm, library), (compiled, args) in zip(MODEL_VARIANTS, steps):
+  for (norm, library), (compiled, args) in zip(variants, steps):
     analysis = compiled.memory_analysis()
     memory[f"{norm}/{library}"] = {
       "temp_bytes": int(analysis.temp_size_in_bytes),

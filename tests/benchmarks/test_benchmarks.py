@@ -82,3 +82,15 @@ def test_layer_norm_sizes_reports_ratios_and_passes():
     assert 5 <= moved["floor"] < moved["jaxnorm"], moved
   report = layer_norm_sizes.markdown({"rows": rows, "hardware": {}, "git_commit": "x", "command": "c"})
   assert report.count("\n| 1×4×16 |") == 1 and "| 2×4×16 |" in report
+
+
+def test_reference_training_step_is_traced_under_the_reference_path():
+  """'jaxnorm-reference' compiles the step with JAX's own derivative of the
+  composition: no fusion fence (``reduce-precision``) of the fused path."""
+  programs = {
+    library: norm_bench.compile_train_step("gn", library, batch=2, depth=8, width=8)[0].as_text()
+    for library in ("jaxnorm", "jaxnorm-reference")
+  }
+  assert "reduce-precision" in programs["jaxnorm"]
+  assert "reduce-precision" not in programs["jaxnorm-reference"]
+  assert _dispatch.get_implementation() == "auto"  # the choice did not leak

@@ -95,7 +95,7 @@ def _check_layers(smoke):
   assert {r["mode"] for r in layers["rows"]} == {"forward", "forward+backward"}
   for row in layers["rows"]:
     res = row["results"]
-    for name in ("fused", "flax"):
+    for name in ("fused", "reference", "flax"):
       entry = res[name]
       assert _positive(entry["seconds"]) and _positive(entry["fraction_of_copy"])
       assert entry["bytes"] >= 2 * row["elements"]  # at least x read and y written, 1 byte each
@@ -132,7 +132,8 @@ def _check_training_step(smoke):
   train = smoke[0]["sections"]["train_step"]
   assert train["timed"] == len(train["rows"]) >= 1
   for row in train["rows"]:
-    assert set(row["images_per_sec"]) == {"gn/jaxnorm", "gn/flax", "bn/jaxnorm", "bn/flax"}
+    libraries = ("jaxnorm", "jaxnorm-reference", "flax")
+    assert set(row["images_per_sec"]) == {f"{norm}/{library}" for norm in ("gn", "bn") for library in libraries}
     assert all(_positive(v) for v in row["images_per_sec"].values())
     assert all(m["temp_bytes"] >= 0 for m in row["memory"].values())
 
