@@ -14,11 +14,12 @@ Three implementations compute the same function:
   passes of channels-last batch, group, layer, instance and RMS norm
   (compiled when lowered for a GPU, interpreted elsewhere).
 
-``"auto"`` (the default) uses the fused path, the Pallas kernels only on
-the platforms and shapes where a committed on-device measurement showed
-them correct and faster (:data:`AUTO_PALLAS`; none so far), and the reference
-whenever an option needs it. The choice between fused and Pallas follows
-the platform the program is lowered for, not the host.
+``"auto"`` (the default) uses the fused path; the Pallas kernels, or the
+reference, only on the platforms and shapes where a committed on-device
+measurement showed them correct and faster than the fused path
+(:data:`AUTO_PALLAS`, :data:`AUTO_REFERENCE`; none so far); and the
+reference whenever an option needs it. The choice follows the platform the
+program is lowered for, not the host.
 
 Every path supports every JAX transformation: ``jit``, ``vmap``, ``grad``
 and ``vjp``, ``jvp``, ``jacfwd``, ``jacrev``, ``linearize``, ``hessian``,
@@ -91,10 +92,22 @@ IMPLEMENTATIONS = ("auto", "fused", "reference", "pallas")
 # So "auto" takes the fused path on every platform.
 AUTO_PALLAS: dict[str, Callable[[tuple[int, ...], tuple[int, ...], tuple[int, ...]], bool]] = {}
 
+# Where "auto" takes the reference composition instead of the fused path,
+# in the same form and under the same rule of evidence as AUTO_PALLAS (a
+# Pallas rule wins where both accept an input).
+#
+# "cuda": no rule yet. On the H100 the fused path measured slower than
+# flax.linen's plain composition (flax ÷ fused = 0.74-1.01 forward +
+# backward; training step 0.65-0.94× flax's images/s), but the reference
+# path was not timed there; benchmarks/device_check.py times it now, and a
+# rule goes here with that results file named.
+AUTO_REFERENCE: dict[str, Callable[[tuple[int, ...], tuple[int, ...], tuple[int, ...]], bool]] = {}
 
-def auto_pallas_platforms(shape, reduction_axes, feature_axes) -> tuple[str, ...]:
-  """The lowering platforms on which ``"auto"`` takes the Pallas kernels."""
-  return tuple(platform for platform, rule in sorted(AUTO_PALLAS.items()) if rule(shape, reduction_axes, feature_axes))
+
+def auto_platforms(table, shape, reduction_axes, feature_axes) -> tuple[str, ...]:
+  """The lowering platforms whose rule in ``table`` (:data:`AUTO_PALLAS`,
+  :data:`AUTO_REFERENCE`) accepts the input."""
+  return tuple(platform for platform, rule in sorted(table.items()) if rule(shape, reduction_axes, feature_axes))
 
 
 def _options_allow_a_fast_path(scale, bias, *, reduction_axes, epsilon, mask, axis_name, use_fast_variance, acc_dtype):
@@ -126,6 +139,7 @@ def fast_standardize(
   use_fast_variance: bool,
   acc_dtype: Any,
   out_dtype: Any,
+  reference: Callable | None = None,
 ):
   """``(y, mean, var)`` from the fused path or the Pallas kernels, or None
   where the implementation in effect or the call's options leave it to the
@@ -133,9 +147,12 @@ def fast_standardize(
 
   ``"pallas"`` takes the kernels wherever their tiling covers the input;
   ``"fused"`` never. ``"auto"`` takes them only on the platforms whose rule
-  in :data:`AUTO_PALLAS` accepts the input; when a rule does, the choice is
-  made per lowering platform (``lax.platform_dependent``), so a program
-  lowered for CUDA on a CPU host gets the CUDA choice.
+  in :data:`AUTO_PALLAS` accepts the input, and ``reference`` (the
+  composition as a function of ``(x, scale, bias)`` returning ``(y, mean,
+  var)``) on those whose rule in :data:`AUTO_REFERENCE` does; when a rule
+  does, the choice is made per lowering platform
+  (``lax.platform_dependent``), so a program lowered for CUDA on a CPU host
+  gets the CUDA choice.
   """
   name = get_implementation()
   if name == "reference" or not _options_allow_a_fast_path(
@@ -167,10 +184,16 @@ def fast_standardize(
   covered = per_channel and _pallas.covers(x.shape, reduction_axes, feature_axes)
   if name == "pallas" and covered:
     return pallas(x, scale, bias)
-  platforms = auto_pallas_platforms(x.shape, reduction_axes, feature_axes) if name == "auto" and covered else ()
-  if not platforms:
+  if name != "auto":
     return fused(x, scale, bias)
-  return lax.platform_dependent(x, scale, bias, default=fused, **dict.fromkeys(platforms, pallas))
+  branches = {}
+  if reference is not None:
+    branches.update(dict.fromkeys(auto_platforms(AUTO_REFERENCE, x.shape, reduction_axes, feature_axes), reference))
+  if covered:
+    branches.update(dict.fromkeys(auto_platforms(AUTO_PALLAS, x.shape, reduction_axes, feature_axes), pallas))
+  if not branches:
+    return fused(x, scale, bias)
+  return lax.platform_dependent(x, scale, bias, default=fused, **branches)
 
 
 def standardize(
@@ -203,6 +226,29 @@ def standardize(
   (flax gives NaN there).
   """
   acc = accumulation_dtype(jnp.result_type(x), dtype, force_float32_reductions)
+
+  def composed(x, scale, bias) -> tuple[Array, Moments]:
+    stats = moments(
+      x,
+      reduction_axes,
+      mask=mask,
+      axis_name=axis_name,
+      axis_index_groups=axis_index_groups,
+      use_mean=use_mean,
+      use_fast_variance=use_fast_variance,
+      dtype=dtype,
+      force_float32_reductions=force_float32_reductions,
+      keepdims=True,
+    )
+    var = stats.var
+    if mask is not None:  # a group without a masked-in element: x̂ = 0, y = β (not x/√ε)
+      var = jnp.where(stats.count > 0, var, jnp.asarray(jnp.inf, var.dtype))
+    return normalize(x, stats.mean, var, scale, bias, epsilon=epsilon, dtype=dtype), stats
+
+  def reference(x, scale, bias):
+    y, stats = composed(x, scale, bias)
+    return y, stats.mean, stats.var
+
   fast = fast_standardize(
     x,
     scale,
@@ -216,28 +262,13 @@ def standardize(
     use_fast_variance=use_fast_variance,
     acc_dtype=acc,
     out_dtype=output_dtype(x, scale, bias, dtype=dtype),
+    reference=reference,
   )
   if fast is not None:
     y, mean, var = fast
     count = jnp.full(mean.shape, math.prod(x.shape[a] for a in reduction_axes), var.dtype)
     return y, Moments(count, mean, var)
-  stats = moments(
-    x,
-    reduction_axes,
-    mask=mask,
-    axis_name=axis_name,
-    axis_index_groups=axis_index_groups,
-    use_mean=use_mean,
-    use_fast_variance=use_fast_variance,
-    dtype=dtype,
-    force_float32_reductions=force_float32_reductions,
-    keepdims=True,
-  )
-  var = stats.var
-  if mask is not None:  # a group without a masked-in element: x̂ = 0, y = β (not x/√ε)
-    var = jnp.where(stats.count > 0, var, jnp.asarray(jnp.inf, var.dtype))
-  y = normalize(x, stats.mean, var, scale, bias, epsilon=epsilon, dtype=dtype)
-  return y, stats
+  return composed(x, scale, bias)
 
 
 def _default() -> str:

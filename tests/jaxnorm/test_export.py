@@ -612,6 +612,22 @@ def test_auto_chooses_per_lowering_platform(monkeypatch):
   assert TRITON not in modules["tpu"]
 
 
+FUSED_FENCE = "stablehlo.reduce_precision"  # the fused path's XLA:CPU fusion fence (jaxnorm._core.fused.fence)
+
+
+def test_auto_takes_the_reference_per_lowering_platform(monkeypatch):
+  """With a CUDA-only rule in AUTO_REFERENCE, "auto" lowers JAX's own
+  derivative of the composition for CUDA and the fused path for TPU."""
+  monkeypatch.setitem(_dispatch.AUTO_REFERENCE, "cuda", lambda shape, reduction_axes, feature_axes: True)
+  case = CASES["layer_norm"]
+  with jaxnorm.implementation("auto"):
+    modules = {p: export_for(p, forward_backward(case), *case.args).mlir_module() for p in PLATFORMS}
+  assert FUSED_FENCE not in modules["cuda"]
+  assert FUSED_FENCE in modules["tpu"]
+  with jaxnorm.implementation("fused"):  # the rule is "auto"'s alone
+    assert FUSED_FENCE in export_for("cuda", forward_backward(case), *case.args).mlir_module()
+
+
 # ---------------------------------------------------------------------------
 # The training step of experiments/, on 8 simulated devices (subprocess).
 

@@ -461,3 +461,31 @@ def test_channels_first_elementwise_pass_loops_over_the_merged_spatial_axes(norm
   monkeypatch.setattr(_fused.XlaPasses, "_elementwise_view", lambda self, x: self.reduction_view)
   one_view = compiled(jnp.bfloat16, backward=True).memory_analysis().temp_size_in_bytes
   assert temp <= one_view, (temp, one_view)
+
+
+def test_a_reference_rule_makes_auto_compute_the_reference(monkeypatch):
+  """A rule in AUTO_REFERENCE for the platform in use makes "auto" the
+  reference composition there: the same outputs and gradients (group and
+  layer norm), for float32 and bfloat16 inputs (the branches of the per-platform choice
+  must agree in shape and dtype)."""
+  monkeypatch.setitem(_dispatch.AUTO_REFERENCE, jax.default_backend(), lambda shape, reduction_axes, feature_axes: True)
+  key = jax.random.key(3)
+  for dtype in (jnp.float32, jnp.bfloat16):
+    x = (3 + jax.random.normal(key, (4, 6, 6, 8))).astype(dtype)
+    scale, bias = jnp.linspace(0.5, 1.5, 8), jnp.linspace(-1, 1, 8)
+
+    def loss(x, scale, bias):
+      y = jaxnorm.group_norm(x, scale, bias, num_groups=4) + jaxnorm.layer_norm(x, scale, bias)
+      return jnp.sum(jnp.sin(y.astype(jnp.float32)))
+
+    results = {}
+    for name in ("auto", "reference", "fused"):
+      with jaxnorm.implementation(name):
+        results[name] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, scale, bias)
+    for a, b in zip(jax.tree.leaves(results["auto"]), jax.tree.leaves(results["reference"])):
+      np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    # and the fused path differs from it somewhere (else the test shows nothing)
+    assert any(
+      not np.array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+      for a, b in zip(jax.tree.leaves(results["auto"]), jax.tree.leaves(results["fused"]))
+    )

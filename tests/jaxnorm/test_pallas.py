@@ -93,6 +93,7 @@ def test_layouts_the_kernels_do_not_cover_use_the_fused_path(name):
 def test_auto_takes_the_kernels_nowhere_without_a_measured_rule():
   """No on-device result is committed yet: "auto" is the fused path."""
   assert _dispatch.AUTO_PALLAS == {}
+  assert _dispatch.AUTO_REFERENCE == {}
   fn = CASES["gn_nhwc"][1]
   x, scale, bias, _ = _inputs(COVERED["gn_nhwc"], jnp.float32)
   with jaxnorm.implementation("auto"):
