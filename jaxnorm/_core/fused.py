@@ -196,9 +196,9 @@ class XlaPasses:
   ``(N, C, H, W)`` becomes ``(N, C, H·W)``. XLA:CPU's loop over the last
   axis is the vectorized one; over ``W = 8`` it is one vector per
   iteration. Group and batch norm NCHW forward + backward, float32, at
-  128×64×8×8 take 0.85–0.91 of the time; the larger ResNet-20 shapes
-  measure 0.86–1.02, within this machine's noise
-  (``benchmarks.fast_path_compare``). Reductions keep ``H`` and ``W``
+  128×64×8×8 take 0.79–0.94 of the time; the larger ResNet-20 shapes
+  measure 0.86–1.05, within this machine's noise
+  (``benchmarks.fast_path_compare``, three runs). Reductions keep ``H`` and ``W``
   apart (merged, they measured no faster, up to 1.12× slower at
   128×16×32×32), and so does a half-precision input: its conversion to
   the accumulation dtype is shared by every pass, and in two views XLA
