@@ -428,7 +428,7 @@ def test_channels_first_elementwise_pass_loops_over_the_merged_spatial_axes(norm
   """The output pass of an NCHW float32 input runs on the view
   ``(N, C, H·W)``: XLA:CPU vectorizes its loop over the last axis, one
   vector per iteration over ``W = 8`` (GN and BN forward + backward at
-  128×64×8×8 took 1.1–1.2× as long). A bfloat16 input keeps the reductions'
+  128×64×8×8 took 1.1–1.3× as long). A bfloat16 input keeps the reductions'
   view: its conversion to float32 is shared by every pass, and in two
   views XLA writes out another full-size float32 copy."""
   if jax.default_backend() != "cpu" or jax.__version_info__ < (0, 10):
