@@ -139,7 +139,7 @@ def fast_standardize(
   use_fast_variance: bool,
   acc_dtype: Any,
   out_dtype: Any,
-  reference: Callable | None = None,
+  reference: Callable,
 ):
   """``(y, mean, var)`` from the fused path or the Pallas kernels, or None
   where the implementation in effect or the call's options leave it to the
@@ -186,9 +186,7 @@ def fast_standardize(
     return pallas(x, scale, bias)
   if name != "auto":
     return fused(x, scale, bias)
-  branches = {}
-  if reference is not None:
-    branches.update(dict.fromkeys(auto_platforms(AUTO_REFERENCE, x.shape, reduction_axes, feature_axes), reference))
+  branches = dict.fromkeys(auto_platforms(AUTO_REFERENCE, x.shape, reduction_axes, feature_axes), reference)
   if covered:
     branches.update(dict.fromkeys(auto_platforms(AUTO_PALLAS, x.shape, reduction_axes, feature_axes), pallas))
   if not branches:
